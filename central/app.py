@@ -1,0 +1,89 @@
+"""FastAPI app factory. Each capability folder with a `routes.py` is mounted at `/api/v1/<name>`
+(or at its module-level `PREFIX`); its optional `service.setup(hub)` wires hooks, its optional
+`routes.install(app, hub)` adds middleware or pages."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import ModuleType
+
+from fastapi import FastAPI
+
+import central
+from central.hub import Hub
+from central.settings import Settings, get_settings
+
+log = logging.getLogger("citybrain.app")
+
+
+def capabilities() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(central.__path__) if m.ispkg and m.name != "store")
+
+
+def _optional(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            return None
+        raise
+
+
+def build_hub(settings: Settings | None = None) -> Hub:
+    """A migrated hub with every capability's hooks wired; used by the app, the CLI and tests."""
+    hub = Hub(settings or get_settings())
+    hub.store.migrate()
+    for cap in capabilities():
+        svc = _optional(f"central.{cap}.service")
+        if svc is not None and hasattr(svc, "setup"):
+            svc.setup(hub)
+    return hub
+
+
+def create_app(settings: Settings | None = None, hub: Hub | None = None, start_bridge: bool | None = None) -> FastAPI:
+    hub = hub or build_hub(settings)
+    run_bridge = hub.settings.mqtt.enabled if start_bridge is None else start_bridge
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bridge = None
+        if run_bridge:
+            from central.bridge.service import Bridge
+
+            bridge = Bridge(hub)
+            bridge.start()
+        try:
+            yield
+        finally:
+            if bridge is not None:
+                bridge.stop()
+
+    app = FastAPI(
+        title="City Brain hub",
+        version="0.1.0",
+        docs_url="/docs",
+        openapi_url="/api/v1/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, object]:
+        hub.store.conn.execute("SELECT 1").fetchone()
+        bridge_state = getattr(hub.publisher, "connected", None)
+        return {"ok": True, "db": str(hub.settings.database), "mqtt_connected": bridge_state}
+
+    for cap in capabilities():
+        routes = _optional(f"central.{cap}.routes")
+        if routes is None:
+            continue
+        if hasattr(routes, "router"):
+            prefix = getattr(routes, "PREFIX", f"/api/v1/{cap}")
+            app.include_router(routes.router, prefix=prefix, tags=[cap])
+        if hasattr(routes, "install"):
+            routes.install(app, hub)
+    return app

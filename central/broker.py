@@ -1,0 +1,184 @@
+"""Runs and configures the project's own mosquitto: per-device passwords + ACL, optional TLS listener.
+
+Used by the demo, `citybrain hub broker`, and the tests (a real broker on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+# Devices: own prefix only (pattern ACL: %c = client id = "site:device"... mosquitto patterns know %u
+# (username) and %c (client id); usernames are "site.device" so ACLs are written per user instead.)
+HUB_ACL = """user {hub}
+topic readwrite city/v1/#
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def device_acl(username: str, site: str, device: str) -> str:
+    p = f"city/v1/{site}/{device}"
+    return (
+        f"user {username}\n"
+        f"topic write {p}/status\ntopic write {p}/hb\ntopic write {p}/event/+\n"
+        f"topic write {p}/scan\ntopic write {p}/ack\ntopic read {p}/cmd\n"
+        f"topic read city/v1/trust\ntopic read city/v1/revocations\n"
+    )
+
+
+def hash_password(passwd_file: Path, username: str, password: str) -> None:
+    """Add/replace a user in a mosquitto password file with mosquitto_passwd (its own PBKDF2-SHA512)."""
+    passwd_file.parent.mkdir(parents=True, exist_ok=True)
+    if not passwd_file.exists():
+        passwd_file.touch(mode=0o600)
+    subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwd_file), username, password], check=True,
+                   capture_output=True)
+
+
+def remove_password(passwd_file: Path, username: str) -> None:
+    if passwd_file.exists():
+        subprocess.run([MOSQUITTO_PASSWD, "-D", str(passwd_file), username], check=False, capture_output=True)
+
+
+@dataclass
+class BrokerConfig:
+    dir: Path
+    port: int = field(default_factory=free_port)
+    tls_port: int | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    anonymous: bool = False
+    persistence: bool = True
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "mosquitto.conf"
+
+    @property
+    def passwd(self) -> Path:
+        return self.dir / "passwd"
+
+    @property
+    def acl(self) -> Path:
+        return self.dir / "acl"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "mosquitto.pid"
+
+    def write(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "data").mkdir(exist_ok=True)
+        if not self.passwd.exists():
+            self.passwd.touch(mode=0o600)
+        if not self.acl.exists():
+            self.acl.write_text("")
+        lines = [
+            f"pid_file {self.pid_file}",
+            "per_listener_settings false",
+            f"allow_anonymous {'true' if self.anonymous else 'false'}",
+        ]
+        if not self.anonymous:
+            lines += [f"password_file {self.passwd}", f"acl_file {self.acl}"]
+        lines += [
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.dir / 'data'}/",
+            "autosave_interval 5",
+            # The hub's persistent session must hold what arrives while it is down.
+            "max_queued_messages 2000000",
+            "max_queued_bytes 0",
+            "max_inflight_messages 0",
+            "message_size_limit 1048576",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if self.tls_port and self.cert_file and self.key_file and self.ca_file:
+            lines += [
+                f"listener {self.tls_port} 127.0.0.1",
+                f"cafile {self.ca_file}",
+                f"certfile {self.cert_file}",
+                f"keyfile {self.key_file}",
+                "tls_version tlsv1.2",
+            ]
+        self.conf.write_text("\n".join(lines) + "\n")
+        return self.conf
+
+    def add_user(self, username: str, password: str, acl: str) -> None:
+        hash_password(self.passwd, username, password)
+        text = self.acl.read_text() if self.acl.exists() else ""
+        blocks = [b for b in text.split("\n\n") if b.strip() and not b.startswith(f"user {username}\n")]
+        blocks.append(acl.strip() + "\n")
+        self.acl.write_text("\n\n".join(b.strip() + "\n" for b in blocks).replace("\n\n\n", "\n\n"))
+
+
+class Broker:
+    """A mosquitto process we own."""
+
+    def __init__(self, cfg: BrokerConfig) -> None:
+        self.cfg = cfg
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> Broker:
+        self.cfg.write()
+        log = open(self.cfg.dir / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.cfg.conf)], stdout=log, stderr=log)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: see {self.cfg.dir / 'mosquitto.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.cfg.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not open its port")
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads the password and ACL files without dropping clients."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def reload_pid_file(pid_file: Path) -> bool:
+    """Signal a running mosquitto (by pid file) to reload passwords/ACL; False if none is running."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+        return True
+    except (OSError, ValueError):
+        return False

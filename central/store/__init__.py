@@ -1,0 +1,141 @@
+"""The hub's embedded store: one SQLite file in WAL mode, reached through sqlite-utils.
+
+Each capability keeps its SQL in its own `store.py` and declares `MIGRATIONS = [(version, fn), ...]`;
+`Store.migrate()` applies the missing ones in order and records them in `schema_migrations`.
+Connections are per thread (FastAPI runs sync routes in a thread pool; SQLite handles are not shareable).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+Migration = tuple[int, Callable[[sqlite_utils.Database], None]]
+
+# Capabilities are migrated in this order (later ones may reference earlier tables); others follow A-Z.
+ORDER = ["devices", "bridge", "iam", "registry", "codes", "video", "dialer"]
+
+
+def capability_migrations() -> dict[str, list[Migration]]:
+    import central
+
+    found: dict[str, list[Migration]] = {}
+    for mod in pkgutil.iter_modules(central.__path__):
+        if not mod.ispkg or mod.name == "store":
+            continue
+        try:
+            store_mod = importlib.import_module(f"central.{mod.name}.store")
+        except ModuleNotFoundError as e:
+            if e.name == f"central.{mod.name}.store":
+                continue
+            raise
+        migs = getattr(store_mod, "MIGRATIONS", None)
+        if migs:
+            found[mod.name] = sorted(migs, key=lambda m: m[0])
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=30000")
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite_utils.Database(self.connect())
+            self._local.db = db
+        return db
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite_utils.Database]:
+        """One write transaction (BEGIN IMMEDIATE: take the write lock up front, no upgrade deadlocks)."""
+        db = self.db
+        if db.conn.in_transaction:  # nested: join the outer transaction
+            yield db
+            return
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.execute("ROLLBACK")
+            raise
+        else:
+            db.conn.execute("COMMIT")
+
+    def migrate(self) -> list[str]:
+        """Apply missing migrations of every capability; returns what was applied ("cap:version")."""
+        db = self.db
+        db.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (capability TEXT NOT NULL, version INTEGER NOT NULL,"
+            " applied_at TEXT NOT NULL, PRIMARY KEY (capability, version))"
+        )
+        done = {(r[0], r[1]) for r in db.conn.execute("SELECT capability, version FROM schema_migrations")}
+        applied: list[str] = []
+        for cap, migs in capability_migrations().items():
+            for version, fn in migs:
+                if (cap, version) in done:
+                    continue
+                with self.tx():
+                    fn(db)
+                    db.conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        (cap, version, datetime.now(UTC).isoformat()),
+                    )
+                applied.append(f"{cap}:{version}")
+        return applied
+
+    def versions(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT capability, MAX(version) FROM schema_migrations GROUP BY capability")
+        return {r[0]: r[1] for r in rows}
+
+    def backup(self, target: Path) -> None:
+        """Online backup (SQLite backup API): consistent even while the hub writes."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        dst = sqlite3.connect(str(target))
+        try:
+            self.conn.backup(dst)
+        finally:
+            dst.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat()

@@ -1,0 +1,96 @@
+"""MQTT topic builders and parsers: one function per topic of the contract.
+
+city/v1/{site}/{device}/status|hb|event/{kind}|scan|cmd|ack, city/v1/trust, city/v1/revocations.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROOT = "city/v1"
+TRUST = f"{ROOT}/trust"
+REVOCATIONS = f"{ROOT}/revocations"
+# Business systems push registry records here (real-time automatic registration).
+REGISTRY_PUSH = f"{ROOT}/registry/push"
+
+# Site and device ids become topic levels and ACL patterns: keep them to a safe alphabet.
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DEVICE_CHANNELS = ("status", "hb", "event", "scan", "cmd", "ack")
+
+
+def valid_id(value: str) -> bool:
+    return bool(_ID.match(value))
+
+
+def _check(site: str, device: str) -> None:
+    if not valid_id(site):
+        raise ValueError(f"site: {site!r} must match {_ID.pattern}")
+    if not valid_id(device):
+        raise ValueError(f"device: {device!r} must match {_ID.pattern}")
+
+
+def prefix(site: str, device: str) -> str:
+    _check(site, device)
+    return f"{ROOT}/{site}/{device}"
+
+
+def status(site: str, device: str) -> str:
+    return f"{prefix(site, device)}/status"
+
+
+def heartbeat(site: str, device: str) -> str:
+    return f"{prefix(site, device)}/hb"
+
+
+def event(site: str, device: str, kind: str) -> str:
+    if not _KIND.match(kind):
+        raise ValueError(f"kind: {kind!r} must match {_KIND.pattern}")
+    return f"{prefix(site, device)}/event/{kind}"
+
+
+def scan(site: str, device: str) -> str:
+    return f"{prefix(site, device)}/scan"
+
+
+def cmd(site: str, device: str) -> str:
+    return f"{prefix(site, device)}/cmd"
+
+
+def ack(site: str, device: str) -> str:
+    return f"{prefix(site, device)}/ack"
+
+
+# Subscriptions used by the hub bridge.
+SUB_STATUS = f"{ROOT}/+/+/status"
+SUB_HEARTBEAT = f"{ROOT}/+/+/hb"
+SUB_EVENT = f"{ROOT}/+/+/event/+"
+SUB_SCAN = f"{ROOT}/+/+/scan"
+SUB_ACK = f"{ROOT}/+/+/ack"
+
+
+@dataclass(frozen=True)
+class DeviceTopic:
+    site: str
+    device: str
+    channel: str  # one of DEVICE_CHANNELS
+    kind: str | None = None  # only for channel == "event"
+
+
+def parse(topic: str) -> DeviceTopic:
+    """Parse a device topic; raises ValueError naming what is wrong."""
+    parts = topic.split("/")
+    if len(parts) < 5 or "/".join(parts[:2]) != ROOT:
+        raise ValueError(f"topic: {topic!r} is not under {ROOT}/{{site}}/{{device}}/")
+    site, device, channel = parts[2], parts[3], parts[4]
+    _check(site, device)
+    if channel not in DEVICE_CHANNELS:
+        raise ValueError(f"topic: unknown channel {channel!r}")
+    if channel == "event":
+        if len(parts) != 6 or not _KIND.match(parts[5]):
+            raise ValueError(f"topic: event topic needs one kind level, got {topic!r}")
+        return DeviceTopic(site, device, channel, parts[5])
+    if len(parts) != 5:
+        raise ValueError(f"topic: unexpected levels after {channel!r}")
+    return DeviceTopic(site, device, channel)
