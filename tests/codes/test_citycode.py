@@ -1,0 +1,199 @@
+"""protocol.citycode: build/parse round trip, QR size, every offline verdict, and a no-crash fuzz."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import qrcode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from pyzbar.pyzbar import decode as zbar_decode
+
+from protocol import citycode, signing
+from protocol.citycode import Attribute, CityCodeError, build, parse, verify_offline
+from protocol.trust import RevocationList, TrustedKey, TrustList
+
+GUIDE = "https://code.city.example/c"
+NOW = 1_760_000_000
+
+
+def _trust(key: signing.PrivateKey, root: signing.PrivateKey, **kw: object) -> TrustList:
+    tk = TrustedKey(
+        kid=key.kid,
+        alg=key.alg,
+        pub=signing.b64e(key.public_raw),
+        dept=str(kw.get("dept", "HEALTH")),
+        code_systems=list(kw.get("code_systems", ["HC"])),  # type: ignore[call-overload]
+        not_before=datetime.fromtimestamp(NOW - 86400, UTC),
+        not_after=datetime.fromtimestamp(NOW + 86400 * 400, UTC),
+    )
+    t = TrustList(version=1, keys=[tk])
+    t.sign(root)
+    return t
+
+
+def _code(key: signing.PrivateKey, **kw: object) -> citycode.CityCode:
+    args: dict[str, object] = dict(
+        key=key,
+        guide_url=GUIDE,
+        code_system="HC",
+        auth_id="A0001",
+        attribute="SY0",
+        identity_id="P3101ABC00000001X",
+        serial="K7Q2M9PZ4R8WXNCF",
+        issued_at=NOW,
+        expires_at=NOW + 86400 * 30,
+        dept_data="PASS",
+    )
+    args.update(kw)
+    return build(**args)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=["intl", "gm"])
+def keys(request: pytest.FixtureRequest) -> tuple[signing.PrivateKey, signing.PrivateKey]:
+    return signing.generate_for_profile(request.param), signing.generate_for_profile(request.param)
+
+
+def test_round_trip_and_verdicts(keys: tuple[signing.PrivateKey, signing.PrivateKey]) -> None:
+    dept, root = keys
+    trust = _trust(dept, root)
+    rev = RevocationList(version=1)
+    code = _code(dept)
+    assert parse(code.text) == code
+    assert code.text.startswith(GUIDE + "/1.HC.A0001.SY0.")
+    # everything after the guide URL is QR-alphanumeric and URL-safe
+    assert set(code.resolver_path) <= set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ./-")
+
+    v, reason, parsed = verify_offline(code.text, trust, rev, NOW + 10, 60)
+    assert (v, reason) == ("valid", "ok") and parsed == code
+    assert citycode.trusted_key(code, trust).dept == "HEALTH"  # type: ignore[union-attr]
+
+    # altered city-managed value -> signature fails
+    altered = code.text.replace(".A0001.", ".A0002.")
+    assert verify_offline(altered, trust, rev, NOW, 60)[0] == "bad-signature"
+    # forged: same fields signed by a key the city never trusted, under the real kid
+    forger = signing.generate(dept.alg, kid=dept.kid)
+    assert verify_offline(_code(forger).text, trust, rev, NOW, 60)[0] == "bad-signature"
+    # unknown key
+    other = signing.generate(dept.alg)
+    assert verify_offline(_code(other).text, trust, rev, NOW, 60)[0] == "unknown-key"
+    # expired / not yet valid (skew honoured)
+    assert verify_offline(code.text, trust, rev, code.expires_at + 30, 60)[0] == "valid"
+    v, reason, _ = verify_offline(code.text, trust, rev, code.expires_at + 61, 60)
+    assert v == "expired" and reason.startswith("expires_at")
+    assert verify_offline(code.text, trust, rev, NOW - 3600, 60)[0] == "expired"
+    # wrong code system for this key
+    other_sys = _code(dept, code_system="TRANS")
+    v, reason, _ = verify_offline(other_sys.text, trust, rev, NOW, 60)
+    assert v == "wrong-system" and "TRANS" in reason
+    # unfiled URL
+    v, _, _ = verify_offline(code.text, trust, rev, NOW, 60, allowed_url_prefixes=["https://other.example/"])
+    assert v == "unfiled-url"
+    assert verify_offline(code.text, trust, rev, NOW, 60, allowed_url_prefixes=[GUIDE])[0] == "valid"
+    # malformed
+    assert verify_offline("hello", trust, rev, NOW, 60)[0] == "malformed"
+    assert verify_offline(b"\xff\xfe", trust, rev, NOW, 60)[0] == "malformed"
+
+
+def test_revocations_by_serial_identity_and_key() -> None:
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    code = _code(dept)
+    for field, value in [("serials", code.serial), ("identities", code.identity_id), ("kids", dept.kid)]:
+        rev = RevocationList(version=2, **{field: [value]})
+        v, reason, _ = verify_offline(code.text, trust, rev, NOW, 60)
+        assert v == "revoked", field
+    # the cache must see a new list (and an in-place edit) rather than serve a stale index
+    rev = RevocationList(version=3)
+    assert verify_offline(code.text, trust, rev, NOW, 60)[0] == "valid"
+    rev.serials.append(code.serial)
+    assert verify_offline(code.text, trust, rev, NOW, 60)[0] == "revoked"
+
+
+def test_key_outside_validity_window_is_unknown() -> None:
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    late = _code(dept, issued_at=NOW + 86400 * 500, expires_at=NOW + 86400 * 501)
+    assert verify_offline(late.text, trust, None, NOW + 86400 * 500, 60)[0] == "unknown-key"
+
+
+def test_build_refuses_bad_fields() -> None:
+    key = signing.generate("ed25519")
+    with pytest.raises(CityCodeError) as e:
+        _code(key, identity_id="lower-case")
+    assert e.value.field == "identity_id"
+    with pytest.raises(CityCodeError) as e:
+        _code(key, guide_url="ftp://x/")
+    assert e.value.field == "guide_url"
+    with pytest.raises(CityCodeError) as e:  # dynamic minute-class code living a day
+        _code(key, attribute=Attribute("dynamic", "M", True), expires_at=NOW + 86400)
+    assert e.value.field == "expires_at"
+    with pytest.raises(CityCodeError) as e:
+        _code(key, attribute="SQ0")
+    assert e.value.field == "attribute"
+    a = Attribute.parse("DM1")
+    assert a.kind == "dynamic" and a.single_use and a.max_lifetime_s == 900
+
+
+@pytest.mark.parametrize("profile", ["intl", "gm"])
+def test_fits_qr_version_10_at_level_m_and_decodes(profile: str) -> None:
+    key = signing.generate_for_profile(profile)  # type: ignore[arg-type]
+    code = _code(key, guide_url="https://code.city-hub.example.gov.cn/c", dept_data="GATE-12-NORTH")
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(code.text, optimize=20)
+    qr.make(fit=True)
+    assert qr.version <= 10, (qr.version, len(code.text))
+    buf = io.BytesIO()
+    qr.make_image().save(buf, format="PNG")
+    decoded = zbar_decode(Image.open(io.BytesIO(buf.getvalue())))
+    assert decoded[0].data.decode() == code.text
+
+
+def test_verify_is_fast_with_cached_keys() -> None:
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    rev = RevocationList(version=1, serials=[f"S{i:08d}" for i in range(50_000)])
+    text = _code(dept).text
+    verify_offline(text, trust, rev, NOW, 60)  # warm the per-version index
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        verify_offline(text, trust, rev, NOW, 60)
+    per = (time.perf_counter() - t0) / n
+    assert per < 0.002, f"{per * 1e6:.0f} us per verify"
+
+
+_TRUST = _trust(signing.generate("ed25519"), signing.generate("ed25519"))
+_VALID = _code(signing.generate("ed25519")).text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_fuzz_bytes_never_crash(data: bytes) -> None:
+    v, reason, _ = verify_offline(data, _TRUST, RevocationList(version=1), NOW, 60)
+    assert v in {"malformed", "unknown-key", "bad-signature"} and reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_VALID) - 1), st.sampled_from(list("0AZ.-/7~ \x00é")))
+def test_fuzz_single_char_mutation(pos: int, ch: str) -> None:
+    mutated = _VALID[:pos] + ch + _VALID[pos + 1 :]
+    v, _, _ = verify_offline(mutated, _TRUST, None, NOW, 60)
+    # no mutation of a code (signed by an untrusted key here) can turn it valid
+    assert v in {"malformed", "unknown-key", "bad-signature"}
+    try:
+        parse(mutated)
+    except CityCodeError as e:
+        assert e.field
+
+
+def test_datetime_now_accepted() -> None:
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    code = _code(dept)
+    now = datetime.fromtimestamp(NOW, UTC) + timedelta(minutes=1)
+    assert verify_offline(code.text, trust, None, now, 60)[0] == "valid"
