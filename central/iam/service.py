@@ -1,0 +1,683 @@
+"""IAM rules: org tree, users, passwords, sessions, roles, delegated bindings, API keys.
+
+No HTTP here: failures raise `IamError` subclasses that the routes turn into status codes. The clock is
+`IamService.now` (UNIX seconds) so tests move time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from central.hub import Hub
+from central.iam import BUILTIN_ROLES, all_permissions, expand
+from central.iam.audit import record, set_profile
+from central.iam.deps import Principal, minimal, under
+from central.iam.pii import pii_cipher
+
+# OWASP's argon2id floor (19 MiB, t=2, p=1): ~25 ms per hash here, so logins stay cheap but GPU-hostile.
+_HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+_DUMMY_HASH = _HASHER.hash("not-a-real-password-0A!")
+ORG_SEGMENT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ORG_PATH = re.compile(r"^(/[a-z0-9][a-z0-9_-]{0,62})+$")
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+APIKEY_PREFIX = "cbk_"
+
+
+class IamError(Exception):
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class Invalid(IamError):
+    status = 422
+
+
+class Unauthorized(IamError):
+    status = 401
+
+
+class Forbidden(IamError):
+    status = 403
+
+
+class NotFound(IamError):
+    status = 404
+
+
+class Conflict(IamError):
+    status = 409
+
+
+class Locked(IamError):
+    status = 423
+
+
+class RateLimited(IamError):
+    status = 429
+
+
+def password_problem(password: str, username: str = "") -> str | None:
+    """MLPS-style complexity: ≥ 10 characters, 3 of 4 classes, not containing the username."""
+    if len(password) < 10:
+        return "password: at least 10 characters"
+    if len(password) > 256:
+        return "password: at most 256 characters"
+    classes = sum(bool(re.search(p, password)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]", r"[^A-Za-z0-9]"))
+    if classes < 3:
+        return "password: needs 3 of: lower case, upper case, digit, symbol"
+    if username and username.lower() in password.lower():
+        return "password: must not contain the username"
+    return None
+
+
+def _sha256(text: str) -> str:
+    # Session tokens and API keys are 256-bit random: a fast hash is enough at rest (no brute force).
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_org_path(path: str, field: str = "org") -> str:
+    if not isinstance(path, str) or not ORG_PATH.match(path):
+        raise Invalid(f"{field}: org path like '/city/district-a' expected (lower-case segments)", field)
+    return path
+
+
+class IamService:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.now: Callable[[], float] = time.time
+        self._lock = threading.Lock()
+        self._roles: dict[str, list[str]] | None = None
+        self._expanded: dict[str, set[str]] = {}
+        self._universe: dict[str, str] | None = None
+        self._attempts: dict[str, deque[float]] = {}
+
+    # ---- basics ---------------------------------------------------------------------------
+    @property
+    def db(self) -> Any:
+        return self.hub.store.db
+
+    @property
+    def sec(self) -> Any:
+        return self.hub.settings.security
+
+    def universe(self) -> dict[str, str]:
+        if self._universe is None:
+            self._universe = all_permissions()
+        return self._universe
+
+    def roles(self) -> dict[str, list[str]]:
+        if self._roles is None:
+            rows = self.db.conn.execute("SELECT name, patterns FROM iam_roles").fetchall()
+            self._roles = {r[0]: json.loads(r[1]) for r in rows}
+            self._expanded = {}
+        return self._roles
+
+    def role_perms(self, role: str) -> set[str]:
+        roles = self.roles()
+        if role not in self._expanded:
+            self._expanded[role] = expand(roles.get(role, []), self.universe())
+        return self._expanded[role]
+
+    def _invalidate_roles(self) -> None:
+        self._roles = None
+        self._expanded = {}
+
+    def seed(self) -> None:
+        with self.hub.store.tx() as db:
+            set_profile(db, self.sec.crypto_profile)
+            for name, (desc, patterns) in BUILTIN_ROLES.items():
+                db.conn.execute(
+                    "INSERT INTO iam_roles(name, description, patterns, builtin, created_by, created_at)"
+                    " VALUES (?,?,?,1,'system',?) ON CONFLICT(name) DO UPDATE SET"
+                    " description=excluded.description, patterns=excluded.patterns, builtin=1",
+                    (name, desc, json.dumps(patterns), self.now()),
+                )
+        self._invalidate_roles()
+
+    # ---- principals ----------------------------------------------------------------------
+    def _active_bindings(self, column: str, value: int) -> list[tuple[list[str], str, int, str]]:
+        rows = self.db.conn.execute(
+            f"SELECT id, role, org FROM iam_bindings WHERE {column} = ? AND revoked_at IS NULL"  # noqa: S608
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (value, self.now()),
+        ).fetchall()
+        roles = self.roles()
+        return [(roles.get(role, []), org, bid, role) for bid, role, org in rows]
+
+    def build_principal(self, pid: str, name: str, bindings: list[tuple[list[str], str, int, str]],
+                        **kw: Any) -> Principal:
+        return Principal.build(pid, name, bindings, self.universe(), expanded=self.role_perms, **kw)
+
+    def principal_for_user(self, user_id: int, session: str | None = None, must_change: bool = False) -> Principal:
+        row = self.db.conn.execute("SELECT username FROM iam_users WHERE id = ?", (user_id,)).fetchone()
+        if row is None:
+            raise NotFound("user not found")
+        return self.build_principal(f"user:{user_id}", row[0], self._active_bindings("user_id", user_id),
+                                    kind="user", session=session, must_change=must_change)
+
+    def principal_for_session(self, token: str) -> Principal | None:
+        th = _sha256(token)
+        row = self.db.conn.execute(
+            "SELECT s.user_id, s.last_seen, s.ended_at, s.must_change, u.disabled FROM iam_sessions s"
+            " JOIN iam_users u ON u.id = s.user_id WHERE s.token_hash = ?",
+            (th,),
+        ).fetchone()
+        if row is None:
+            return None
+        user_id, last_seen, ended_at, must_change, disabled = row
+        now = self.now()
+        if ended_at is not None or disabled:
+            return None
+        if now - last_seen > self.sec.session_idle_minutes * 60:
+            with self.hub.store.tx() as db:
+                db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE token_hash = ?", (now, th))
+            return None
+        if now - last_seen > 15:  # keep the write rate low: idle time is measured at 15 s resolution
+            with self.hub.store.tx() as db:
+                db.conn.execute("UPDATE iam_sessions SET last_seen = ? WHERE token_hash = ?", (now, th))
+        return self.principal_for_user(user_id, session=th, must_change=bool(must_change))
+
+    def principal_for_apikey(self, key: str) -> Principal | None:
+        if not key.startswith(APIKEY_PREFIX):
+            return None
+        row = self.db.conn.execute(
+            "SELECT id, name, expires_at, revoked_at, last_used_at FROM iam_apikeys WHERE key_hash = ?",
+            (_sha256(key),),
+        ).fetchone()
+        if row is None:
+            return None
+        kid, name, expires_at, revoked_at, last_used = row
+        now = self.now()
+        if revoked_at is not None or (expires_at is not None and expires_at <= now):
+            return None
+        if last_used is None or now - last_used > 60:
+            with self.hub.store.tx() as db:
+                db.conn.execute("UPDATE iam_apikeys SET last_used_at = ? WHERE id = ?", (now, kid))
+        return self.build_principal(f"apikey:{kid}", f"apikey:{name}", self._active_bindings("apikey_id", kid),
+                                    kind="apikey")
+
+    # ---- orgs ----------------------------------------------------------------------------
+    def org(self, path: str) -> dict[str, Any] | None:
+        row = self.db.conn.execute("SELECT path, parent, name, created_at FROM iam_orgs WHERE path = ?",
+                                   (path,)).fetchone()
+        return None if row is None else {"path": row[0], "parent": row[1], "name": row[2], "created_at": row[3]}
+
+    def ensure_org_chain(self, path: str, actor: str = "system") -> None:
+        """Create `path` and any missing ancestors (bootstrap and tests; no permission check)."""
+        check_org_path(path)
+        parts = path.strip("/").split("/")
+        with self.hub.store.tx() as db:
+            for i in range(1, len(parts) + 1):
+                p = "/" + "/".join(parts[:i])
+                parent = "/" + "/".join(parts[: i - 1]) if i > 1 else None
+                cur = db.conn.execute(
+                    "INSERT INTO iam_orgs(path, parent, name, created_at) VALUES (?,?,?,?)"
+                    " ON CONFLICT(path) DO NOTHING", (p, parent, parts[i - 1], self.now()))
+                if cur.rowcount:
+                    record(db, actor=actor, action="org.create", target=p, org=p, detail={"name": parts[i - 1]})
+
+    def create_org(self, actor: Principal, parent: str, slug: str, name: str) -> dict[str, Any]:
+        check_org_path(parent, "parent")
+        if not ORG_SEGMENT.match(slug or ""):
+            raise Invalid("slug: lower-case letters, digits, '-' or '_' (max 63)", "slug")
+        if not actor.allowed("iam.orgs.write", parent):
+            raise Forbidden(f"forbidden: no 'iam.orgs.write' on {parent}")
+        if self.org(parent) is None:
+            raise NotFound(f"parent: org {parent} does not exist", "parent")
+        path = f"{parent}/{slug}"
+        with self.hub.store.tx() as db:
+            if self.org(path) is not None:
+                raise Conflict(f"slug: org {path} already exists", "slug")
+            db.conn.execute("INSERT INTO iam_orgs(path, parent, name, created_at) VALUES (?,?,?,?)",
+                            (path, parent, name, self.now()))
+            record(db, actor=actor.name, action="org.create", target=path, org=path, detail={"name": name})
+        return self.org(path)  # type: ignore[return-value]
+
+    def rename_org(self, actor: Principal, path: str, name: str) -> dict[str, Any]:
+        org = self.org(path)
+        if org is None:
+            raise NotFound(f"org {path} not found")
+        if not actor.allowed("iam.orgs.write", org["parent"] or path):
+            raise Forbidden(f"forbidden: no 'iam.orgs.write' on {org['parent'] or path}")
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_orgs SET name = ? WHERE path = ?", (name, path))
+            record(db, actor=actor.name, action="org.rename", target=path, org=path,
+                   detail={"from": org["name"], "to": name})
+        return self.org(path)  # type: ignore[return-value]
+
+    def delete_org(self, actor: Principal, path: str) -> None:
+        org = self.org(path)
+        if org is None:
+            raise NotFound(f"org {path} not found")
+        if org["parent"] is None or not actor.allowed("iam.orgs.write", org["parent"]):
+            raise Forbidden(f"forbidden: only admins of the parent of {path} may delete it")
+        c = self.db.conn
+        if c.execute("SELECT 1 FROM iam_orgs WHERE parent = ? LIMIT 1", (path,)).fetchone():
+            raise Conflict(f"org {path} still has child orgs")
+        if c.execute("SELECT 1 FROM iam_users WHERE org = ? LIMIT 1", (path,)).fetchone() or c.execute(
+            "SELECT 1 FROM iam_bindings WHERE org = ? AND revoked_at IS NULL LIMIT 1", (path,)
+        ).fetchone():
+            raise Conflict(f"org {path} still has users or active bindings")
+        with self.hub.store.tx() as db:
+            db.conn.execute("DELETE FROM iam_orgs WHERE path = ?", (path,))
+            record(db, actor=actor.name, action="org.delete", target=path, org=path, detail={})
+
+    def list_orgs(self, actor: Principal) -> list[dict[str, Any]]:
+        rows = self.db.conn.execute("SELECT path, parent, name, created_at FROM iam_orgs ORDER BY path").fetchall()
+        return [{"path": r[0], "parent": r[1], "name": r[2], "created_at": r[3]} for r in rows
+                if actor.allowed("iam.orgs.read", r[0])]
+
+    # ---- users ---------------------------------------------------------------------------
+    def user(self, username: str) -> dict[str, Any] | None:
+        row = self.db.conn.execute(
+            "SELECT id, username, org, must_change, disabled, locked_until, phone_enc, id_card_enc, created_at"
+            " FROM iam_users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            return None
+        keys = ["id", "username", "org", "must_change", "disabled", "locked_until", "phone_enc",
+                "id_card_enc", "created_at"]
+        return dict(zip(keys, row, strict=True))
+
+    def _insert_user(self, db: Any, username: str, org: str, pw_hash: str, must_change: bool,
+                     phone: str | None = None, id_card: str | None = None) -> int:
+        c = pii_cipher(self.hub)
+        cur = db.conn.execute(
+            "INSERT INTO iam_users(username, org, pw_hash, must_change, phone_enc, phone_bi, id_card_enc,"
+            " id_card_bi, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (username, org, pw_hash, int(must_change),
+             c.encrypt(phone) if phone else None, c.blind_index("phone", phone) if phone else None,
+             c.encrypt(id_card) if id_card else None, c.blind_index("id_card", id_card) if id_card else None,
+             self.now()),
+        )
+        return int(cur.lastrowid)
+
+    def create_user(self, actor: Principal | None, username: str, password: str, org: str,
+                    phone: str | None = None, id_card: str | None = None, must_change: bool = True) -> int:
+        if not USERNAME.match(username or ""):
+            raise Invalid("username: 2-64 letters, digits, '_', '.', '@', '-'", "username")
+        check_org_path(org)
+        if actor is not None and not actor.allowed("iam.users.write", org):
+            raise Forbidden(f"forbidden: no 'iam.users.write' on {org}")
+        if self.org(org) is None:
+            raise NotFound(f"org: {org} does not exist", "org")
+        problem = password_problem(password, username)
+        if problem:
+            raise Invalid(problem, "password")
+        pw_hash = _HASHER.hash(password)
+        with self.hub.store.tx() as db:
+            if self.user(username) is not None:
+                raise Conflict(f"username: {username} is taken", "username")
+            uid = self._insert_user(db, username, org, pw_hash, must_change, phone, id_card)
+            record(db, actor=actor.name if actor else "system", action="user.create", target=username, org=org,
+                   detail={"must_change": must_change})
+        return uid
+
+    def _user_for_admin(self, actor: Principal, username: str) -> dict[str, Any]:
+        u = self.user(username)
+        if u is None or not actor.allowed("iam.users.read", u["org"]):
+            raise NotFound(f"user {username} not found")
+        if not actor.allowed("iam.users.write", u["org"]):
+            raise Forbidden(f"forbidden: no 'iam.users.write' on {u['org']}")
+        return u
+
+    def set_disabled(self, actor: Principal, username: str, disabled: bool) -> None:
+        u = self._user_for_admin(actor, username)
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_users SET disabled = ? WHERE id = ?", (int(disabled), u["id"]))
+            if disabled:
+                db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE user_id = ? AND ended_at IS NULL",
+                                (self.now(), u["id"]))
+            record(db, actor=actor.name, action="user.disable" if disabled else "user.enable", target=username,
+                   org=u["org"], detail={})
+
+    def reset_password(self, actor: Principal, username: str, password: str) -> None:
+        u = self._user_for_admin(actor, username)
+        problem = password_problem(password, username)
+        if problem:
+            raise Invalid(problem, "password")
+        pw_hash = _HASHER.hash(password)
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_users SET pw_hash = ?, must_change = 1, failed = 0, locked_until = NULL"
+                            " WHERE id = ?", (pw_hash, u["id"]))
+            db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE user_id = ? AND ended_at IS NULL",
+                            (self.now(), u["id"]))
+            record(db, actor=actor.name, action="user.reset_password", target=username, org=u["org"], detail={})
+
+    def list_users(self, actor: Principal, phone: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT username FROM iam_users"
+        args: tuple[Any, ...] = ()
+        if phone:  # exact lookup through the keyed blind index: the column itself stays ciphertext
+            sql += " WHERE phone_bi = ?"
+            args = (pii_cipher(self.hub).blind_index("phone", phone),)
+        out = []
+        for (name,) in self.db.conn.execute(sql + " ORDER BY username", args).fetchall():
+            u = self.user(name)
+            if u and actor.allowed("iam.users.read", u["org"]):
+                out.append(u)
+        return out
+
+    # ---- passwords, login, sessions ------------------------------------------------------
+    def _rate_ok(self, key: str) -> bool:
+        now = self.now()
+        with self._lock:
+            q = self._attempts.setdefault(key, deque())
+            while q and now - q[0] > 60:
+                q.popleft()
+            if len(q) >= self.sec.login_rate_per_minute:
+                return False
+            q.append(now)
+            return True
+
+    def login(self, username: str, password: str, client: str = "") -> dict[str, Any]:
+        if not self._rate_ok(f"ip:{client}") or not self._rate_ok(f"user:{username}"):
+            record(self.db, actor=username or "?", action="login.rate_limited", target=username,
+                   detail={"client": client})
+            raise RateLimited("too many login attempts; wait a minute")
+        now = self.now()
+        row = self.db.conn.execute(
+            "SELECT id, org, pw_hash, must_change, failed, first_failed_at, locked_until, disabled"
+            " FROM iam_users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            try:  # same work as a real check, so response time does not reveal which usernames exist
+                _HASHER.verify(_DUMMY_HASH, password)
+            except (VerificationError, InvalidHashError):
+                pass
+            record(self.db, actor=username or "?", action="login.failed", target=username,
+                   detail={"client": client, "why": "unknown user"})
+            raise Unauthorized("wrong username or password")
+        uid, org, pw_hash, must_change, failed, first_failed, locked_until, disabled = row
+        if locked_until is not None and locked_until > now:
+            record(self.db, actor=username, action="login.locked", target=username, org=org,
+                   detail={"client": client, "until": locked_until})
+            raise Locked(f"account locked after {self.sec.lockout_failures} failures; try again in "
+                         f"{int((locked_until - now) // 60) + 1} min")
+        try:
+            ok = _HASHER.verify(pw_hash, password)
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok or disabled:
+            window = self.sec.lockout_minutes * 60
+            if first_failed is None or now - first_failed > window or (locked_until and locked_until <= now):
+                failed, first_failed = 0, now
+            failed += 1
+            lock = now + window if failed >= self.sec.lockout_failures else None
+            with self.hub.store.tx() as db:
+                db.conn.execute("UPDATE iam_users SET failed = ?, first_failed_at = ?, locked_until = ? WHERE id = ?",
+                                (failed, first_failed, lock, uid))
+                record(db, actor=username, action="login.failed", target=username, org=org,
+                       detail={"client": client, "failures": failed, "locked": lock is not None,
+                               "why": "disabled" if disabled and ok else "bad password"})
+            raise Unauthorized("wrong username or password")
+        token = secrets.token_urlsafe(32)
+        with self.hub.store.tx() as db:
+            if _HASHER.check_needs_rehash(pw_hash):
+                db.conn.execute("UPDATE iam_users SET pw_hash = ? WHERE id = ?", (_HASHER.hash(password), uid))
+            db.conn.execute("UPDATE iam_users SET failed = 0, first_failed_at = NULL, locked_until = NULL"
+                            " WHERE id = ?", (uid,))
+            db.conn.execute("INSERT INTO iam_sessions(token_hash, user_id, created_at, last_seen, must_change,"
+                            " client) VALUES (?,?,?,?,?,?)", (_sha256(token), uid, now, now, must_change, client))
+            record(db, actor=username, action="login.ok", target=username, org=org, detail={"client": client})
+        return {"token": token, "must_change_password": bool(must_change),
+                "idle_timeout_s": self.sec.session_idle_minutes * 60}
+
+    def new_session(self, user_id: int, must_change: bool = False) -> str:
+        """A session without a password check: bootstrap tooling and test helpers."""
+        token = secrets.token_urlsafe(32)
+        with self.hub.store.tx() as db:
+            db.conn.execute("INSERT INTO iam_sessions(token_hash, user_id, created_at, last_seen, must_change)"
+                            " VALUES (?,?,?,?,?)", (_sha256(token), user_id, self.now(), self.now(), int(must_change)))
+        return token
+
+    def logout(self, principal: Principal) -> None:
+        if principal.session is None:
+            raise Invalid("logout: not a session (API keys are revoked, not logged out)", "authorization")
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE token_hash = ?",
+                            (self.now(), principal.session))
+            record(db, actor=principal.name, action="logout", target=principal.name, detail={})
+
+    def change_password(self, principal: Principal, old: str, new: str) -> None:
+        if principal.kind != "user":
+            raise Forbidden("only users have passwords")
+        uid = int(principal.id.split(":")[1])
+        row = self.db.conn.execute("SELECT pw_hash, org FROM iam_users WHERE id = ?", (uid,)).fetchone()
+        try:
+            ok = _HASHER.verify(row[0], old)
+        except (VerificationError, InvalidHashError):
+            ok = False
+        if not ok:
+            record(self.db, actor=principal.name, action="password.change_failed", target=principal.name,
+                   org=row[1], detail={})
+            raise Invalid("old_password: does not match", "old_password")
+        if new == old:
+            raise Invalid("new_password: must differ from the old one", "new_password")
+        problem = password_problem(new, principal.name)
+        if problem:
+            raise Invalid("new_" + problem, "new_password")
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_users SET pw_hash = ?, must_change = 0 WHERE id = ?", (_HASHER.hash(new), uid))
+            # Other sessions may have been opened with the old password: end them; keep this one.
+            db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE user_id = ? AND token_hash != ?"
+                            " AND ended_at IS NULL", (self.now(), uid, principal.session or ""))
+            db.conn.execute("UPDATE iam_sessions SET must_change = 0 WHERE token_hash = ?", (principal.session or "",))
+            record(db, actor=principal.name, action="password.change", target=principal.name, org=row[1], detail={})
+
+    # ---- roles ---------------------------------------------------------------------------
+    def list_roles(self) -> list[dict[str, Any]]:
+        rows = self.db.conn.execute("SELECT name, description, patterns, builtin FROM iam_roles ORDER BY name")
+        return [{"name": r[0], "description": r[1], "patterns": json.loads(r[2]), "builtin": bool(r[3]),
+                 "permissions": sorted(self.role_perms(r[0]))} for r in rows.fetchall()]
+
+    def create_role(self, actor: Principal, name: str, description: str, patterns: list[str]) -> dict[str, Any]:
+        if not ROLE_NAME.match(name or ""):
+            raise Invalid("name: lower-case letters, digits and '_' (2-64), starting with a letter", "name")
+        if not actor.has("iam.roles.write"):
+            raise Forbidden("forbidden: no 'iam.roles.write'")
+        if not patterns or any(not isinstance(p, str) or not re.match(r"^!?[a-z0-9_.*?]+$", p) for p in patterns):
+            raise Invalid("patterns: non-empty list of permission patterns like 'registry.*' or '!pii.read'",
+                          "patterns")
+        with self.hub.store.tx() as db:
+            if db.conn.execute("SELECT 1 FROM iam_roles WHERE name = ?", (name,)).fetchone():
+                raise Conflict(f"name: role {name} exists", "name")
+            db.conn.execute("INSERT INTO iam_roles(name, description, patterns, builtin, created_by, created_at)"
+                            " VALUES (?,?,?,0,?,?)", (name, description, json.dumps(patterns), actor.name, self.now()))
+            record(db, actor=actor.name, action="role.create", target=name, detail={"patterns": patterns})
+        self._invalidate_roles()
+        return next(r for r in self.list_roles() if r["name"] == name)
+
+    # ---- bindings and delegation ---------------------------------------------------------
+    def _parent_binding(self, actor: Principal, role: str, org: str) -> tuple[int | None, float | None]:
+        """The granter's own binding the new one is delegated from: it must cover `org` and grant at least
+        every permission of `role` ("only roles you hold, only inside your subtree")."""
+        need = self.role_perms(role)
+        best: tuple[int, str] | None = None
+        for _pats, b_org, bid, b_role in actor.bindings:
+            if under(org, b_org) and need <= self.role_perms(b_role):
+                if best is None or len(b_org) > len(best[1]):
+                    best = (bid, b_org)
+        if best is None:
+            raise Forbidden(f"forbidden: {actor.name} can delegate only roles it holds ({role} not held over {org})")
+        row = self.db.conn.execute("SELECT expires_at FROM iam_bindings WHERE id = ?", (best[0],)).fetchone()
+        return best[0], row[0] if row else None
+
+    def _check_grant(self, actor: Principal, role: str, org: str, expires_at: float | None, perm: str
+                     ) -> tuple[int | None, float | None]:
+        check_org_path(org)
+        if role not in self.roles():
+            raise NotFound(f"role: {role} does not exist", "role")
+        if self.org(org) is None:
+            raise NotFound(f"org: {org} does not exist", "org")
+        if not actor.allowed(perm, org):
+            raise Forbidden(f"forbidden: no '{perm}' on {org} (outside your subtree)")
+        if expires_at is not None and expires_at <= self.now():
+            raise Invalid("expires_at: must be in the future", "expires_at")
+        parent, parent_exp = self._parent_binding(actor, role, org)
+        if parent_exp is not None:  # a delegated grant never outlives the grant it came from
+            expires_at = parent_exp if expires_at is None else min(expires_at, parent_exp)
+        return parent, expires_at
+
+    def grant(self, actor: Principal, username: str, role: str, org: str, expires_at: float | None = None
+              ) -> dict[str, Any]:
+        u = self.user(username)
+        if u is None or not (actor.allowed("iam.users.read", u["org"]) or actor.allowed("iam.bindings.write", org)):
+            raise NotFound(f"username: user {username} not found", "username")
+        parent, expires_at = self._check_grant(actor, role, org, expires_at, "iam.bindings.write")
+        with self.hub.store.tx() as db:
+            cur = db.conn.execute(
+                "INSERT INTO iam_bindings(user_id, role, org, parent_id, granted_by, expires_at, created_at)"
+                " VALUES (?,?,?,?,?,?,?)", (u["id"], role, org, parent, actor.name, expires_at, self.now()))
+            bid = int(cur.lastrowid)
+            record(db, actor=actor.name, action="binding.grant", target=f"binding:{bid}", org=org,
+                   detail={"user": username, "role": role, "parent": parent, "expires_at": expires_at})
+        return self.binding(bid)  # type: ignore[return-value]
+
+    def grant_root(self, user_id: int, role: str, org: str, actor: str = "system") -> int:
+        """A binding with no parent (bootstrap of the first admin, test helpers)."""
+        if role not in self.roles():
+            raise NotFound(f"role: {role} does not exist", "role")
+        self.ensure_org_chain(org, actor)
+        with self.hub.store.tx() as db:
+            cur = db.conn.execute(
+                "INSERT INTO iam_bindings(user_id, role, org, parent_id, granted_by, created_at)"
+                " VALUES (?,?,?,NULL,?,?)", (user_id, role, org, actor, self.now()))
+            bid = int(cur.lastrowid)
+            record(db, actor=actor, action="binding.grant", target=f"binding:{bid}", org=org,
+                   detail={"user_id": user_id, "role": role, "root": True})
+        return bid
+
+    def binding(self, bid: int) -> dict[str, Any] | None:
+        row = self.db.conn.execute(
+            "SELECT b.id, u.username, b.apikey_id, b.role, b.org, b.parent_id, b.granted_by, b.expires_at,"
+            " b.revoked_at, b.created_at FROM iam_bindings b LEFT JOIN iam_users u ON u.id = b.user_id"
+            " WHERE b.id = ?", (bid,)).fetchone()
+        if row is None:
+            return None
+        keys = ["id", "username", "apikey_id", "role", "org", "parent_id", "granted_by", "expires_at",
+                "revoked_at", "created_at"]
+        d = dict(zip(keys, row, strict=True))
+        d["active"] = d["revoked_at"] is None and (d["expires_at"] is None or d["expires_at"] > self.now())
+        return d
+
+    def list_bindings(self, actor: Principal, include_inactive: bool = False) -> list[dict[str, Any]]:
+        ids = [r[0] for r in self.db.conn.execute("SELECT id, org FROM iam_bindings ORDER BY id").fetchall()
+               if actor.allowed("iam.bindings.read", r[1])]
+        out = [b for b in (self.binding(i) for i in ids) if b]
+        return out if include_inactive else [b for b in out if b["active"]]
+
+    def revoke(self, actor: Principal, bid: int) -> list[int]:
+        """Revoke a binding and, transitively, everything delegated from it. Returns the revoked ids."""
+        b = self.binding(bid)
+        if b is None or not actor.allowed("iam.bindings.read", b["org"]):
+            raise NotFound(f"binding {bid} not found")
+        if not actor.allowed("iam.bindings.write", b["org"]):
+            raise Forbidden(f"forbidden: no 'iam.bindings.write' on {b['org']}")
+        return self._revoke_tree(actor.name, bid)
+
+    def _revoke_tree(self, actor: str, bid: int) -> list[int]:
+        with self.hub.store.tx() as db:
+            ids = [r[0] for r in db.conn.execute(
+                "WITH RECURSIVE t(id) AS (SELECT ? UNION SELECT b.id FROM iam_bindings b JOIN t ON b.parent_id = t.id)"
+                " SELECT b.id FROM iam_bindings b JOIN t ON b.id = t.id WHERE b.revoked_at IS NULL", (bid,)).fetchall()]
+            now = self.now()
+            for i in ids:
+                db.conn.execute("UPDATE iam_bindings SET revoked_at = ? WHERE id = ?", (now, i))
+            org = db.conn.execute("SELECT org FROM iam_bindings WHERE id = ?", (bid,)).fetchone()[0]
+            record(db, actor=actor, action="binding.revoke", target=f"binding:{bid}", org=org,
+                   detail={"cascade": [i for i in ids if i != bid]})
+        return ids
+
+    # ---- API keys ------------------------------------------------------------------------
+    def create_apikey(self, actor: Principal, name: str, role: str, org: str, expires_at: float | None = None
+                      ) -> dict[str, Any]:
+        if not name or len(name) > 64:
+            raise Invalid("name: 1-64 characters", "name")
+        parent, expires_at = self._check_grant(actor, role, org, expires_at, "iam.apikeys.write")
+        key = APIKEY_PREFIX + secrets.token_urlsafe(32)
+        now = self.now()
+        with self.hub.store.tx() as db:
+            cur = db.conn.execute("INSERT INTO iam_apikeys(name, key_hash, created_by, created_at, expires_at)"
+                                  " VALUES (?,?,?,?,?)", (name, _sha256(key), actor.name, now, expires_at))
+            kid = int(cur.lastrowid)
+            db.conn.execute(
+                "INSERT INTO iam_bindings(apikey_id, role, org, parent_id, granted_by, expires_at, created_at)"
+                " VALUES (?,?,?,?,?,?,?)", (kid, role, org, parent, actor.name, expires_at, now))
+            record(db, actor=actor.name, action="apikey.create", target=f"apikey:{kid}", org=org,
+                   detail={"name": name, "role": role, "expires_at": expires_at})
+        return {"id": kid, "name": name, "role": role, "org": org, "expires_at": expires_at, "key": key}
+
+    def list_apikeys(self, actor: Principal) -> list[dict[str, Any]]:
+        rows = self.db.conn.execute(
+            "SELECT k.id, k.name, b.role, b.org, k.created_by, k.created_at, k.expires_at, k.revoked_at,"
+            " k.last_used_at FROM iam_apikeys k JOIN iam_bindings b ON b.apikey_id = k.id ORDER BY k.id").fetchall()
+        keys = ["id", "name", "role", "org", "created_by", "created_at", "expires_at", "revoked_at", "last_used_at"]
+        return [dict(zip(keys, r, strict=True)) for r in rows if actor.allowed("iam.apikeys.read", r[3])]
+
+    def revoke_apikey(self, actor: Principal, kid: int) -> None:
+        row = self.db.conn.execute("SELECT b.org, k.revoked_at FROM iam_apikeys k JOIN iam_bindings b"
+                                   " ON b.apikey_id = k.id WHERE k.id = ?", (kid,)).fetchone()
+        if row is None or not actor.allowed("iam.apikeys.read", row[0]):
+            raise NotFound(f"API key {kid} not found")
+        if not actor.allowed("iam.apikeys.write", row[0]):
+            raise Forbidden(f"forbidden: no 'iam.apikeys.write' on {row[0]}")
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_apikeys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                            (self.now(), kid))
+            db.conn.execute("UPDATE iam_bindings SET revoked_at = ? WHERE apikey_id = ? AND revoked_at IS NULL",
+                            (self.now(), kid))
+            record(db, actor=actor.name, action="apikey.revoke", target=f"apikey:{kid}", org=row[0], detail={})
+
+    # ---- console data --------------------------------------------------------------------
+    def me(self, p: Principal) -> dict[str, Any]:
+        import importlib
+
+        from central.app import capabilities
+
+        perms = p.permissions
+        menu = []
+        for cap in capabilities():
+            if any(x.startswith(cap + ".") for x in perms):
+                try:
+                    title = getattr(importlib.import_module(f"central.{cap}"), "TITLE", cap.title())
+                except ImportError:
+                    title = cap.title()
+                menu.append({"id": cap, "title": title, "path": f"/console/{cap}"})
+        if "audit.read" in perms:
+            menu.append({"id": "audit", "title": "Audit log", "path": "/console/audit"})
+        return {
+            "id": p.id, "name": p.name, "kind": p.kind, "must_change_password": p.must_change,
+            "orgs": p.orgs, "permissions": perms,
+            "scopes": {perm: p.scopes(perm) for perm in perms},
+            "bindings": [{"id": bid, "role": role, "org": org} for _pats, org, bid, role in p.bindings],
+            "menu": menu,
+        }
+
+
+def service_of(hub: Hub) -> IamService:
+    svc = hub.services.get("iam")
+    if svc is None:
+        svc = hub.services["iam"] = IamService(hub)
+        svc.seed()
+    return svc
+
+
+def setup(hub: Hub) -> None:
+    service_of(hub)
+
+
+__all__ = ["IamService", "IamError", "minimal", "service_of", "setup"]

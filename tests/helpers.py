@@ -1,0 +1,29 @@
+"""Test helpers shared by every capability's tests."""
+
+from __future__ import annotations
+
+from central.hub import Hub
+
+
+def token_for(hub: Hub, username: str, role: str = "city_admin", org: str = "/city") -> str:
+    """A bearer session token for `username` holding `role` over `org`: creates the org chain, the user
+    (no usable password, no forced change) and a root binding when missing. Send it as
+    `Authorization: Bearer <token>`."""
+    from central.iam.service import service_of
+
+    svc = service_of(hub)
+    svc.ensure_org_chain(org)
+    user = svc.user(username)
+    with hub.store.tx() as db:
+        uid = user["id"] if user else svc._insert_user(db, username, org, "!no-password", must_change=False)
+    have = hub.store.db.conn.execute(
+        "SELECT 1 FROM iam_bindings WHERE user_id = ? AND role = ? AND org = ? AND revoked_at IS NULL",
+        (uid, role, org),
+    ).fetchone()
+    if not have:
+        svc.grant_root(uid, role, org)
+    return svc.new_session(uid)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
