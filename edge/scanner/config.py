@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol import signing
 
 
 class ScannerSection(BaseModel):
@@ -12,7 +15,40 @@ class ScannerSection(BaseModel):
     city_root_key: dict[str, str] | None = Field(
         default=None, description="Pinned city root public key {alg, kid, pub}"
     )
+    # zxing-cpp is ~5x faster than pyzbar on a 640x480 frame (bench/scanner.py); pyzbar stays the default
+    # because libzbar0 is what the reference image ships.
     decoder: Literal["pyzbar", "zxing"] = "pyzbar"
     clock_skew_s: int = Field(default=300, ge=0, le=86400)
     location: str | None = Field(default=None, max_length=128)
-    source: str | None = Field(default=None, description="camera index / stream URL / image dir")
+    source: str | None = Field(default=None, description="camera index / stream URL / video file / image dir")
+    data_dir: Path = Field(default=Path("var/edge/scanner"), description="trust lists + replay db")
+    allowed_url_prefixes: list[str] | None = Field(
+        default=None, max_length=64, description="filed guide URLs; None = accept any guide URL"
+    )
+    max_fps: float = Field(default=10.0, gt=0, le=60)
+    # A code held in front of the camera is in many consecutive frames: log it once per window.
+    repeat_window_s: float = Field(default=3.0, ge=0, le=3600)
+    batch_max: int = Field(default=100, ge=1, le=1000)
+    batch_interval_s: float = Field(default=2.0, gt=0, le=3600)
+
+    @field_validator("city_root_key")
+    @classmethod
+    def _root_key_parses(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        missing = [k for k in ("alg", "kid", "pub") if k not in v]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)} (need alg, kid, pub)")
+        try:
+            key = signing.PublicKey.from_dict(v)
+            raw_len = len(key.raw)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"not a public key: {e}") from None
+        if raw_len not in (32, 64):
+            raise ValueError(f"pub: {raw_len} bytes is not an ed25519 (32) or sm2 (64) public key")
+        return v
+
+    def root_key(self) -> signing.PublicKey:
+        if self.city_root_key is None:
+            raise ValueError("scanner.city_root_key: not configured; a terminal cannot verify without it")
+        return signing.PublicKey.from_dict(self.city_root_key)

@@ -1,0 +1,98 @@
+"""Decoding real PNG files made with `qrcode`: rotation, low contrast, two codes, a blank frame, with both
+decoders restricted to QR; plus directories and an OpenCV capture of a video file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.scanner.decode import DecodeError, decode_path, iter_frames, load_image, make_decoder
+from tests.scanner.helpers import City
+from tests.scanner.images import frame_with, low_contrast, qr_gray, rotate
+
+DECODERS = ["pyzbar", "zxing"]
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    city = City()
+    return [city.code().text, city.code(attribute="DH1").text]
+
+
+def save(path: Path, img: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+@pytest.mark.parametrize("name", DECODERS)
+@pytest.mark.parametrize("degrees", [0, 30, 90, 135])
+def test_rotated(name: str, degrees: int, texts: list[str], tmp_path: Path) -> None:
+    p = save(tmp_path / "rot.png", rotate(qr_gray(texts[0]), degrees))
+    [(_, found)] = decode_path(make_decoder(name), p)
+    assert [d.text for d in found] == [texts[0]]
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_low_contrast(name: str, texts: list[str], tmp_path: Path) -> None:
+    # Black..white squeezed into 120..140 with sensor noise: zxing alone fails without the stretch.
+    img = low_contrast(frame_with([texts[0]], noise=2.0), 120, 140)
+    assert float(img.max()) - float(img.min()) < 40
+    p = save(tmp_path / "faint.png", img)
+    [(_, found)] = decode_path(make_decoder(name), p)
+    assert [d.text for d in found] == [texts[0]]
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_two_codes_in_one_frame(name: str, texts: list[str], tmp_path: Path) -> None:
+    p = save(tmp_path / "two.png", frame_with(texts, size=(480, 800), box=3, noise=4))
+    [(_, found)] = decode_path(make_decoder(name), p)
+    assert sorted(d.text for d in found) == sorted(texts)
+    assert all(len(d.points) >= 4 for d in found)
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_blank_and_noise_frames_have_none(name: str, tmp_path: Path) -> None:
+    dec = make_decoder(name)
+    assert dec.decode(np.full((480, 640), 255, np.uint8)) == []
+    assert dec.decode(frame_with([], noise=20)) == []
+
+
+def test_colour_frame_and_directory(texts: list[str], tmp_path: Path) -> None:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    save(d / "a.png", cv2.cvtColor(qr_gray(texts[0]), cv2.COLOR_GRAY2BGR))
+    save(d / "b.jpg", frame_with([texts[1]]))
+    save(d / "c.png", frame_with([]))
+    (d / "notes.txt").write_text("not an image")
+    res = decode_path(make_decoder("zxing"), d)
+    assert [(p.name, [x.text for x in f]) for p, f in res] == [("a.png", [texts[0]]), ("b.jpg", [texts[1]]),
+                                                               ("c.png", [])]
+
+
+def test_bad_sources_raise_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DecodeError, match="not a readable image"):
+        load_image(tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="scanner.decoder"):
+        make_decoder("zbar")  # type: ignore[arg-type]
+    with pytest.raises(DecodeError, match="cannot open"):
+        list(iter_frames(str(tmp_path / "missing.avi")))
+
+
+def test_video_capture_source(texts: list[str], tmp_path: Path) -> None:
+    """The OpenCV capture path (same as a device index / stream URL) on a real MJPG video file."""
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    assert w.isOpened()
+    for i in range(6):
+        frame = frame_with([texts[0]] if i >= 3 else [], noise=3)
+        w.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    w.release()
+    dec = make_decoder("zxing")
+    found = [[d.text for d in dec.decode(f)] for _, f in iter_frames(str(path))]
+    assert found == [[], [], [], [texts[0]], [texts[0]], [texts[0]]]
