@@ -17,7 +17,9 @@ Grammar (whitespace separates sequence items; Chinese needs no spaces inside a w
                                           boundaries; case-insensitive
 
 Negation guard: a literal never matches when it is directly preceded by a negator (不 没 没有 别 非 未 /
-not no never don't ...), unless the literal itself starts with one. So `满意` does not match "不满意",
+not no never don't ..., optionally plus a degree word: 不太, 不是很, not very), unless the literal itself
+starts with one or the negator was matched by an earlier item of the same sequence (`不 满意` matches
+"不太满意"). So `满意` does not match "不满意",
 `satisfied` does not match "not satisfied", while `不满意` and `"not satisfied"` match them. Use `!x`
 for explicit exclusions.
 
@@ -182,12 +184,13 @@ _NEG_ZH_TAIL = re.compile(r"(?:没有|不|没|别|非|未|无)(?:是|太|很|怎
 _DEGREE_EN = ("very", "really", "too", "so", "that", "quite", "at", "all")
 
 
-def _negated(text: str, start: int) -> bool:
-    """Is the match at `start` inside a negation (不满意, 不太满意, not satisfied, not very happy)?"""
-    before = text[max(0, start - 8):start]
+def _negated(text: str, start: int, pos: int) -> bool:
+    """Is the match at `start` inside a negation (不满意, 不太满意, not satisfied, not very happy)?
+    Only text after `pos` counts: in the sequence `不 满意` the 不 was consumed by the first item."""
+    before = text[max(pos, start - 8):start]
     if _NEG_ZH_TAIL.search(before):
         return True
-    words = _WORD.findall(text[max(0, start - 40):start])
+    words = _WORD.findall(text[max(pos, start - 40):start])
     if words and words[-1] in NEGATORS_EN:
         return True
     return len(words) >= 2 and words[-2] in NEGATORS_EN and words[-1] in _DEGREE_EN
@@ -211,7 +214,7 @@ class Lit(Node):
 
     def hits(self, ctx: Ctx, pos: int) -> list[Hit]:
         return [(m.end(), {}) for m in self.rx.finditer(ctx.text, pos)
-                if not (self.guard and _negated(ctx.text, m.start()))]
+                if not (self.guard and _negated(ctx.text, m.start(), pos))]
 
     def vocab(self) -> list[str]:
         return [self.word]

@@ -84,3 +84,9 @@ def test_compiled_once_and_vocabulary() -> None:
     assert compile_expr("yes|yeah") is a
     assert a.vocabulary() == ["yes", "yeah"]
     assert "not satisfied" in compile_expr('"not satisfied" | bad').vocabulary()
+
+
+def test_negation_inside_a_sequence() -> None:
+    assert m("不 满意", "我不太满意") is not None
+    assert m("满意", "我不太满意") is None
+    assert m('not satisfied', "not very satisfied") is not None
