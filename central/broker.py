@@ -4,6 +4,7 @@ Used by the demo, `citybrain hub broker`, and the tests (a real broker on 127.0.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -88,6 +89,8 @@ class BrokerConfig:
         if not self.acl.exists():
             self.acl.write_text("")
         lines = [
+            # Started as root, mosquitto would switch to user "mosquitto" and lose access to our files.
+            f"user {getpass.getuser()}",
             f"pid_file {self.pid_file}",
             "per_listener_settings false",
             f"allow_anonymous {'true' if self.anonymous else 'false'}",
@@ -102,7 +105,7 @@ class BrokerConfig:
             "max_queued_messages 2000000",
             "max_queued_bytes 0",
             "max_inflight_messages 0",
-            "message_size_limit 1048576",
+            "max_packet_size 1048576",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -1,0 +1,171 @@
+"""`citybrain hub ...`: serve, migrate, provision devices, run the broker, the demo, backup/restore.
+Capabilities add their own command groups through a `cli.py` with a typer `app` (mounted here)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import typer
+import yaml
+
+from central.settings import Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Hub settings file (YAML/JSON); env CITYBRAIN_* overrides")
+
+
+def _settings(config: Path | None) -> Settings:
+    path = config or (Path(os.environ["CITYBRAIN_CONFIG"]) if os.environ.get("CITYBRAIN_CONFIG") else None)
+    try:
+        return load_settings(path)
+    except Exception as e:
+        typer.echo(f"settings: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def migrate(config: Path | None = ConfigOpt) -> None:
+    """Create or upgrade the hub's SQLite store (versioned migrations per capability)."""
+    from central.store import Store
+
+    s = _settings(config)
+    store = Store(s.database)
+    applied = store.migrate()
+    typer.echo(f"{s.database}: applied {len(applied)} migration(s) {applied}; versions {store.versions()}")
+
+
+@app.command()
+def serve(
+    config: Path | None = ConfigOpt, no_bridge: bool = typer.Option(False, help="Do not start the MQTT bridge")
+) -> None:
+    """Run the hub (HTTPS when security.tls_cert/tls_key are set)."""
+    import uvicorn
+
+    from central.app import create_app
+
+    s = _settings(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    application = create_app(s, start_bridge=False if no_bridge else None)
+    tls = {}
+    if s.security.tls_cert and s.security.tls_key:
+        tls = {"ssl_certfile": str(s.security.tls_cert), "ssl_keyfile": str(s.security.tls_key)}
+    uvicorn.run(application, host=s.host, port=s.port, log_level="info", **tls)  # type: ignore[arg-type]
+
+
+@app.command("provision-device")
+def provision_device(
+    site: str = typer.Option(..., "--site"),
+    kind: str = typer.Option(..., "--kind", help="camera | scanner"),
+    name: str = typer.Option(..., "--name"),
+    device: str | None = typer.Option(None, "--device", help="Device id (default: derived from the name)"),
+    org: str = typer.Option("/city", "--org", help="Org path the device belongs to"),
+    out: Path | None = typer.Option(None, "--out", help="Where to write the device config (YAML)"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Register a device, create its broker credentials + ACL, and write its ready config."""
+    from central.app import build_hub
+    from central.devices.service import DeviceError
+
+    hub = build_hub(_settings(config))
+    try:
+        row, cfg = hub.services["devices"].provision(site, kind, name, device, org)  # type: ignore[arg-type]
+    except DeviceError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    out = out or Path(f"firmware_configs/generated/{row['site']}-{row['device']}.yaml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out.chmod(0o600)  # it holds the device's broker password
+    typer.echo(json.dumps({"device": row["id"], "config": str(out)}))
+
+
+@app.command()
+def broker(
+    dir: Path = typer.Option(Path("var/broker"), help="Broker directory (conf, passwd, acl, data)"),
+    port: int = typer.Option(18830),
+) -> None:
+    """Run the project's mosquitto (password file + ACL) in the foreground."""
+    from central.broker import Broker, BrokerConfig
+
+    b = Broker(BrokerConfig(dir=dir, port=port)).start()
+    typer.echo(f"mosquitto on 127.0.0.1:{port}, config {b.cfg.conf}")
+    try:
+        assert b.proc is not None
+        b.proc.wait()
+    except KeyboardInterrupt:
+        b.stop()
+
+
+@app.command()
+def backup(target: Path = typer.Argument(...), config: Path | None = ConfigOpt) -> None:
+    """Online backup of the hub store (SQLite backup API; safe while the hub runs)."""
+    from central.store import Store
+
+    s = _settings(config)
+    Store(s.database).backup(target)
+    typer.echo(f"backed up {s.database} -> {target}")
+
+
+@app.command()
+def restore(source: Path = typer.Argument(...), config: Path | None = ConfigOpt) -> None:
+    """Restore the hub store from a backup (stop the hub first)."""
+    import sqlite3
+
+    s = _settings(config)
+    if not source.exists():
+        typer.echo(f"source: {source} does not exist", err=True)
+        raise typer.Exit(2)
+    s.database.parent.mkdir(parents=True, exist_ok=True)
+    src = sqlite3.connect(str(source))
+    dst = sqlite3.connect(str(s.database))
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    typer.echo(f"restored {source} -> {s.database}")
+
+
+@app.command()
+def demo(
+    dir: Path = typer.Option(Path("var/demo"), help="Where the demo keeps its broker, store and configs"),
+    port: int = typer.Option(8080, help="Hub HTTP port"),
+    mqtt_port: int = typer.Option(18830, help="Broker port"),
+    fresh: bool = typer.Option(False, help="Start from an empty demo directory"),
+) -> None:
+    """Broker + hub + one camera gateway + one scan terminal on loopback. Ctrl-C stops all."""
+    from central.demo import run_demo
+
+    run_demo(dir, port, mqtt_port, fresh)
+
+
+def _mount_capability_clis() -> None:
+    import pkgutil
+
+    import central
+
+    for mod in sorted(pkgutil.iter_modules(central.__path__), key=lambda m: m.name):
+        if not mod.ispkg:
+            continue
+        try:
+            cli_mod = importlib.import_module(f"central.{mod.name}.cli")
+        except ModuleNotFoundError as e:
+            if e.name == f"central.{mod.name}.cli":
+                continue
+            raise
+        sub = getattr(cli_mod, "app", None)
+        if sub is None:
+            continue
+        if getattr(cli_mod, "MERGE", False):  # commands straight under `citybrain hub`
+            app.registered_commands.extend(sub.registered_commands)
+            app.registered_groups.extend(sub.registered_groups)
+        else:
+            app.add_typer(sub, name=getattr(cli_mod, "NAME", mod.name))
+
+
+_mount_capability_clis()

@@ -1,0 +1,85 @@
+"""Devices API: list/status, provisioning, commands. Thin: parse, authorize, call the service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from central.devices.service import DeviceError, DeviceService
+from central.hub import Hub, get_hub
+from central.iam.deps import Principal, require
+
+router = APIRouter()
+
+
+def svc(hub: Hub = Depends(get_hub)) -> DeviceService:
+    return hub.services["devices"]
+
+
+def device_org(site: str, device: str, service: DeviceService = Depends(svc)) -> str:
+    d = service.get(f"{site}/{device}")
+    if d is None:
+        raise HTTPException(404, detail=f"device {site}/{device} not found")
+    return d["org_path"]
+
+
+class ProvisionIn(BaseModel):
+    site: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    kind: Literal["camera", "scanner"]
+    name: str = Field(min_length=1, max_length=128)
+    device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    org_path: str = Field(default="/city", pattern=r"^/[A-Za-z0-9_/-]*$")
+
+
+class CommandIn(BaseModel):
+    action: Literal["config", "snapshot", "restart", "ping"]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+def body_org(body: ProvisionIn) -> str:
+    return body.org_path
+
+
+@router.get("")
+def list_devices(p: Principal = Depends(require("devices.read")), service: DeviceService = Depends(svc)) -> list[dict]:
+    return service.list(p.scopes("devices.read"))
+
+
+@router.get("/{site}/{device}")
+def get_device(
+    site: str, device: str, p: Principal = Depends(require("devices.read", org_of=device_org)),
+    service: DeviceService = Depends(svc),
+) -> dict:
+    return service.get(f"{site}/{device}") or {}
+
+
+@router.get("/{site}/{device}/events")
+def device_events(
+    site: str, device: str, limit: int = Query(50, ge=1, le=1000),
+    p: Principal = Depends(require("devices.read", org_of=device_org)), service: DeviceService = Depends(svc),
+) -> list[dict]:
+    """The device's most recent events as stored by the bridge (each event_id once)."""
+    return service.events(f"{site}/{device}", limit)
+
+
+@router.post("", status_code=201)
+def provision(
+    body: ProvisionIn, p: Principal = Depends(require("devices.write", org_of=body_org)),
+    service: DeviceService = Depends(svc),
+) -> dict:
+    """Returns the device and its ready config (the broker password appears only here, once)."""
+    try:
+        row, cfg = service.provision(body.site, body.kind, body.name, body.device, body.org_path)
+    except DeviceError as e:
+        raise HTTPException(422, detail={"field": e.field, "error": str(e)}) from None
+    return {"device": service.get(row["id"]), "config": cfg}
+
+
+@router.post("/{site}/{device}/commands", status_code=202)
+def command(
+    site: str, device: str, body: CommandIn,
+    p: Principal = Depends(require("devices.write", org_of=device_org)), service: DeviceService = Depends(svc),
+) -> dict:
+    return service.send_command(f"{site}/{device}", body.action, body.args, actor=p.name)

@@ -1,0 +1,157 @@
+"""Device provisioning and status. Provisioning registers the device, gives it broker credentials and an
+ACL entry that lets it publish only under `city/v1/{site}/{device}/...`, and returns a ready config."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from central import broker
+from central.devices import store
+from central.hub import Hub
+from central.store import utcnow
+from protocol import messages, topics
+
+Kind = Literal["camera", "scanner"]
+
+
+class DeviceError(ValueError):
+    def __init__(self, field: str, msg: str) -> None:
+        super().__init__(f"{field}: {msg}")
+        self.field = field
+
+
+def slug(name: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_-]+", "-", name.strip()).strip("-").lower()
+    return s[:48] or "dev"
+
+
+def broker_username(site: str, device: str) -> str:
+    return f"{site}.{device}"
+
+
+class DeviceService:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def provision(
+        self, site: str, kind: Kind, name: str, device: str | None = None, org_path: str = "/city",
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Returns (device row, device config dict). The password exists only in the returned config."""
+        if not topics.valid_id(site):
+            raise DeviceError("site", "letters, digits, '-' and '_' only (1-64)")
+        if kind not in ("camera", "scanner"):
+            raise DeviceError("kind", "must be camera or scanner")
+        device = device or f"{kind[:3]}-{slug(name)}-{secrets.token_hex(2)}"
+        if not topics.valid_id(device):
+            raise DeviceError("device", "letters, digits, '-' and '_' only (1-64)")
+        device_id = f"{site}/{device}"
+        db = self.hub.store.db
+        if store.get(db, device_id) is not None:
+            raise DeviceError("device", f"{device_id} already exists")
+        username = broker_username(site, device)
+        password = secrets.token_urlsafe(24)
+        row = {
+            "id": device_id, "site": site, "device": device, "kind": kind, "name": name, "org_path": org_path,
+            "username": username, "created_at": utcnow(), "status": "unknown",
+        }
+        with self.hub.store.tx() as db:
+            store.insert(db, row)
+            self._audit(db, "devices.provision", device_id, org_path, {"kind": kind, "name": name})
+        self._write_broker_entry(username, password, site, device)
+        cfg = self.device_config(row, password)
+        return row, cfg
+
+    def _audit(self, db: Any, action: str, target: str, org: str, detail: dict[str, Any]) -> None:
+        try:
+            from central.iam.audit import record
+        except ImportError:  # iam not installed in this build
+            return
+        record(db, actor="system", action=action, target=target, org=org, detail=detail)
+
+    def _write_broker_entry(self, username: str, password: str, site: str, device: str) -> None:
+        m = self.hub.settings.mqtt
+        if m.passwd_file is None or m.acl_file is None:
+            return
+        broker.hash_password(m.passwd_file, username, password)
+        text = m.acl_file.read_text() if m.acl_file.exists() else ""
+        text = text.rstrip("\n") + "\n\n" + broker.device_acl(username, site, device)
+        m.acl_file.write_text(text.lstrip("\n"))
+        if m.pid_file is not None:
+            broker.reload_pid_file(m.pid_file)
+
+    def device_config(self, row: dict[str, Any], password: str) -> dict[str, Any]:
+        m = self.hub.settings.mqtt
+        use_tls = m.tls_port is not None and m.ca_file is not None
+        cfg: dict[str, Any] = {
+            "schema_version": 1,
+            "site": row["site"],
+            "device": row["device"],
+            "kind": row["kind"],
+            "name": row["name"],
+            "mqtt": {
+                "host": m.host,
+                "port": m.tls_port if use_tls else m.port,
+                "username": row["username"],
+                "password": password,
+                "tls": use_tls,
+                **({"ca_file": str(m.ca_file)} if use_tls else {}),
+            },
+            "outbox": {"path": f"var/edge/{row['site']}-{row['device']}/outbox.db"},
+            "heartbeat_s": 15,
+        }
+        # Capabilities fill their section (e.g. codes pins the city root key for scanners).
+        self.hub.hooks.emit("devices.config", cfg)
+        return cfg
+
+    def list(self, org_prefixes: list[str] | None) -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        stale = timedelta(seconds=self.hub.settings.device_offline_after_s)
+        out = []
+        for r in store.list_devices(self.hub.store.db, org_prefixes):
+            out.append(self.view(r, now, stale))
+        return out
+
+    def get(self, device_id: str) -> dict[str, Any] | None:
+        r = store.get(self.hub.store.db, device_id)
+        if r is None:
+            return None
+        return self.view(r, datetime.now(UTC), timedelta(seconds=self.hub.settings.device_offline_after_s))
+
+    @staticmethod
+    def view(r: dict[str, Any], now: datetime, stale: timedelta) -> dict[str, Any]:
+        last_hb = datetime.fromisoformat(r["last_hb_at"]) if r.get("last_hb_at") else None
+        # Online = the broker says so (retained status / last will) and heartbeats are not overdue.
+        online = r.get("status") == "online" and (last_hb is None or now - last_hb <= stale)
+        return {
+            "id": r["id"], "site": r["site"], "device": r["device"], "kind": r["kind"], "name": r["name"],
+            "org_path": r["org_path"], "state": "online" if online else "offline",
+            "status": r.get("status"), "status_at": r.get("status_at"), "last_heartbeat_at": r.get("last_hb_at"),
+            "queue_depth": r.get("queue_depth") or 0, "queue_dropped": r.get("queue_dropped") or 0,
+            "heartbeat": json.loads(r["hb"]) if r.get("hb") else None,
+        }
+
+    def events(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        rows = store.recent_events(self.hub.store.db, device_id, limit)
+        for r in rows:
+            r["payload"] = json.loads(r["payload"])
+        return rows
+
+    def send_command(self, device_id: str, action: str, args: dict[str, Any], actor: str) -> dict[str, Any]:
+        r = store.get(self.hub.store.db, device_id)
+        if r is None:
+            raise DeviceError("device_id", f"unknown device {device_id}")
+        cmd = messages.Cmd(action=action, args=args)  # type: ignore[arg-type]
+        with self.hub.store.tx() as db:
+            store.record_command(db, {"cmd_id": cmd.cmd_id, "device_id": device_id, "action": action,
+                                      "args": json.dumps(args), "sent_at": utcnow()})
+            self._audit(db, "devices.command", device_id, r["org_path"], {"action": action, "actor": actor})
+        self.hub.publish(topics.cmd(r["site"], r["device"]), cmd.model_dump_json(), qos=1)
+        return {"cmd_id": cmd.cmd_id}
+
+
+def setup(hub: Hub) -> None:
+    hub.services["devices"] = DeviceService(hub)
