@@ -1,18 +1,142 @@
-"""Camera-gateway section of the device config (owned by edge/camera)."""
+"""Camera-gateway section of the device config (owned by edge/camera).
+
+Zones use normalised coordinates (0..1 of frame width/height) so a config survives a resolution change
+of the camera. Every threshold that tests need in seconds is in seconds (litter "T minutes" = 60*T s).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID = r"^[A-Za-z0-9_-]{1,64}$"
+KINDS = ("crowd", "fire", "smoke", "litter")
+EventKind = Literal["crowd", "fire", "smoke", "litter"]
+Backend = Literal["classical", "onnx", "off"]
+# Which detector label feeds which rule: a YOLO model's class names are mapped onto these labels.
+LABEL_OF_KIND: dict[str, str] = {"crowd": "person", "fire": "fire", "smoke": "smoke", "litter": "litter"}
 
 
-class CameraSource(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Zone(_Strict):
+    id: str = Field(pattern=ID)
+    polygon: list[tuple[float, float]] = Field(min_length=3, max_length=64)
+    kinds: list[EventKind] = Field(default_factory=lambda: list(KINDS))
+
+    @field_validator("polygon")
+    @classmethod
+    def _normalised(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for x, y in v:
+            if not (0 <= x <= 1 and 0 <= y <= 1):
+                raise ValueError("polygon points are normalised: 0 <= x, y <= 1")
+        return v
+
+
+class CrowdRule(_Strict):
+    min_count: int = Field(default=8, ge=1, le=1000)
+    dwell_s: float = Field(default=30.0, ge=0)
+
+
+class AreaRule(_Strict):
+    # Fraction of the zone's area covered by the detected regions, held for persist_s.
+    min_area_frac: float = Field(default=0.002, gt=0, le=1)
+    persist_s: float = Field(default=5.0, ge=0)
+
+
+class LitterRule(_Strict):
+    static_s: float = Field(default=300.0, ge=0)  # "static for T minutes"
+    min_area_frac: float = Field(default=0.0005, gt=0, le=1)  # of the frame
+    max_area_frac: float = Field(default=0.05, gt=0, le=1)
+
+
+class Lifecycle(_Strict):
+    # Condition must be false this long before an incident ends (debounce flapping detections).
+    end_after_s: float = Field(default=15.0, ge=0)
+    update_every_s: float = Field(default=60.0, gt=0)  # at most one "update" per incident per period
+    cooldown_s: float = Field(default=120.0, ge=0)  # after an end, no new start for the same zone+kind
+
+
+class Rules(_Strict):
+    crowd: CrowdRule = Field(default_factory=CrowdRule)
+    fire: AreaRule = Field(default_factory=lambda: AreaRule(min_area_frac=0.002, persist_s=3.0))
+    smoke: AreaRule = Field(default_factory=lambda: AreaRule(min_area_frac=0.01, persist_s=5.0))
+    litter: LitterRule = Field(default_factory=LitterRule)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+
+
+class OnnxConfig(_Strict):
+    model_path: Path
+    model_version: str = Field(default="", max_length=64)
+    input_size: tuple[int, int] = (640, 640)  # (width, height) the model expects
+    # "yolov8": output [1, 4+C, N] (cx, cy, w, h, class scores); "yolov5": [1, N, 5+C] with objectness.
+    output_format: Literal["yolov8", "yolov5"] = "yolov8"
+    class_map: dict[int, str] = Field(default_factory=lambda: {0: "person"})  # class index -> label
+    conf_threshold: float = Field(default=0.35, ge=0, le=1)
+    iou_threshold: float = Field(default=0.45, ge=0, le=1)
+    max_detections: int = Field(default=200, ge=1, le=256)
+    threads: int = Field(default=1, ge=1, le=64)
+
+
+class ClassicalConfig(_Strict):
+    analysis_width: int = Field(default=320, ge=80, le=1920)  # colour/motion analysis runs downscaled
+    person_width: int = Field(default=640, ge=128, le=1920)  # people detection resolution
+    person_every_s: float = Field(default=1.0, ge=0)  # people detection is the costly part: rate-limit it
+    motion_threshold: float = Field(default=0.002, ge=0, le=1)  # changed-pixel fraction that counts as motion
+
+
+class CameraSource(_Strict):
+    id: str = Field(pattern=ID)
     url: str = Field(min_length=1, description="RTSP/HTTP URL, video file path, or USB device index")
     loop: bool = False
-    max_fps: float = Field(default=5.0, gt=0, le=60)
+    # Files are read at their own frame rate (like a live camera) unless realtime is False.
+    realtime: bool = True
+    max_fps: float = Field(default=5.0, gt=0, le=60)  # analysis rate limit per camera
+    zones: list[Zone] = Field(default_factory=list, max_length=32)
+    detectors: dict[EventKind, Backend] = Field(default_factory=dict)  # per kind; default from section
+    rules: Rules | None = None  # per-camera override of the section's rules
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _unique_zones(self) -> CameraSource:
+        ids = [z.id for z in self.zones]
+        if len(ids) != len(set(ids)):
+            raise ValueError("zones: zone ids must be unique per camera")
+        return self
 
 
-class CameraSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CameraSection(_Strict):
     cameras: list[CameraSource] = Field(default_factory=list, max_length=16)
+    detectors: dict[EventKind, Backend] = Field(
+        default_factory=lambda: {"crowd": "classical", "fire": "classical", "smoke": "classical",
+                                 "litter": "classical"}
+    )
+    rules: Rules = Field(default_factory=Rules)
+    classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
+    onnx: OnnxConfig | None = None
+    snapshot_max_bytes: int = Field(default=60_000, ge=4_000, le=150_000)  # JPEG cap (b64 < 200 KiB)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CameraSection:
+        ids = [c.id for c in self.cameras]
+        if len(ids) != len(set(ids)):
+            raise ValueError("cameras: camera ids must be unique")
+        uses_onnx = "onnx" in self.detectors.values() or any(
+            "onnx" in c.detectors.values() for c in self.cameras
+        )
+        if uses_onnx and self.onnx is None:
+            raise ValueError("onnx: a detector is set to 'onnx' but no onnx section (model_path) is given")
+        return self
+
+    def backend_for(self, cam: CameraSource, kind: str) -> str:
+        return cam.detectors.get(kind, self.detectors.get(kind, "off"))  # type: ignore[call-overload]
+
+    def rules_for(self, cam: CameraSource) -> Rules:
+        return cam.rules or self.rules
