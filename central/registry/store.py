@@ -1,0 +1,101 @@
+"""Registry tables. Entities keep their current grid cell + validity span inline (the spatio-temporal
+identifier); history lives in the change feed. FTS5 (trigram, so Chinese names match by substring) is
+kept in step by sqlite-utils' triggers."""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+_V1 = """
+CREATE TABLE registry_entities (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    region TEXT NOT NULL,
+    name TEXT NOT NULL,
+    address TEXT,
+    org TEXT NOT NULL,
+    ext_kind TEXT,
+    ext_bi TEXT UNIQUE,
+    ext_enc TEXT,
+    ext_masked TEXT,
+    phone_enc TEXT,
+    grid TEXT,
+    valid_from TEXT,
+    valid_to TEXT,
+    attrs TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL DEFAULT 'active',
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX registry_entities_org ON registry_entities(org);
+CREATE INDEX registry_entities_type_region ON registry_entities(type, region);
+CREATE INDEX registry_entities_grid ON registry_entities(grid);
+CREATE TABLE registry_serials (
+    type_code TEXT NOT NULL, region TEXT NOT NULL, next INTEGER NOT NULL,
+    PRIMARY KEY (type_code, region)
+) WITHOUT ROWID;
+CREATE TABLE registry_links (
+    id INTEGER PRIMARY KEY,
+    src TEXT NOT NULL REFERENCES registry_entities(id),
+    rel TEXT NOT NULL,
+    dst TEXT NOT NULL REFERENCES registry_entities(id),
+    category TEXT NOT NULL,
+    org TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (src, rel, dst)
+);
+CREATE INDEX registry_links_dst ON registry_links(dst, category);
+CREATE TABLE registry_aliases (
+    org TEXT NOT NULL,
+    local_id TEXT NOT NULL,
+    base_id TEXT NOT NULL REFERENCES registry_entities(id),
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (org, local_id)
+) WITHOUT ROWID;
+CREATE INDEX registry_aliases_base ON registry_aliases(base_id);
+CREATE TABLE registry_feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    entity_id TEXT,
+    org TEXT,
+    data TEXT NOT NULL
+);
+CREATE TABLE registry_applications (
+    id INTEGER PRIMARY KEY,
+    applicant TEXT NOT NULL,
+    applicant_org TEXT NOT NULL,
+    owner_org TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    decided_by TEXT,
+    decided_at TEXT,
+    reason TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX registry_applications_status ON registry_applications(status, applicant_org);
+CREATE TABLE registry_rejects (
+    id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    source TEXT NOT NULL,
+    error TEXT NOT NULL,
+    payload TEXT
+);
+"""
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    for stmt in _V1.split(";"):
+        if stmt.strip():
+            db.conn.execute(stmt)
+    # trigram: CJK names have no spaces, so word tokenizers would index a whole name as one token.
+    db["registry_entities"].enable_fts(["name", "address"], tokenize="trigram", create_triggers=True)
+
+
+MIGRATIONS = [(1, _v1)]
