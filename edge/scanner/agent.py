@@ -1,0 +1,165 @@
+"""The scan-terminal loop: trust sync over MQTT, scanning from the configured source, scan log batches.
+
+- Trust sync: subscribes to the retained `city/v1/trust` and `city/v1/revocations`; each arrival goes
+  through the trust store (signed by the pinned root and newer, else refused and counted).
+- Scanning: frames from a camera index / stream URL / video file, or a watched image directory (a
+  handheld that drops captures there); every code found gets an offline verdict.
+- Scan log: every verdict becomes a ScanRecord; records are batched (size or age) into ScanBatch
+  messages on the link's durable outbox, so scans made offline reach the hub once the broker is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import DeviceConfig
+from edge.link import Link
+from edge.scanner.decode import DecodeError, Decoder, iter_frames, load_image, make_decoder
+from edge.scanner.verify import Result, Verifier
+from protocol import topics
+from protocol.messages import ScanBatch, ScanRecord
+
+log = logging.getLogger("citybrain.edge.scanner")
+
+
+class ScannerAgent:
+    """Everything the terminal does, minus the frame loop (so tests and a UI can feed it directly)."""
+
+    def __init__(self, cfg: DeviceConfig, link: Link, verifier: Verifier | None = None,
+                 on_result: Callable[[Result], None] | None = None) -> None:
+        if cfg.scanner is None:
+            raise ValueError("scanner: section missing from the device config")
+        self.cfg = cfg
+        self.section = cfg.scanner
+        self.link = link
+        self.verifier = verifier or Verifier.from_config(self.section)
+        self.decoder: Decoder = make_decoder(self.section.decoder)
+        self.on_result = on_result
+        self._lock = threading.Lock()
+        self._pending: list[ScanRecord] = []
+        self._pending_since = 0.0
+        self._recent: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.batches_sent = 0
+
+    # -- trust sync -------------------------------------------------------------------------------
+    def subscribe(self) -> None:
+        store = self.verifier.store
+        self.link.subscribe(topics.TRUST, lambda raw: self._apply("trust", raw))
+        self.link.subscribe(topics.REVOCATIONS, lambda raw: self._apply("revocations", raw))
+        self.link.stats_provider = self.stats
+        log.info("trust store: trust v%s, revocations v%s", store.trust_version, store.revocation_version)
+
+    def _apply(self, kind: str, raw: bytes) -> None:
+        ok, reason = self.verifier.store.apply_bytes(kind, raw)  # type: ignore[arg-type]
+        if ok:
+            log.info("%s list applied: %s", kind, self.stats())
+
+    def stats(self) -> dict[str, int | str | None]:
+        s = self.verifier.store.stats()
+        s.update({f"scans_{k.replace('-', '_')}": v for k, v in self.counts.items()})
+        s["scan_batches"] = self.batches_sent
+        return s
+
+    # -- scanning ---------------------------------------------------------------------------------
+    def handle_text(self, text: str, now: float | None = None) -> Result:
+        """Verify one scanned payload and log it."""
+        t = time.time() if now is None else now
+        res = self.verifier.verify(text, t)
+        self.counts[res.verdict] = self.counts.get(res.verdict, 0) + 1
+        log.info("scan %s: %s (%s)", res.serial or "-", res.verdict, res.reason)
+        with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.append(res.record(self.section.location))
+            full = len(self._pending) >= self.section.batch_max
+        if full:
+            self.flush()
+        if self.on_result is not None:
+            self.on_result(res)
+        return res
+
+    def handle_frame(self, frame: np.ndarray) -> list[Result]:
+        """Decode a frame and verify each code not already seen within the repeat window."""
+        now = time.monotonic()
+        window = self.section.repeat_window_s
+        out = []
+        for d in self.decoder.decode(frame):
+            last = self._recent.get(d.text)
+            self._recent[d.text] = now
+            if last is not None and now - last < window:
+                continue  # the same code still held in front of the camera
+            out.append(self.handle_text(d.text))
+        if len(self._recent) > 1000:
+            self._recent = {k: v for k, v in self._recent.items() if now - v < window}
+        return out
+
+    def flush(self, force: bool = True) -> int:
+        """Move pending records to the outbox as one batch (if forced, full, or old enough)."""
+        with self._lock:
+            if not self._pending:
+                return 0
+            if not force and time.monotonic() - self._pending_since < self.section.batch_interval_s:
+                return 0
+            records, self._pending = self._pending, []
+        self.link.publish_scan_batch(ScanBatch(records=records))
+        self.batches_sent += 1
+        return len(records)
+
+    def close(self) -> None:
+        self.flush()
+        self.verifier.close()
+
+
+def _watch_directory(agent: ScannerAgent, directory: Path, stop: threading.Event, poll_s: float = 0.2) -> None:
+    """Verify each new image dropped into `directory` once (keyed by name + mtime + size)."""
+    done: set[tuple[str, int, int]] = set()
+    while not stop.is_set():
+        for p in sorted(directory.iterdir()):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            key = (p.name, st.st_mtime_ns, st.st_size)
+            if key in done or not p.is_file() or p.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp"}:
+                continue
+            done.add(key)
+            try:
+                found = agent.decoder.decode(load_image(p))
+            except DecodeError as e:  # a half-written file: retry on the next poll
+                done.discard(key)
+                log.debug("skipping %s: %s", p, e)
+                continue
+            for d in found:
+                agent.handle_text(d.text)
+        agent.flush(force=False)
+        stop.wait(poll_s)
+
+
+def run(cfg: DeviceConfig, link: Link, stop: threading.Event) -> None:
+    """Run the terminal until `stop` is set (edge.agent.run_agent calls this with a started link)."""
+    agent = ScannerAgent(cfg, link)
+    agent.subscribe()
+    source = agent.section.source
+    try:
+        try:
+            if source is not None and Path(source).is_dir():
+                _watch_directory(agent, Path(source), stop)
+            elif source is not None:
+                for _, frame in iter_frames(source, stop, max_fps=agent.section.max_fps):
+                    agent.handle_frame(frame)
+                    agent.flush(force=False)
+        except DecodeError as e:
+            log.error("scanner.source: %s", e)  # keep syncing trust: the terminal is still of use
+        # No source (codes arrive via handle_text from a UI/keyboard wedge) or a finished video file:
+        # keep syncing trust and flushing the log until told to stop.
+        while not stop.wait(min(0.5, agent.section.batch_interval_s)):
+            agent.flush(force=False)
+    finally:
+        agent.close()

@@ -1,0 +1,69 @@
+"""verify_command: one JSON line per code, exit 0/1/2, from a PNG, a directory or a raw payload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge.scanner.cli import verify_command
+from edge.scanner.trust_store import TrustStore
+from tests.scanner.helpers import City, scanner_config
+from tests.scanner.images import frame_with
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[City, Path]:
+    city = City()
+    cfg = scanner_config(tmp_path, city, decoder="zxing")
+    store = TrustStore(city.root.public, tmp_path / "scanner")  # what a sync left on disk
+    store.apply(city.trust_list(1))
+    return city, cfg
+
+
+def lines(out: str) -> list[dict[str, object]]:
+    return [json.loads(x) for x in out.strip().splitlines()]
+
+
+def test_payload_valid_and_invalid(setup: tuple[City, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    city, cfg = setup
+    code = city.code()
+    assert verify_command(None, code.text, cfg) == 0
+    [v] = lines(capsys.readouterr().out)
+    assert v["verdict"] == "valid" and v["serial"] == code.serial and v["dept"] == "HEALTH"
+    assert verify_command(None, code.text.replace("/PASS.", "/PAST."), cfg) == 1
+    assert lines(capsys.readouterr().out)[0]["verdict"] == "bad-signature"
+
+
+def test_image_with_two_codes_one_revoked(setup: tuple[City, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    city, cfg = setup
+    good, bad = city.code(), city.code()
+    TrustStore(city.root.public, tmp_path / "scanner").apply(city.revocations(1, serials=[bad.serial]))
+    img = tmp_path / "two.png"
+    cv2.imwrite(str(img), frame_with([good.text, bad.text], size=(480, 800), box=3))
+    assert verify_command(img, None, cfg) == 1
+    got = {x["serial"]: x["verdict"] for x in lines(capsys.readouterr().out)}
+    assert got == {good.serial: "valid", bad.serial: "revoked"}
+    one = tmp_path / "one.png"
+    cv2.imwrite(str(one), frame_with([good.text]))
+    assert verify_command(one, None, cfg) == 0
+
+
+def test_blank_image_and_usage_errors(setup: tuple[City, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    city, cfg = setup
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), frame_with([]))
+    assert verify_command(blank, None, cfg) == 1
+    assert lines(capsys.readouterr().out)[0]["verdict"] == "no-code"
+    assert verify_command(None, None, cfg) == 2
+    assert verify_command(blank, "x", cfg) == 2
+    assert verify_command(tmp_path / "missing.png", None, cfg) == 2
+    assert "missing.png" in capsys.readouterr().err
+    bad_cfg = tmp_path / "bad.json"
+    bad_cfg.write_text(cfg.read_text().replace('"alg": "ed25519"', '"alg": "rsa"'))
+    assert verify_command(None, "x", bad_cfg) == 2
+    assert "scanner.city_root_key" in capsys.readouterr().err
