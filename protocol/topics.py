@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 ROOT = "city/v1"
 TRUST = f"{ROOT}/trust"
@@ -78,6 +79,7 @@ class DeviceTopic:
     kind: str | None = None  # only for channel == "event"
 
 
+@lru_cache(maxsize=65536)  # devices publish on a handful of topics each: parse each once
 def parse(topic: str) -> DeviceTopic:
     """Parse a device topic; raises ValueError naming what is wrong."""
     parts = topic.split("/")

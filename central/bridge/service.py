@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
-import json
 import logging
 import threading
 import time
@@ -266,10 +265,9 @@ class Bridge:
                     snapshot = base64.b64decode(e.snapshot_jpeg_b64, validate=True)
                 except (binascii.Error, ValueError):
                     snapshot = None
-            payload = e.model_dump(mode="json", exclude={"snapshot_jpeg_b64"})
             rows.append((
                 e.event_id, site, device, e.kind, e.ts.isoformat(), now, e.phase, e.incident_id, e.camera, e.zone,
-                e.score, e.count, json.dumps(payload, separators=(",", ":")), snapshot,
+                e.score, e.count, e.model_dump_json(exclude={"snapshot_jpeg_b64"}), snapshot,
             ))
             new.append((site, device, e))
         store.insert_events(db, rows)

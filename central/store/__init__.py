@@ -86,10 +86,13 @@ class Store:
         try:
             yield db
         except BaseException:
-            db.conn.execute("ROLLBACK")
+            if db.conn.in_transaction:
+                db.conn.execute("ROLLBACK")
             raise
         else:
-            db.conn.execute("COMMIT")
+            # Some DDL helpers (executescript, sqlite-utils' enable_fts) commit on their own.
+            if db.conn.in_transaction:
+                db.conn.execute("COMMIT")
 
     def migrate(self) -> list[str]:
         """Apply missing migrations of every capability; returns what was applied ("cap:version")."""
