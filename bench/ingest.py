@@ -156,14 +156,15 @@ def main() -> None:
             bridge = Bridge(hub).start()
             assert bridge.wait_connected(10)
             live_s = publish_all(bcfg.port, creds, per)
-            while conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] < 2 * total and time.perf_counter() < t1 + 600:
+            deadline = time.perf_counter() + 300
+            while conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] < 2 * total:
+                if time.perf_counter() > deadline:
+                    break
                 time.sleep(0.01)
-            live_s2 = time.perf_counter() - (t1 + 1.0)
             live_stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] - stored
             bridge.stop()
             print(json.dumps({"phase": "live", "events_in": total, "events_stored": live_stored,
                               "publish_seconds": round(live_s, 2), "lost": total - live_stored}), flush=True)
-            _ = live_s2
         finally:
             broker.stop()
         rate = stored / (t1 - t0)
