@@ -170,6 +170,7 @@ class Bridge:
     def ingest(self, batch: list[Incoming]) -> None:
         now = datetime.now(UTC).isoformat()
         events: list[tuple[str, str, messages.Event]] = []
+        raw_events: dict[str, bytes] = {}
         scans: list[tuple[str, str, messages.ScanBatch]] = []
         statuses: list[tuple[str, str]] = []
         hbs: dict[str, messages.Heartbeat] = {}
@@ -201,6 +202,8 @@ class Bridge:
                     if msg.kind != t.kind:
                         raise Reject("kind_mismatch", f"topic kind {t.kind!r} != payload kind {msg.kind!r}")
                     events.append((t.site, t.device, msg))
+                    if msg.snapshot_jpeg_b64 is None:
+                        raw_events[msg.event_id] = m.payload  # validated: store as received
                 elif isinstance(msg, messages.ScanBatch):
                     scans.append((t.site, t.device, msg))
                 elif isinstance(msg, messages.Heartbeat):
@@ -212,7 +215,7 @@ class Bridge:
             except Reject as r:
                 rejects.append((m.topic, r.reason, r.detail))
         with self.hub.store.tx() as db:
-            new_events = self._store_events(db, events, now)
+            new_events = self._store_events(db, events, raw_events, now)
             new_scans = self._store_scans(db, scans, now)
             for device_id, state in statuses:
                 devices_store.set_status(db, device_id, state, now)
@@ -248,7 +251,7 @@ class Bridge:
             log.warning("rejected payload (%s): %s", reason, detail)
 
     def _store_events(
-        self, db: Any, events: list[tuple[str, str, messages.Event]], now: str
+        self, db: Any, events: list[tuple[str, str, messages.Event]], raw: dict[str, bytes], now: str
     ) -> list[tuple[str, str, messages.Event]]:
         if not events:
             return []
@@ -265,9 +268,10 @@ class Bridge:
                     snapshot = base64.b64decode(e.snapshot_jpeg_b64, validate=True)
                 except (binascii.Error, ValueError):
                     snapshot = None
+            body = raw.get(e.event_id) or e.model_dump_json(exclude={"snapshot_jpeg_b64"}).encode()
             rows.append((
                 e.event_id, site, device, e.kind, e.ts.isoformat(), now, e.phase, e.incident_id, e.camera, e.zone,
-                e.score, e.count, e.model_dump_json(exclude={"snapshot_jpeg_b64"}), snapshot,
+                e.score, e.count, body.decode(), snapshot,
             ))
             new.append((site, device, e))
         store.insert_events(db, rows)
