@@ -18,8 +18,8 @@ CODE_TYPE: dict[str, str] = {v: k for k, v in TYPE_CODE.items()}
 SERIAL_DIGITS = 10
 ID_LEN = 1 + 6 + SERIAL_DIGITS + 1
 # type letter, 6-digit GB/T 2260 region, decimal serial, check char
-_ID_RE = re.compile(rf"^([PEOL])(\d{{6}})(\d{{{SERIAL_DIGITS}}})([0-9A-Z])$")
-REGION_RE = re.compile(r"^\d{6}$")
+_ID_RE = re.compile(rf"^([PEOL])([0-9]{{6}})([0-9]{{{SERIAL_DIGITS}}})([0-9A-Z])$")  # [0-9]: \d takes any Unicode digit
+REGION_RE = re.compile(r"^[0-9]{6}$")
 
 
 def mod37_36_check(body: str) -> str:
@@ -72,7 +72,7 @@ def normalize_id(value: str) -> str:
 # --- GB 11643-1999 citizen ID number (公民身份号码) ---
 _IDC_W = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _IDC_MAP = "10X98765432"
-_IDC_RE = re.compile(r"^\d{17}[\dX]$")
+_IDC_RE = re.compile(r"^[0-9]{17}[0-9X]$")
 
 
 def id_card_check(first17: str) -> str:

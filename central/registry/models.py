@@ -41,7 +41,7 @@ class LinkIn(BaseModel):
 class EntityIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     type: EntityType
-    region: str = Field(pattern=r"^\d{6}$", description="GB/T 2260 region code of the issuing region")
+    region: str = Field(pattern=r"^[0-9]{6}$", description="GB/T 2260 region code of the issuing region")
     name: str = Field(min_length=1, max_length=200)
     address: str | None = Field(default=None, max_length=500)
     # person: ID-card number; enterprise: unified social credit code; object/place: the pushing

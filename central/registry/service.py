@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -844,7 +845,7 @@ def search(hub: Hub, actor: Actor, q: str | None = None, *, type: str | None = N
     """Full-text (FTS5 trigram over name + address) and/or filters; only what the actor may see."""
     if type is not None and type not in EXT_KIND:
         raise RegistryError("type", "must be person, enterprise, object or place")
-    if region is not None and not (region.isdigit() and len(region) in (2, 4, 6)):
+    if region is not None and not re.fullmatch(r"[0-9]{2}|[0-9]{4}|[0-9]{6}", region):
         raise RegistryError("region", "a 2/4/6-digit region code (prefix matches)")
     if not 1 <= limit <= 500 or offset < 0:
         raise RegistryError("limit", "limit 1..500, offset >= 0")

@@ -3,14 +3,21 @@ holding tokens for different scopes."""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from pathlib import Path
 
-import pytest
-from fastapi.testclient import TestClient
+# `tests.helpers` needs the repo root on sys.path until pyproject sets pytest `pythonpath = ["."]`.
+if str(Path(__file__).resolve().parents[2]) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from central.hub import Hub
-from central.registry.ids import id_card_check, uscc_check
-from tests.helpers import auth, token_for
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from central.hub import Hub  # noqa: E402
+from central.registry.ids import id_card_check, uscc_check  # noqa: E402
+from tests.helpers import auth, token_for  # noqa: E402
 
 
 def id_card(n: int, region: str = "330106", birth: str = "19900101") -> str:
