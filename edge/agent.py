@@ -42,7 +42,13 @@ def run_agent(cfg: DeviceConfig, test_event: bool = False) -> None:
     loop = kind_loop(cfg.kind)
     try:
         if loop is not None:
-            loop(cfg, link, stop)
+            try:
+                loop(cfg, link, stop)
+            except ValueError as e:
+                # A box with an unusable section stays reachable (heartbeats, commands) so the hub can
+                # see the fault and push a fixed config, instead of dropping off the map.
+                log.error("%s loop cannot run: %s", cfg.kind, e)
+                link.heartbeat_extra["fault"] = str(e)[:200]
         stop.wait()
     finally:
         link.stop(graceful=True)
