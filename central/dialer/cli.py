@@ -1,0 +1,103 @@
+"""`citybrain hub dialer ...`: run the SIP engine process, watch a task's progress."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Outbound voice robot (SIP engine and task progress).", no_args_is_help=True)
+
+
+def _hub(settings_file: Path | None):  # type: ignore[no-untyped-def]
+    from central.app import build_hub
+    from central.settings import load_settings
+
+    return build_hub(load_settings(settings_file))
+
+
+@app.command()
+def run(
+    uri_template: Annotated[str, typer.Option(help="How a phone becomes a SIP URI (trunk or direct)")] =
+    "sip:{phone}@127.0.0.1:5060",
+    settings_file: Annotated[Path | None, typer.Option("--settings", help="Hub settings YAML/JSON")] = None,
+    sip_host: str = "127.0.0.1",
+    sip_port: Annotated[int, typer.Option(help="Local SIP UDP port (0 = any free)")] = 0,
+    registrar: Annotated[str | None, typer.Option(help="Register to this SIP trunk (sip:host:port)")] = None,
+    username: str = "robot",
+    password: Annotated[str, typer.Option(envvar="CITYBRAIN_DIALER_SIP_PASSWORD")] = "",
+    clock_rate: int = 16000,
+    max_calls: int = 128,
+    ring_timeout: float = 30.0,
+    asr: Annotated[str, typer.Option(help="pocketsphinx | vosk")] = "pocketsphinx",
+    vosk_model: Annotated[Path | None, typer.Option(help="vosk model directory (operator-installed)")] = None,
+    asr_workers: int = 2,
+    work_dir: Annotated[Path | None, typer.Option(help="Recordings + TTS cache (default data_dir/dialer)")] =
+    None,
+    record: bool = True,
+    clock_start: Annotated[datetime | None, typer.Option(help="Rehearsal/test: pretend the clock starts here")] =
+    None,
+    exit_when_idle: Annotated[bool, typer.Option(help="Exit when no task is running or paused")] = False,
+    max_runtime: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
+    verbose: bool = False,
+) -> None:
+    """Run the SIP engine: dial due contacts of running tasks until stopped."""
+    from central.dialer.engine import Engine, EngineConfig, ShiftedClock
+    from central.dialer.sip import SipConfig
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    hub = _hub(settings_file)
+    cfg = EngineConfig(
+        uri_template=uri_template,
+        sip=SipConfig(bind_host=sip_host, port=sip_port, clock_rate=clock_rate, max_calls=max_calls,
+                      registrar=registrar, username=username, password=password),
+        ring_timeout_s=ring_timeout, asr_backend=asr, asr_model_dir=vosk_model, asr_workers=asr_workers,
+        work_dir=work_dir or hub.settings.data_dir / "dialer", record=record,
+    )
+    clock = None
+    if clock_start is not None:
+        if clock_start.tzinfo is None:
+            raise typer.BadParameter("give a time zone offset, e.g. 2025-03-10T08:59:58+08:00",
+                                     param_hint="--clock-start")
+        clock = ShiftedClock(clock_start)
+    engine = Engine(hub, cfg, clock=clock)
+    typer.echo(f"dialer engine on sip:{engine.sip.local}", err=True)
+    try:
+        engine.run(exit_when_idle=exit_when_idle, max_runtime_s=max_runtime)
+    except KeyboardInterrupt:
+        pass
+    typer.echo(f"dialled={engine.stats['dialled']} cdrs={engine.stats['cdrs']}", err=True)
+
+
+@app.command()
+def progress(
+    task_id: int,
+    settings_file: Annotated[Path | None, typer.Option("--settings")] = None,
+    follow: Annotated[bool, typer.Option(help="Keep a live progress bar until the task ends")] = False,
+) -> None:
+    """Show a task's progress (dialled, answered, completed, failed) as a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from central.dialer import service as svc
+
+    hub = _hub(settings_file)
+    try:
+        p = svc.progress(hub, task_id)
+    except svc.DialerError as e:
+        raise typer.BadParameter(str(e), param_hint="task_id") from e
+    fmt = "dialled {task.fields[d]} answered {task.fields[a]} completed {task.fields[c]} failed {task.fields[f]}"
+    with Progress(TextColumn(f"task {task_id} [{{task.fields[s]}}]"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TextColumn(fmt)) as bar:
+        t = bar.add_task("t", total=p["total"], s=p["status"], d=0, a=0, c=0, f=0)
+        while True:
+            p = svc.progress(hub, task_id)
+            bar.update(t, completed=p["finished_contacts"], s=p["status"], d=p["dialled"], a=p["answered"],
+                       c=p["completed"], f=p["failed"])
+            if not follow or p["status"] in ("completed", "cancelled"):
+                break
+            time.sleep(1)

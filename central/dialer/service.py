@@ -1,0 +1,604 @@
+"""Dialer rules: template versions and copies, call tasks (call list import, schedule, state), the
+scheduler's claim/finish protocol used by the SIP engine, reports, CSV export and webhooks.
+
+No HTTP types here. Every time-dependent function takes `now` so the clock is injectable.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import json
+import re
+import sys
+import time as _time
+from datetime import UTC, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from central.dialer.templates import Template, builtin_templates
+
+if TYPE_CHECKING:
+    from central.hub import Hub
+
+ROOT_ORG = "/city"  # built-in templates belong to the city and are visible to every department
+ACTIVE = ("pending", "calling")
+SIP_OUTCOMES = ("busy", "no_answer", "failed")
+
+
+class DialerError(ValueError):
+    """A rule violation; `field` names the offending input (routes turn it into 400/404/409)."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+
+
+def utc(now: datetime | None = None) -> datetime:
+    return (now or datetime.now(UTC)).astimezone(UTC)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+# --- schedule -------------------------------------------------------------------------------------
+class Window(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    start: time
+    end: time
+
+    @model_validator(mode="after")
+    def _order(self) -> Window:
+        if self.end <= self.start:
+            raise ValueError("end must be after start (split windows that cross midnight)")
+        return self
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str = "Asia/Shanghai"
+    windows: list[Window] = Field(
+        default_factory=lambda: [Window(start=time(9), end=time(12)), Window(start=time(14), end=time(20))],
+        min_length=1,
+    )
+    weekdays: list[int] = Field(default_factory=lambda: list(range(7)))  # 0 = Monday
+    max_concurrent: int = Field(default=10, ge=1, le=500)
+    calls_per_second: float = Field(default=2.0, gt=0, le=100)
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    retry_delay_s: dict[str, int] = Field(
+        default_factory=lambda: {"busy": 300, "no_answer": 900, "failed": 1800})
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown time zone {v!r}") from e
+        return v
+
+    @field_validator("weekdays")
+    @classmethod
+    def _wd(cls, v: list[int]) -> list[int]:
+        if not v or any(d < 0 or d > 6 for d in v):
+            raise ValueError("weekdays are 0 (Monday) .. 6 (Sunday), at least one")
+        return v
+
+    @field_validator("retry_delay_s")
+    @classmethod
+    def _retry(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, s in v.items():
+            if s < 0:
+                raise ValueError(f"{k}: delay must be >= 0")
+        return v
+
+    def open_at(self, now: datetime) -> bool:
+        """Is `now` inside a call window (local time of the task's zone)?"""
+        local = now.astimezone(ZoneInfo(self.timezone))
+        t = local.time().replace(tzinfo=None)
+        return local.weekday() in self.weekdays and any(w.start <= t < w.end for w in self.windows)
+
+
+# --- phones ---------------------------------------------------------------------------------------
+_PHONE_OK = [re.compile(r"1[3-9]\d{9}"), re.compile(r"0\d{9,11}"), re.compile(r"\+\d{8,15}")]
+
+
+def normalize_phone(raw: str) -> str:
+    """'+86 138-0013-8000' -> '13800138000'; raises ValueError with the reason."""
+    v = re.sub(r"[\s\-().]", "", str(raw or ""))
+    if v.startswith("+86"):
+        v = v[3:]
+    elif v.startswith("0086"):
+        v = v[4:]
+    if not v:
+        raise ValueError("empty")
+    if not any(p.fullmatch(v) for p in _PHONE_OK):
+        raise ValueError(f"{mask_phone(v)} is not a mobile (1xxxxxxxxxx), landline (0 + area + number) or +E.164")
+    return v
+
+
+def mask_phone(v: str) -> str:
+    try:
+        from central.iam.pii import mask_phone as m
+
+        return m(v) or ""
+    except ImportError:  # pragma: no cover - iam ships mask_phone; keep a local mask if it moves
+        return v[:3] + "*" * max(0, len(v) - 7) + v[-4:] if len(v) > 7 else "*" * len(v)
+
+
+def _cipher(hub: Hub):  # type: ignore[no-untyped-def]
+    from central.iam.pii import pii_cipher
+
+    return pii_cipher(hub)
+
+
+# --- templates ------------------------------------------------------------------------------------
+def _under(path: str, scope: str) -> bool:
+    return path == scope or path.startswith(scope.rstrip("/") + "/")
+
+
+def seed_builtins(hub: Hub) -> None:
+    db = hub.store.db
+    for t in builtin_templates():
+        if db.conn.execute("SELECT 1 FROM dialer_templates WHERE key = ?", (t.key,)).fetchone():
+            continue
+        with hub.store.tx() as tx:
+            tx["dialer_templates"].insert({
+                "key": t.key, "version": t.version, "name": t.name, "org": ROOT_ORG, "language": t.language,
+                "body": t.model_dump_json(), "builtin": 1, "created_by": "system", "created_at": iso(utc()),
+            })
+
+
+def visible(org: str, scopes: list[str]) -> bool:
+    """Templates of an ancestor org (city-wide) are visible below it; own-subtree ones too."""
+    return any(_under(org, s) or _under(s, org) for s in scopes)
+
+
+def list_templates(hub: Hub, scopes: list[str]) -> list[dict[str, Any]]:
+    rows = hub.store.db.conn.execute(
+        "SELECT key, MAX(version), name, org, language, builtin, based_on FROM dialer_templates GROUP BY key"
+        " ORDER BY key").fetchall()
+    return [{"key": r[0], "latest_version": r[1], "name": r[2], "org": r[3], "language": r[4],
+             "builtin": bool(r[5]), "based_on": r[6]} for r in rows if visible(r[3], scopes)]
+
+
+def get_template(hub: Hub, key: str, version: int | None = None) -> tuple[Template, dict[str, Any]]:
+    sql = "SELECT body, org, version, based_on, builtin, created_at, created_by FROM dialer_templates WHERE key = ?"
+    args: list[Any] = [key]
+    if version is not None:
+        sql += " AND version = ?"
+        args.append(version)
+    row = hub.store.db.conn.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+    if row is None:
+        raise DialerError("template", f"no template {key!r}" + (f" version {version}" if version else ""), 404)
+    meta = {"org": row[1], "version": row[2], "based_on": row[3], "builtin": bool(row[4]),
+            "created_at": row[5], "created_by": row[6]}
+    return Template.model_validate_json(row[0]), meta
+
+
+def template_versions(hub: Hub, key: str) -> list[dict[str, Any]]:
+    rows = hub.store.db.conn.execute(
+        "SELECT version, created_at, created_by, based_on FROM dialer_templates WHERE key = ? ORDER BY version",
+        (key,)).fetchall()
+    return [{"version": r[0], "created_at": r[1], "created_by": r[2], "based_on": r[3]} for r in rows]
+
+
+def save_template(hub: Hub, tpl: Template, org: str, actor: str, based_on: str | None = None) -> Template:
+    """Store `tpl` as a new version of its key (version 1 for a new key). Older versions stay frozen."""
+    from central.iam.audit import record
+
+    with hub.store.tx() as db:
+        row = db.conn.execute("SELECT MAX(version), MIN(org), MAX(builtin) FROM dialer_templates WHERE key = ?",
+                              (tpl.key,)).fetchone()
+        if row[0] is not None and (row[2] or row[1] != org):
+            raise DialerError("key", f"template {tpl.key!r} belongs to {row[1]}; copy it under a new key", 409)
+        tpl = tpl.model_copy(update={"version": (row[0] or 0) + 1})
+        db["dialer_templates"].insert({
+            "key": tpl.key, "version": tpl.version, "name": tpl.name, "org": org, "language": tpl.language,
+            "body": tpl.model_dump_json(), "based_on": based_on, "builtin": 0, "created_by": actor,
+            "created_at": iso(utc()),
+        })
+        record(db, actor=actor, action="dialer.template.save", target=f"{tpl.key}@{tpl.version}", org=org,
+               detail={"based_on": based_on})
+    return tpl
+
+
+def copy_template(hub: Hub, src_key: str, new_key: str, org: str, actor: str,
+                  version: int | None = None, name: str | None = None) -> Template:
+    src, meta = get_template(hub, src_key, version)
+    data = src.model_dump()
+    data.update(key=new_key, version=1, name=name or src.name)
+    return save_template(hub, Template.model_validate(data), org, actor, based_on=f"{src_key}@{meta['version']}")
+
+
+# --- tasks ----------------------------------------------------------------------------------------
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=120)
+    org: str = Field(pattern=r"^/[\w\-/]*$")
+    template_key: str
+    template_version: int | None = Field(default=None, ge=1)  # None = latest, frozen at creation
+    schedule: Schedule = Field(default_factory=Schedule)
+    priority: int = Field(default=0, ge=-100, le=100)
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    webhook_secret: str | None = Field(default=None, min_length=16)
+
+
+def create_task(hub: Hub, spec: TaskIn, actor: str) -> int:
+    from central.iam.audit import record
+
+    tpl, meta = get_template(hub, spec.template_key, spec.template_version)
+    if not visible(meta["org"], [spec.org]):
+        raise DialerError("template_key", f"template {spec.template_key!r} is outside org {spec.org}", 403)
+    if spec.webhook_url and not spec.webhook_secret:
+        raise DialerError("webhook_secret", "needed with webhook_url (deliveries are HMAC-signed)")
+    with hub.store.tx() as db:
+        tid = db["dialer_tasks"].insert({
+            "name": spec.name, "org": spec.org, "template_key": tpl.key, "template_version": meta["version"],
+            "template": tpl.model_dump_json(), "schedule": spec.schedule.model_dump_json(), "status": "draft",
+            "priority": spec.priority, "webhook_url": spec.webhook_url, "webhook_secret": spec.webhook_secret,
+            "created_by": actor, "created_at": iso(utc()),
+        }).last_pk
+        record(db, actor=actor, action="dialer.task.create", target=f"task:{tid}", org=spec.org,
+               detail={"template": f"{tpl.key}@{meta['version']}"})
+    return int(tid)  # type: ignore[arg-type]
+
+
+def get_task(hub: Hub, task_id: int) -> dict[str, Any]:
+    row = hub.store.db.conn.execute("SELECT * FROM dialer_tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None:
+        raise DialerError("task_id", f"no task {task_id}", 404)
+    cols = [d[0] for d in hub.store.db.conn.execute("SELECT * FROM dialer_tasks LIMIT 0").description]
+    task = dict(zip(cols, row, strict=True))
+    task["schedule"] = json.loads(task["schedule"])
+    task.pop("webhook_secret", None)
+    return task
+
+
+def list_tasks(hub: Hub, scopes: list[str]) -> list[dict[str, Any]]:
+    rows = hub.store.db.conn.execute(
+        "SELECT id, name, org, template_key, template_version, status, created_at FROM dialer_tasks"
+        " ORDER BY id DESC").fetchall()
+    keys = ("id", "name", "org", "template_key", "template_version", "status", "created_at")
+    return [dict(zip(keys, r, strict=True)) for r in rows if any(_under(r[2], s) for s in scopes)]
+
+
+_PHONE_COLS = ("phone", "mobile", "tel", "number", "电话", "手机", "手机号", "号码")
+_NAME_COLS = ("name", "姓名", "名字")
+_PRIO_COLS = ("priority", "优先级")
+
+
+def _rows_of(filename: str, data: bytes) -> list[list[str]]:
+    if filename.lower().endswith((".xlsx", ".xlsm")):
+        import openpyxl
+
+        try:
+            wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        except Exception as e:  # noqa: BLE001  openpyxl raises many types for a broken file
+            raise DialerError("file", f"not a readable XLSX workbook ({type(e).__name__})") from e
+        ws = wb.worksheets[0]
+        return [["" if c is None else str(c).strip() for c in row] for row in ws.iter_rows(values_only=True)]
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        try:
+            text = data.decode("gb18030")  # Excel in a Chinese locale saves CSV as GBK
+        except UnicodeDecodeError as e:
+            raise DialerError("file", "CSV must be UTF-8 or GB18030 text") from e
+    return [[c.strip() for c in row] for row in csv.reader(io.StringIO(text))]
+
+
+def import_contacts(hub: Hub, task_id: int, filename: str, data: bytes, actor: str) -> dict[str, Any]:
+    """Load a call list (CSV or XLSX, header row). Bad rows are reported with row number and field and
+    skipped; good rows are imported. Numbers on the do-not-call list are kept but marked skipped."""
+    from central.iam.audit import record
+
+    task = get_task(hub, task_id)
+    if task["status"] not in ("draft", "paused", "running"):
+        raise DialerError("task_id", f"task is {task['status']}; cannot add contacts", 409)
+    rows = _rows_of(filename, data)
+    if not rows:
+        raise DialerError("file", "empty file")
+    header = [h.strip().lower() for h in rows[0]]
+    pcol = next((i for i, h in enumerate(header) if h in _PHONE_COLS), None)
+    if pcol is None:
+        raise DialerError("file", f"no phone column (one of {', '.join(_PHONE_COLS)}) in the header row")
+    ncol = next((i for i, h in enumerate(header) if h in _NAME_COLS), None)
+    prcol = next((i for i, h in enumerate(header) if h in _PRIO_COLS), None)
+    c = _cipher(hub)
+    dnc = {r[0] for r in hub.store.db.conn.execute(
+        "SELECT phone_idx, org FROM dialer_dnc").fetchall() if _under(task["org"], r[1])}
+    existing = {r[0] for r in hub.store.db.conn.execute(
+        "SELECT phone_idx FROM dialer_contacts WHERE task_id = ?", (task_id,))}
+    errors: list[dict[str, Any]] = []
+    good: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    now = iso(utc())
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(row):
+            continue
+        cell = row[pcol] if pcol < len(row) else ""
+        try:
+            phone = normalize_phone(cell)
+        except ValueError as e:
+            errors.append({"row": n, "field": header[pcol], "error": str(e)})
+            continue
+        idx = c.blind_index("phone", phone)
+        if idx in seen or idx in existing:
+            errors.append({"row": n, "field": header[pcol],
+                           "error": f"duplicate of row {seen[idx]}" if idx in seen else "already in this task"})
+            continue
+        prio = 0
+        if prcol is not None and prcol < len(row) and row[prcol]:
+            try:
+                prio = int(float(row[prcol]))
+            except ValueError:
+                errors.append({"row": n, "field": header[prcol], "error": f"not a number: {row[prcol]!r}"})
+                continue
+        seen[idx] = n
+        variables = {header[i]: v for i, v in enumerate(row) if i not in (pcol,) and i < len(header) and header[i]}
+        is_dnc = idx in dnc
+        good.append({
+            "task_id": task_id, "row_no": n, "phone_enc": c.encrypt(phone), "phone_idx": idx,
+            "phone_masked": mask_phone(phone), "name": row[ncol] if ncol is not None and ncol < len(row) else None,
+            "vars": json.dumps(variables, ensure_ascii=False), "priority": prio,
+            "status": "skipped" if is_dnc else "pending", "outcome": "dnc" if is_dnc else None,
+            "attempts": 0, "updated_at": now,
+        })
+    with hub.store.tx() as db:
+        if good:
+            db["dialer_contacts"].insert_all(good)
+        record(db, actor=actor, action="dialer.contacts.import", target=f"task:{task_id}", org=task["org"],
+               detail={"file": filename, "imported": len(good), "errors": len(errors)})
+    return {"imported": len(good), "dnc_skipped": sum(1 for g in good if g["status"] == "skipped"),
+            "errors": errors}
+
+
+_TRANSITIONS: dict[str, dict[str, str]] = {
+    "start": {"draft": "running"},
+    "pause": {"running": "paused"},
+    "resume": {"paused": "running"},
+    "cancel": {"draft": "cancelled", "running": "cancelled", "paused": "cancelled"},
+}
+
+
+def change_state(hub: Hub, task_id: int, action: Literal["start", "pause", "resume", "cancel"], actor: str,
+                 now: datetime | None = None) -> str:
+    from central.iam.audit import record
+
+    with hub.store.tx() as db:
+        task = get_task(hub, task_id)
+        new = _TRANSITIONS[action].get(task["status"])
+        if new is None:
+            raise DialerError("action", f"cannot {action} a {task['status']} task", 409)
+        if action == "start" and not db.conn.execute(
+                "SELECT 1 FROM dialer_contacts WHERE task_id = ? LIMIT 1", (task_id,)).fetchone():
+            raise DialerError("task_id", "import a call list before starting", 409)
+        upd: dict[str, Any] = {"status": new}
+        if action == "start":
+            upd["started_at"] = iso(utc(now))
+        if new == "cancelled":
+            upd["finished_at"] = iso(utc(now))
+            db.conn.execute("UPDATE dialer_contacts SET status = 'skipped', outcome = 'cancelled', updated_at = ?"
+                            " WHERE task_id = ? AND status = 'pending'", (iso(utc(now)), task_id))
+        db["dialer_tasks"].update(task_id, upd)
+        record(db, actor=actor, action=f"dialer.task.{action}", target=f"task:{task_id}", org=task["org"])
+    return new
+
+
+def progress(hub: Hub, task_id: int) -> dict[str, Any]:
+    task = get_task(hub, task_id)
+    conn = hub.store.db.conn
+    by_status = dict(conn.execute(
+        "SELECT status, COUNT(*) FROM dialer_contacts WHERE task_id = ? GROUP BY status", (task_id,)).fetchall())
+    total = sum(by_status.values())
+    cdr = conn.execute(
+        "SELECT COUNT(*), COUNT(answered_at), SUM(outcome = 'completed') FROM dialer_cdrs WHERE task_id = ?",
+        (task_id,)).fetchone()
+    done = by_status.get("done", 0) + by_status.get("failed", 0) + by_status.get("skipped", 0)
+    return {
+        "task_id": task_id, "status": task["status"], "total": total,
+        "pending": by_status.get("pending", 0), "calling": by_status.get("calling", 0),
+        "dialled": cdr[0], "answered": cdr[1], "completed": cdr[2] or 0,
+        "failed": by_status.get("failed", 0), "skipped": by_status.get("skipped", 0),
+        "finished_contacts": done, "percent": round(100.0 * done / total, 1) if total else 0.0,
+    }
+
+
+# --- engine side: claim a due contact, record the attempt -----------------------------------------
+def running_tasks(hub: Hub) -> list[dict[str, Any]]:
+    rows = hub.store.db.conn.execute(
+        "SELECT id, org, schedule, template, priority FROM dialer_tasks WHERE status = 'running'"
+        " ORDER BY priority DESC, id").fetchall()
+    return [{"id": r[0], "org": r[1], "schedule": Schedule.model_validate_json(r[2]),
+             "template": Template.model_validate_json(r[3]), "priority": r[4]} for r in rows]
+
+
+def task_status(hub: Hub, task_id: int) -> str:
+    row = hub.store.db.conn.execute("SELECT status FROM dialer_tasks WHERE id = ?", (task_id,)).fetchone()
+    return row[0] if row else "missing"
+
+
+def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int) -> list[dict[str, Any]]:
+    """Atomically take up to `limit` due contacts of a running task (priority first), skipping numbers
+    put on the do-not-call list after import. Returns them with the decrypted phone."""
+    if limit <= 0 or not task["schedule"].open_at(now):
+        return []
+    c = _cipher(hub)
+    out: list[dict[str, Any]] = []
+    with hub.store.tx() as db:
+        dnc = {r[0] for r in db.conn.execute("SELECT phone_idx, org FROM dialer_dnc").fetchall()
+               if _under(task["org"], r[1])}
+        rows = db.conn.execute(
+            "SELECT id, phone_enc, phone_idx, name, vars, attempts FROM dialer_contacts WHERE task_id = ?"
+            " AND status = 'pending' AND (next_at IS NULL OR next_at <= ?) ORDER BY priority DESC, row_no"
+            " LIMIT ?", (task["id"], iso(now), limit + len(dnc))).fetchall()
+        for cid, enc, idx, name, variables, attempts in rows:
+            if idx in dnc:
+                db.conn.execute("UPDATE dialer_contacts SET status = 'skipped', outcome = 'dnc', updated_at = ?"
+                                " WHERE id = ?", (iso(now), cid))
+                continue
+            if len(out) >= limit:
+                break
+            db.conn.execute("UPDATE dialer_contacts SET status = 'calling', attempts = attempts + 1,"
+                            " updated_at = ? WHERE id = ?", (iso(now), cid))
+            out.append({"id": cid, "task_id": task["id"], "phone": c.decrypt(enc), "name": name,
+                        "vars": {**json.loads(variables), "name": name or ""}, "attempt": attempts + 1})
+    return out
+
+
+def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Store the CDR, then retry (busy/no answer/failed per the schedule) or close the contact. Returns
+    the contact row and whether it is final; completes the task when nothing is left to call."""
+    with hub.store.tx() as db:
+        row = db.conn.execute(
+            "SELECT c.task_id, c.attempts, t.schedule FROM dialer_contacts c JOIN dialer_tasks t"
+            " ON t.id = c.task_id WHERE c.id = ?", (contact_id,)).fetchone()
+        task_id, attempts, sched_json = row
+        sched = Schedule.model_validate_json(sched_json)
+        outcome = cdr["outcome"]
+        db["dialer_cdrs"].insert({
+            **{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v) for k, v in cdr.items()},
+            "task_id": task_id, "contact_id": contact_id, "attempt": attempts,
+        })
+        retry = outcome in sched.retry_delay_s and attempts < sched.max_attempts
+        if retry:
+            status, next_at = "pending", iso(now + timedelta(seconds=sched.retry_delay_s[outcome]))
+        else:
+            status, next_at = ("failed" if outcome in SIP_OUTCOMES else "done"), None
+        db.conn.execute(
+            "UPDATE dialer_contacts SET status = ?, next_at = ?, outcome = ?, answers = ?, updated_at = ?"
+            " WHERE id = ?",
+            (status, next_at, outcome, json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now),
+             contact_id))
+        finished = maybe_complete(hub, task_id, now)
+    return {"task_id": task_id, "final": not retry, "status": status, "task_completed": finished}
+
+
+def maybe_complete(hub: Hub, task_id: int, now: datetime) -> bool:
+    with hub.store.tx() as db:
+        left = db.conn.execute("SELECT COUNT(*) FROM dialer_contacts WHERE task_id = ? AND status IN"
+                               " ('pending', 'calling')", (task_id,)).fetchone()[0]
+        if left == 0 and task_status(hub, task_id) == "running":
+            db["dialer_tasks"].update(task_id, {"status": "completed", "finished_at": iso(now)})
+            return True
+    return False
+
+
+def release_stale(hub: Hub, now: datetime) -> int:
+    """After an engine crash, contacts left 'calling' go back to pending (the attempt did not finish)."""
+    with hub.store.tx() as db:
+        return db.conn.execute("UPDATE dialer_contacts SET status = 'pending', updated_at = ? WHERE status"
+                               " = 'calling'", (iso(now),)).rowcount
+
+
+# --- do-not-call ------------------------------------------------------------------------------------
+def add_dnc(hub: Hub, phone: str, org: str, actor: str, reason: str = "") -> None:
+    from central.iam.audit import record
+
+    try:
+        p = normalize_phone(phone)
+    except ValueError as e:
+        raise DialerError("phone", str(e)) from e
+    with hub.store.tx() as db:
+        db["dialer_dnc"].upsert({"phone_idx": _cipher(hub).blind_index("phone", p), "org": org,
+                                 "phone_masked": mask_phone(p), "reason": reason, "added_at": iso(utc())},
+                                pk=("phone_idx", "org"))
+        record(db, actor=actor, action="dialer.dnc.add", target=mask_phone(p), org=org, detail={"reason": reason})
+
+
+# --- results ----------------------------------------------------------------------------------------
+def cdrs(hub: Hub, task_id: int) -> list[dict[str, Any]]:
+    conn = hub.store.db.conn
+    cur = conn.execute(
+        "SELECT d.*, c.phone_masked, c.name FROM dialer_cdrs d JOIN dialer_contacts c ON c.id = d.contact_id"
+        " WHERE d.task_id = ? ORDER BY d.id", (task_id,))
+    cols = [x[0] for x in cur.description]
+    out = []
+    for r in cur.fetchall():
+        d = dict(zip(cols, r, strict=True))
+        for k in ("answers", "transcript"):
+            d[k] = json.loads(d[k]) if d[k] else None
+        out.append(d)
+    return out
+
+
+def report(hub: Hub, task_id: int) -> dict[str, Any]:
+    task = get_task(hub, task_id)
+    tpl = Template.model_validate_json(task["template"])
+    conn = hub.store.db.conn
+    outcomes = dict(conn.execute(
+        "SELECT COALESCE(outcome, status), COUNT(*) FROM dialer_contacts WHERE task_id = ? GROUP BY 1",
+        (task_id,)).fetchall())
+    attempts = dict(conn.execute(
+        "SELECT outcome, COUNT(*) FROM dialer_cdrs WHERE task_id = ? GROUP BY outcome", (task_id,)).fetchall())
+    answers: dict[str, dict[str, int]] = {q: {} for q in tpl.questions()}
+    for (raw,) in conn.execute("SELECT answers FROM dialer_contacts WHERE task_id = ? AND answers IS NOT NULL",
+                               (task_id,)):
+        for q, a in (json.loads(raw) or {}).items():
+            v = a.get("value")
+            key = json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v)
+            answers.setdefault(q, {})[key] = answers.setdefault(q, {}).get(key, 0) + 1
+    return {"task": {k: task[k] for k in ("id", "name", "org", "template_key", "template_version", "status")},
+            "progress": progress(hub, task_id), "outcomes": outcomes, "attempt_outcomes": attempts,
+            "answers": answers}
+
+
+def export_csv(hub: Hub, task_id: int, unmask: bool = False) -> str:
+    task = get_task(hub, task_id)
+    questions = Template.model_validate_json(task["template"]).questions()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["row", "phone", "name", "status", "outcome", "attempts", *questions])
+    c = _cipher(hub) if unmask else None
+    for row_no, enc, masked, name, status, outcome, attempts, ans in hub.store.db.conn.execute(
+            "SELECT row_no, phone_enc, phone_masked, name, status, outcome, attempts, answers FROM"
+            " dialer_contacts WHERE task_id = ? ORDER BY row_no", (task_id,)):
+        a = json.loads(ans) if ans else {}
+        w.writerow([row_no, c.decrypt(enc) if c else masked, name or "", status, outcome or "", attempts,
+                    *[("" if q not in a else a[q].get("value")) for q in questions]])
+    return buf.getvalue()
+
+
+# --- webhook ------------------------------------------------------------------------------------------
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def webhook_target(hub: Hub, task_id: int) -> tuple[str, str] | None:
+    row = hub.store.db.conn.execute("SELECT webhook_url, webhook_secret FROM dialer_tasks WHERE id = ?",
+                                    (task_id,)).fetchone()
+    return (row[0], row[1]) if row and row[0] and row[1] else None
+
+
+def deliver_webhook(url: str, secret: str, event: str, payload: dict[str, Any], attempts: int = 3) -> bool:
+    """POST JSON with `X-CityBrain-Signature: sha256=HMAC(secret, timestamp + "." + body)`; the department
+    verifies it and rejects stale timestamps. Retries with backoff; returns whether it was accepted."""
+    import httpx
+
+    body = json.dumps({"event": event, **payload}, ensure_ascii=False, default=str).encode()
+    for i in range(attempts):
+        ts = str(int(_time.time()))
+        try:
+            r = httpx.post(url, content=body, timeout=5, headers={
+                "Content-Type": "application/json", "X-CityBrain-Event": event, "X-CityBrain-Timestamp": ts,
+                "X-CityBrain-Signature": sign(secret, ts, body)})
+            if r.status_code < 300:
+                return True
+        except httpx.HTTPError:
+            pass
+        _time.sleep(0.5 * 2**i)
+    return False
+
+
+def setup(hub: Hub) -> None:
+    seed_builtins(hub)
+    hub.services["dialer"] = sys.modules[__name__]

@@ -1,0 +1,188 @@
+"""pjsua2 wrapper for the engine process only (PJSIP is not fork-safe and wants one Endpoint per process).
+
+Threading model: `threadCnt = 0` and `mainThreadOnly`, so every SIP callback runs inside
+`SipStack.poll()` on the engine's main thread and no Python code races pjsua2. Media (conference
+bridge, null sound device clock) runs in PJSIP's own C threads and never calls back into Python.
+Callbacks only record facts (state, status, DTMF); the engine loop acts on them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pjsua2 as pj
+
+log = logging.getLogger("citybrain.dialer.sip")
+
+
+@dataclass
+class SipConfig:
+    bind_host: str = "127.0.0.1"
+    port: int = 0  # 0 = any free port
+    clock_rate: int = 16000
+    codecs: list[str] = field(default_factory=lambda: ["G722/16000/1", "PCMU/8000/1", "PCMA/8000/1"])
+    max_calls: int = 128
+    registrar: str | None = None  # e.g. sip:trunk.example:5060; None = dial direct URIs
+    username: str = "robot"
+    password: str = ""
+    realm: str = "*"
+    domain: str | None = None
+    log_level: int = 0
+
+
+class RobotCall(pj.Call):
+    def __init__(self, acc: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.state = pj.PJSIP_INV_STATE_NULL
+        self.status = 0
+        self.reason = ""
+        self.media_ready = False
+        self.confirmed = False
+        self.disconnected = False
+        self.dtmf: deque[str] = deque()
+
+    def onCallState(self, prm: pj.OnCallStateParam) -> None:  # noqa: N802 (pjsua2 names)
+        ci = self.getInfo()
+        self.state = ci.state
+        if ci.lastStatusCode:
+            self.status = int(ci.lastStatusCode)
+            self.reason = ci.lastReason
+        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.confirmed = True
+        elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
+
+    def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:  # noqa: N802
+        ci = self.getInfo()  # keep the CallInfo alive: SWIG vector items point into it
+        for mi in ci.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.media_ready = True
+
+    def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:  # noqa: N802
+        self.dtmf.append(prm.digit)
+
+    def audio(self) -> pj.AudioMedia:
+        return self.getAudioMedia(-1)
+
+
+class _Account(pj.Account):
+    def __init__(self) -> None:
+        super().__init__()
+        self.incoming: deque[RobotCall] = deque()
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
+        # The Call object must exist before this callback returns, or pjsua2 rejects the call (500).
+        self.incoming.append(RobotCall(self, prm.callId))
+
+
+class SipStack:
+    def __init__(self, cfg: SipConfig) -> None:
+        self.cfg = cfg
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        ec = pj.EpConfig()
+        ec.uaConfig.threadCnt = 0
+        ec.uaConfig.mainThreadOnly = True
+        ec.uaConfig.maxCalls = cfg.max_calls
+        ec.uaConfig.userAgent = "CityBrain-Dialer"
+        ec.logConfig.level = cfg.log_level
+        ec.logConfig.consoleLevel = cfg.log_level
+        ec.medConfig.clockRate = cfg.clock_rate
+        ec.medConfig.sndClockRate = cfg.clock_rate
+        ec.medConfig.noVad = True  # VAD would drop the quiet frames our endpointer relies on
+        ec.medConfig.ecTailLen = 0  # no echo canceller: nothing to cancel with a null sound device
+        ec.medConfig.maxMediaPorts = cfg.max_calls * 4 + 16  # call + player + recorder per call
+        self.ep.libInit(ec)
+        tc = pj.TransportConfig()
+        tc.port = cfg.port
+        tc.boundAddress = cfg.bind_host
+        tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        self.ep.libStart()
+        self.ep.audDevManager().setNullDev()  # a server has no sound card; the bridge runs on a timer
+        for i, codec in enumerate(cfg.codecs):
+            try:
+                self.ep.codecSetPriority(codec, 255 - i)
+            except pj.Error:
+                log.warning("codec %s not available", codec)
+        self.local = self.ep.transportGetInfo(tid).localName  # "127.0.0.1:port"
+        self.port = int(self.local.rsplit(":", 1)[1])
+        self.acc = _Account()
+        ac = pj.AccountConfig()
+        domain = cfg.domain or self.local
+        ac.idUri = f"sip:{cfg.username}@{domain}"
+        if cfg.registrar:
+            ac.regConfig.registrarUri = cfg.registrar
+            ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", cfg.realm, cfg.username, 0, cfg.password))
+        else:
+            ac.regConfig.registerOnAdd = False
+        self.acc.create(ac)
+
+    def poll(self, ms: int = 10) -> None:
+        self.ep.libHandleEvents(ms)
+
+    def dial(self, uri: str) -> RobotCall:
+        call = RobotCall(self.acc)
+        call.makeCall(uri, pj.CallOpParam(True))
+        return call
+
+    def accept(self) -> RobotCall | None:
+        """Next incoming call (used by the test callee simulator)."""
+        return self.acc.incoming.popleft() if self.acc.incoming else None
+
+    @staticmethod
+    def hangup(call: RobotCall, code: int = 0) -> None:
+        prm = pj.CallOpParam()
+        if code:
+            prm.statusCode = code
+        try:
+            call.hangup(prm)
+        except pj.Error:
+            pass  # already gone
+
+    @staticmethod
+    def answer(call: RobotCall, code: int) -> None:
+        prm = pj.CallOpParam()
+        prm.statusCode = code
+        call.answer(prm)
+
+    @staticmethod
+    def send_dtmf(call: RobotCall, digits: str) -> None:
+        call.dialDtmf(digits)  # RFC 2833 telephone-event by default
+
+    def close(self) -> None:
+        self.ep.hangupAllCalls()
+        for _ in range(30):
+            self.poll(10)
+        self.acc.shutdown()
+        self.ep.libDestroy()
+
+
+class Player:
+    """Plays WAV files back to back into a call; keeps the pjsua2 objects alive while they play."""
+
+    def __init__(self, files: list[Path], sink: pj.AudioMedia) -> None:
+        self.obj = pj.AudioMediaPlayer()
+        if len(files) == 1:
+            self.obj.createPlayer(str(files[0]), pj.PJMEDIA_FILE_NO_LOOP)
+        else:
+            self.obj.createPlaylist([str(f) for f in files], "prompts", pj.PJMEDIA_FILE_NO_LOOP)
+        self.sink = sink
+        self.obj.startTransmit(sink)
+
+    def stop(self) -> None:
+        try:
+            self.obj.stopTransmit(self.sink)
+        except pj.Error:
+            pass
+
+
+class Recorder:
+    def __init__(self, path: Path, source: pj.AudioMedia) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.obj = pj.AudioMediaRecorder()
+        self.obj.createRecorder(str(path))
+        source.startTransmit(self.obj)
