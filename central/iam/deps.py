@@ -56,7 +56,14 @@ class Principal:
             perms = expanded(role) if expanded else {x for x in uni if matches(patterns, x)}
             for perm in perms:
                 paths.setdefault(perm, []).append(org)
-        p._grants = {perm: p._entry(orgs) for perm, orgs in paths.items()}
+        # Many permissions share one org list (they come from the same few bindings): build each entry once.
+        memo: dict[tuple[str, ...], tuple[frozenset[str], tuple[str, ...]]] = {}
+        for perm, orgs in paths.items():
+            k = tuple(orgs)
+            e = memo.get(k)
+            if e is None:
+                e = memo[k] = p._entry(orgs)
+            p._grants[perm] = e
         return p
 
     @staticmethod
@@ -72,8 +79,10 @@ class Principal:
         return g
 
     def allowed(self, perm: str, org_path: str) -> bool:
-        exact, prefixes = self._lookup(perm)
-        return org_path in exact or org_path.startswith(prefixes)
+        g = self._grants.get(perm)  # inlined fast path: this runs for every row a service filters
+        if g is None:
+            g = self._lookup(perm)
+        return org_path in g[0] or org_path.startswith(g[1])
 
     def scopes(self, perm: str) -> list[str]:
         """Org paths where `perm` is granted (minimal set); empty when nowhere."""
