@@ -45,6 +45,7 @@ class ScannerAgent:
         self._pending: list[ScanRecord] = []
         self._pending_since = 0.0
         self._recent: dict[str, float] = {}
+        self._frame_no = 0
         self.counts: dict[str, int] = {}
         self.batches_sent = 0
 
@@ -90,7 +91,9 @@ class ScannerAgent:
         now = time.monotonic()
         window = self.section.repeat_window_s
         out = []
-        for d in self.decoder.decode(frame):
+        self._frame_no += 1
+        # Alternate normal / inverted passes: one decoder pass per frame (see decode._decode).
+        for d in self.decoder.decode(frame, inverted=bool(self._frame_no % 2 == 0)):
             last = self._recent.get(d.text)
             self._recent[d.text] = now
             if last is not None and now - last < window:

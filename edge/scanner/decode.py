@@ -8,7 +8,7 @@ directory of images, a numpy array, or an OpenCV capture (device index, video fi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -37,7 +37,7 @@ class Decoded:
 class Decoder(Protocol):
     name: DecoderName
 
-    def decode(self, frame: np.ndarray) -> list[Decoded]: ...
+    def decode(self, frame: np.ndarray, inverted: bool | None = None) -> list[Decoded]: ...
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -77,6 +77,18 @@ def prepare(frame: np.ndarray) -> np.ndarray:
     return gray if stretched is None else stretched
 
 
+def _decode(run: Callable[[np.ndarray], list[Decoded]], frame: np.ndarray,
+            inverted: bool | None) -> list[Decoded]:
+    """Light-on-dark codes (dark-mode phone screens) need an inverted pass, which costs as much as the
+    normal one. inverted=None (a single image): normal pass, inverted pass only if nothing was found.
+    False/True: one pass as is / inverted; a live loop alternates, so an inverted code is found within two
+    frames while each frame costs one pass."""
+    gray = prepare(frame)
+    if inverted is None:
+        return _dedupe(run(gray) or run(cv2.bitwise_not(gray)))
+    return _dedupe(run(cv2.bitwise_not(gray) if inverted else gray))
+
+
 def _dedupe(found: list[Decoded]) -> list[Decoded]:
     seen: set[str] = set()
     out: list[Decoded] = []
@@ -106,8 +118,8 @@ class PyzbarDecoder:
             out.append(Decoded(text, "pyzbar", tuple((int(p.x), int(p.y)) for p in r.polygon)))
         return out
 
-    def decode(self, frame: np.ndarray) -> list[Decoded]:
-        return _dedupe(self._run(prepare(frame)))
+    def decode(self, frame: np.ndarray, inverted: bool | None = None) -> list[Decoded]:
+        return _decode(self._run, frame, inverted)
 
 
 class ZxingDecoder:
@@ -120,8 +132,9 @@ class ZxingDecoder:
         self._formats = zxingcpp.BarcodeFormat.QRCode
 
     def _run(self, gray: np.ndarray) -> list[Decoded]:
-        # try_downscale stays on: it is what finds a code that fills most of a large frame.
-        results = self._zx.read_barcodes(gray, formats=self._formats)
+        # try_downscale stays on: it is what finds a code that fills most of a large frame. Inversion is
+        # ours (see _decode), so zxing's own try_invert pass, which doubles every frame, is off.
+        results = self._zx.read_barcodes(gray, formats=self._formats, try_invert=False)
         out = []
         for r in results:
             p = r.position
@@ -130,8 +143,8 @@ class ZxingDecoder:
             out.append(Decoded(r.text, "zxing", pts))
         return out
 
-    def decode(self, frame: np.ndarray) -> list[Decoded]:
-        return _dedupe(self._run(prepare(frame)))
+    def decode(self, frame: np.ndarray, inverted: bool | None = None) -> list[Decoded]:
+        return _decode(self._run, frame, inverted)
 
 
 def make_decoder(name: DecoderName) -> Decoder:

@@ -96,3 +96,15 @@ def test_video_capture_source(texts: list[str], tmp_path: Path) -> None:
     dec = make_decoder("zxing")
     found = [[d.text for d in dec.decode(f)] for _, f in iter_frames(str(path))]
     assert found == [[], [], [], [texts[0]], [texts[0]], [texts[0]]]
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_inverted_code(name: str, texts: list[str], tmp_path: Path) -> None:
+    """Light-on-dark (a dark-mode phone screen): found by a single-image decode and by the inverted pass
+    a live loop runs on every other frame, not by the plain pass."""
+    img = cv2.bitwise_not(frame_with([texts[0]], noise=3))
+    dec = make_decoder(name)
+    [(_, found)] = decode_path(dec, save(tmp_path / "inv.png", img))
+    assert [d.text for d in found] == [texts[0]]
+    assert [d.text for d in dec.decode(img, inverted=True)] == [texts[0]]
+    assert dec.decode(img, inverted=False) == []

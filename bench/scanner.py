@@ -1,0 +1,203 @@
+"""Scan-terminal benchmark: decode + offline verify latency, signature rate, revocation lookup + memory.
+
+Runs pinned to one CPU core (a handheld has few). Figures:
+- decode+verify p50/p99 of a noisy 640x480 frame with one city code: zxing-cpp restricted to QR (target
+  p99 <= 5 ms) and pyzbar restricted to QR beside it; a frame with no code (target <= 15 ms);
+- signature verification rate through protocol.signing (target >= 10,000/s) against cryptography's raw
+  Ed25519 verify with a preloaded key object (baseline), plus the whole verify_offline path;
+- revocation lookup with 1,000,000 revoked serials in the sorted-array index (target <= 50 us), its
+  memory vs a Python frozenset of the same serials, and the process RSS.
+Last stdout line: {"metric","value","unit","target","baseline","ratio"} for the headline figure
+(zxing decode+verify p99 in CPU ms; baseline = pyzbar p99 in the same run; ratio = baseline / value).
+
+    .venv/bin/python bench/scanner.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: E402
+
+from edge.scanner.decode import make_decoder  # noqa: E402
+from edge.scanner.trust_store import RevocationIndex, TrustStore  # noqa: E402
+from edge.scanner.verify import Verifier  # noqa: E402
+from protocol import citycode  # noqa: E402
+from tests.scanner.helpers import City  # noqa: E402
+from tests.scanner.images import frame_with  # noqa: E402
+
+
+def pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.array(samples), q))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def time_loop(fn, n: int) -> tuple[list[float], list[float]]:  # noqa: ANN001 - any zero-arg callable
+    """Per-call wall and CPU (this thread) milliseconds. On a shared, loaded machine the wall figure
+    includes time the scheduler gave to other processes; the CPU figure is the work itself."""
+    wall, cpu = [], []
+    for _ in range(n):
+        t, c = time.perf_counter(), time.thread_time()
+        fn()
+        cpu.append((time.thread_time() - c) * 1000)
+        wall.append((time.perf_counter() - t) * 1000)
+    return wall, cpu
+
+
+def rate(fn, seconds: float) -> tuple[float, float]:  # noqa: ANN001
+    """Calls per second of wall time and per second of CPU time."""
+    n, t0, c0 = 0, time.perf_counter(), time.thread_time()
+    while (el := time.perf_counter() - t0) < seconds:
+        for _ in range(200):
+            fn()
+        n += 200
+    return n / el, n / max(time.thread_time() - c0, 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer iterations, 100k serials")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    n_frames = 100 if args.quick else 400
+    n_revoked = 100_000 if args.quick else 1_000_000
+
+    city = City()
+    code = city.code()
+    text = code.text
+    print(f"code: {len(text)} chars")
+
+    with tempfile.TemporaryDirectory() as d:
+        # -- revocation index: build, memory, lookup ---------------------------------------------
+        serials = [f"SN{i:010d}R" for i in range(n_revoked)]
+        rng = np.random.default_rng(1)
+        probes_hit = [serials[i] for i in rng.integers(0, n_revoked, 2000)]
+        probes_miss = [f"SN{i:010d}X" for i in rng.integers(0, n_revoked, 2000)]
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        t0 = time.perf_counter()
+        idx = RevocationIndex(serials)
+        build_s = time.perf_counter() - t0
+        idx_mem = tracemalloc.get_traced_memory()[0] - base
+        base = tracemalloc.get_traced_memory()[0]
+        fs = frozenset(serials)
+        set_mem = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        # The frozenset needs the str objects alive too; the index keeps only its packed bytes.
+        set_mem += sum(sys.getsizeof(s) for s in serials)
+        for s in probes_hit + probes_miss:
+            assert (s in idx) == (s in fs)
+        per = []
+        for s in probes_hit + probes_miss:
+            t = time.perf_counter()
+            _ = s in idx
+            per.append((time.perf_counter() - t) * 1e6)
+        idx_rate = rate(lambda: probes_miss[7] in idx, 0.5)[1]
+        set_per = []
+        for s in probes_hit + probes_miss:
+            t = time.perf_counter()
+            _ = s in fs
+            set_per.append((time.perf_counter() - t) * 1e6)
+        del fs
+        lookup_p50, lookup_p99 = pct(per, 50), pct(per, 99)
+        print(f"revocation index: {n_revoked} serials, build {build_s:.2f} s, {idx_mem / 2**20:.1f} MiB "
+              f"(frozenset + its str objects: {set_mem / 2**20:.1f} MiB); lookup wall p50 {lookup_p50:.2f} us "
+              f"p99 {lookup_p99:.2f} us, CPU mean {1e6 / idx_rate:.2f} us (frozenset p99 {pct(set_per, 99):.2f} us)")
+
+        # -- the terminal's store with that list applied (signed, persisted) ----------------------
+        t0 = time.perf_counter()
+        store = TrustStore(city.root.public, Path(d))
+        store.apply(city.trust_list(1))
+        ok, why = store.apply(city.revocations(1, serials=serials))
+        assert ok, why
+        apply_s = time.perf_counter() - t0
+        del serials
+        gc.collect()
+        verifier = Verifier(store, None, 300)
+        assert verifier.verify(text).verdict == "valid"
+        print(f"trust store: applied + persisted {n_revoked}-serial list in {apply_s:.2f} s; "
+              f"process RSS {rss_mb():.0f} MiB")
+
+        # -- signature verification rate ---------------------------------------------------------
+        tk = city.trusted(city.dept)
+        pub = tk.public_key()
+        data, sig = code.signed_bytes(), code.signature
+        raw_key = Ed25519PublicKey.from_public_bytes(pub.raw)
+        base_w, base_c = rate(lambda: raw_key.verify(sig, data), 1.0)
+        ours_w, ours_c = rate(lambda: pub.verify(data, sig), 1.0)
+        snap = store.snapshot
+        full_w, full_c = rate(lambda: citycode.verify_offline(text, snap.trust, snap.revocations, time.time()), 1.0)
+        ver_w, ver_c = rate(lambda: verifier.verify(text), 1.0)
+        print(f"signature verify per s (wall / CPU): protocol.signing {ours_w:,.0f} / {ours_c:,.0f}; "
+              f"raw cryptography {base_w:,.0f} / {base_c:,.0f} (CPU ratio {ours_c / base_c:.2f}); "
+              f"verify_offline {full_w:,.0f} / {full_c:,.0f}; Verifier + revocation index {ver_w:,.0f} / {ver_c:,.0f}")
+        ours_rate = ours_c
+
+        # -- decode + verify of a noisy frame --------------------------------------------------
+        frame = frame_with([text], noise=10, seed=3)
+        blank = frame_with([], noise=10, seed=4)
+        res: dict[str, dict[str, float]] = {}
+        for name in ("zxing", "pyzbar"):
+            dec = make_decoder(name)  # type: ignore[arg-type]
+
+            # inverted=False: the pass a live loop runs per frame (it alternates plain / inverted).
+            def one(dec=dec) -> None:  # noqa: ANN001
+                found = dec.decode(frame, inverted=False)
+                assert len(found) == 1 and verifier.verify(found[0].text).verdict == "valid"
+
+            def none(dec=dec) -> None:  # noqa: ANN001
+                assert dec.decode(blank, inverted=False) == []
+
+            def none_both(dec=dec) -> None:  # noqa: ANN001
+                assert dec.decode(blank) == []
+
+            n = n_frames if name == "zxing" else max(50, n_frames // 4)
+            time_loop(one, 5)
+            (aw, ac), (bw, bc) = time_loop(one, n), time_loop(none, n)
+            res[name] = {"p50": pct(ac, 50), "p99": pct(ac, 99), "none_p50": pct(bc, 50), "none_p99": pct(bc, 99),
+                         "wall_p99": pct(aw, 99), "none_wall_p99": pct(bw, 99)}
+            print(f"decode+verify {name} (QR only), 640x480 noisy, one code: CPU p50 {res[name]['p50']:.2f} ms "
+                  f"p99 {res[name]['p99']:.2f} ms (wall p50 {pct(aw, 50):.2f} p99 {pct(aw, 99):.2f}); "
+                  f"no code: CPU p50 {res[name]['none_p50']:.2f} p99 {res[name]['none_p99']:.2f} ms "
+                  f"(wall p50 {pct(bw, 50):.2f} p99 {pct(bw, 99):.2f})  (n={n})")
+            _, both = time_loop(none_both, max(20, n // 4))
+            print(f"  {name} single-image mode (plain + inverted pass), no code: CPU p99 {pct(both, 99):.2f} ms")
+
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+          "(targets are checked on CPU time; wall figures above include waiting for other processes)")
+    checks = {
+        "decode_verify_p99_ms<=5 (zxing)": res["zxing"]["p99"] <= 5,
+        "no_code_p99_ms<=15 (zxing)": res["zxing"]["none_p99"] <= 15,
+        "sig_verify_per_s>=10000": ours_rate >= 10_000,
+        "revocation_lookup_p99_us<=50 (wall)": lookup_p99 <= 50,
+    }
+    for k, v in checks.items():
+        print(f"{'PASS' if v else 'FAIL'} {k}")
+    z, p = res["zxing"]["p99"], res["pyzbar"]["p99"]
+    print(json.dumps({"metric": "scan_decode_verify_p99_zxing_qr", "value": round(z, 3), "unit": "ms",
+                      "target": 5.0, "baseline": round(p, 3), "ratio": round(p / z, 2)}))
+
+
+if __name__ == "__main__":
+    main()
