@@ -26,6 +26,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cached_property
 from typing import Literal
 
 from protocol import signing
@@ -132,7 +133,7 @@ class CityCode:
     def city_segment(self) -> str:
         return ".".join([FORMAT_VERSION, self.code_system, self.auth_id, self.attribute.code(), self.identity_id])
 
-    @property
+    @cached_property
     def unsigned_text(self) -> str:
         dept = ".".join([self.dept_data, _b36(self.issued_at), _b36(self.expires_at), self.serial, self.kid])
         return f"{self.guide_url}/{self.city_segment}/{dept}"
@@ -141,7 +142,7 @@ class CityCode:
         """What the department key signs: segments 1-3 up to (not including) the signature."""
         return _SIG_CONTEXT + self.unsigned_text.encode()
 
-    @property
+    @cached_property
     def text(self) -> str:
         """The QR content."""
         return f"{self.unsigned_text}.{_b32e(self.signature)}"
@@ -236,7 +237,7 @@ def parse(text: str | bytes) -> CityCode:
         sig = _b32d(df[5])
     except ValueError:
         raise CityCodeError("signature", "not valid base32") from None
-    return CityCode(
+    code = CityCode(
         guide_url=guide,
         code_system=_check(_CODE_SYSTEM, "code_system", cf[1]),
         auth_id=_check(_AUTH, "auth_id", cf[2]),
@@ -249,6 +250,11 @@ def parse(text: str | bytes) -> CityCode:
         kid=_check(_KID, "kid", df[4]),
         signature=sig,
     )
+    # Verify exactly the bytes that were scanned (no re-serialization: a padded time field or other
+    # non-canonical variant then fails the signature instead of passing as the canonical code).
+    code.__dict__["text"] = text
+    code.__dict__["unsigned_text"] = text[: text.rindex(".")]
+    return code
 
 
 # ---- offline verification ----------------------------------------------------------------------

@@ -107,6 +107,23 @@ class CodesService:
         self._stats_flushed = time.monotonic()
         self._webhook_thread: threading.Thread | None = None
         self.hub_resolver = hub.settings.public_url.rstrip("/") + "/c"
+        # Hot-path caches for online verification; cleared in-process on change, and expiring after
+        # CACHE_TTL_S so other hub processes pick up a change within that time.
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+
+    CACHE_TTL_S = 5.0
+
+    def _cached(self, kind: str, key: str, load: Any) -> Any:
+        hit = self._cache.get((kind, key))
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.CACHE_TTL_S:
+            return hit[1]
+        val = load()
+        self._cache[(kind, key)] = (now, val)
+        return val
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
 
     # ---- keys ------------------------------------------------------------------------------------
 
@@ -526,11 +543,16 @@ class CodesService:
         with self.hub.store.tx() as db:
             db.conn.execute("UPDATE codes_appkeys SET revoked_at = ? WHERE id = ?", (_now_iso(), key_id))
             _audit(db, actor, "codes.appkey.revoke", f"appkey:{key_id}", app["org"])
+        self._invalidate()
 
     def app_for_key(self, key: str) -> int | None:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self._cached("appkey", digest, lambda: self._app_for_key(digest))  # type: ignore[no-any-return]
+
+    def _app_for_key(self, digest: str) -> int | None:
         row = self.hub.store.conn.execute(
             "SELECT app_id FROM codes_appkeys WHERE key_hash = ? AND revoked_at IS NULL",
-            (hashlib.sha256(key.encode()).hexdigest(),),
+            (digest,),
         ).fetchone()
         return int(row[0]) if row else None
 
@@ -582,10 +604,14 @@ class CodesService:
                 ("approved" if approve else "rejected", actor, reason, url_id),
             )
             _audit(db, actor, "codes.url.audit", u["url"], u["org"], {"approved": approve})
+        self._invalidate()
         return self.url(url_id)
 
     def filed_urls(self, dept_id: str | None = None) -> list[str]:
         """Approved guide URLs (the hub's own resolver is always filed)."""
+        return self._cached("urls", dept_id or "", lambda: self._filed_urls(dept_id))  # type: ignore[no-any-return]
+
+    def _filed_urls(self, dept_id: str | None) -> list[str]:
         sql = "SELECT url FROM codes_urls WHERE status = 'approved'"
         args: tuple[Any, ...] = ()
         if dept_id is not None:
@@ -628,7 +654,7 @@ class CodesService:
         """What anyone may learn about the entity a code identifies: type and status; names of
         non-person entities (a person's name stays hidden)."""
         db = self.hub.store.db
-        if not _table_exists(db, "registry_entities"):
+        if not self._cached("table", "registry_entities", lambda: _table_exists(db, "registry_entities")):
             return {"id": identity_id}
         rows = _rows(
             db.conn.execute("SELECT id, type, name, status FROM registry_entities WHERE id = ?", (identity_id,))

@@ -1,0 +1,308 @@
+"""City-code benchmark: online verification over HTTP with N issued codes, and batch issuing.
+
+    .venv/bin/python bench/codes.py [--codes 1000000] [--seconds 8] [--workers 2] [--clients 2] [--threads 8]
+
+1. Builds a hub in a temp dir (intl profile): department, duty, approved scene, app key.
+2. Batch issue: signed codes/s through `CodesService.issue_batch` (no images), with and without the
+   registry identity check.
+3. Fills codes_issued up to --codes rows (real signed codes for the probes, cheap filler rows for the
+   rest: the verify path's cost depends on the serial index depth, not on the filler's content).
+4. Runs uvicorn (subprocess, --workers) for the hub and, same settings, for a bare FastAPI app returning a
+   constant (the baseline), and drives each with the same pure-Python client: --clients processes x
+   --threads keep-alive http.client connections. Reports req/s and p50/p99 latency.
+Last stdout line: {"metric","value","unit","target","baseline","ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The baseline app: imported by uvicorn as `codes:baseline_app` (with --app-dir bench).
+baseline_app = FastAPI()
+
+
+@baseline_app.post("/api/v1/codes/verify")
+def _const() -> dict[str, str]:
+    return {"verdict": "valid", "reason": "ok"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup_hub(data_dir: Path, total: int, probes: int) -> tuple[list[str], str, dict[str, float]]:
+    sys.path.insert(0, str(ROOT))
+    from central.app import build_hub
+    from central.codes.service import service_of
+    from central.registry.ids import make_id
+    from central.settings import MqttSettings, Settings
+
+    hub = build_hub(Settings(data_dir=data_dir, mqtt=MqttSettings(enabled=False)))
+    svc = service_of(hub)
+    svc.register_department("bench", "HEALTH", "Health", "/city/health")
+    svc.import_duties("bench", [{"dept_id": "HEALTH", "scene_type": "clinic.pass"}])
+    app = svc.apply("bench", "HEALTH", "Clinic pass", "clinic.pass", "static", "person", "bench", True, "Y")
+    svc.decide("bench", app["id"], True, "HC")
+    key = svc.create_app_key("bench", app["id"], "bench")["key"]
+    figures: dict[str, float] = {}
+
+    # batch issue, no identity lookups (identity format checked by the code builder)
+    n_batch, batches = 5000, 4
+    t0 = time.perf_counter()
+    texts: list[str] = []
+    for b in range(batches):
+        items = [{"identity_id": make_id("person", "310101", b * n_batch + i + 1)} for i in range(n_batch)]
+        texts += [c["text"] for c in svc.issue_batch("bench", app["id"], items, check_identity=False)]
+    figures["batch_issue_per_s"] = n_batch * batches / (time.perf_counter() - t0)
+
+    # batch issue with every identity validated against the registry table
+    now = "2025-01-01T00:00:00+00:00"
+    ids = [make_id("person", "310102", i + 1) for i in range(n_batch)]
+    with hub.store.tx() as db:
+        db.conn.executemany(
+            "INSERT INTO registry_entities (id, type, region, name, org, status, created_by, created_at, updated_at)"
+            " VALUES (?, 'person', '310102', 'x', '/city', 'active', 'bench', ?, ?)",
+            [(i, now, now) for i in ids],
+        )
+    t0 = time.perf_counter()
+    texts += [c["text"] for c in svc.issue_batch("bench", app["id"], [{"identity_id": i} for i in ids])]
+    figures["batch_issue_checked_per_s"] = n_batch / (time.perf_counter() - t0)
+
+    filler = max(total - len(texts), 0)
+    t0 = time.perf_counter()
+    with hub.store.tx() as db:
+        db.conn.executemany(
+            "INSERT INTO codes_issued (serial, app_id, dept_id, code_system, identity_id, kid, issued_at,"
+            " expires_at, text, status, scans) VALUES (?, ?, 'HEALTH', 'HC', ?, 'x', 0, 1, 'x', 'active', 0)",
+            ((f"F{i:015d}", app["id"], f"P{i:017d}") for i in range(filler)),
+        )
+    figures["fill_s"] = time.perf_counter() - t0
+    figures["codes"] = len(texts) + filler
+    # revoke a few probes so the verify mix exercises the revoked path too
+    for t in texts[:5]:
+        svc.revoke_code("bench", t.rsplit("/", 1)[1].split(".")[3], "bench")
+    hub.store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    hub.store.close()
+    step = max(len(texts) // probes, 1)
+    return texts[::step][:probes], key, figures
+
+
+def _client(
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], threads: int, seconds: float, out: mp.Queue
+) -> None:  # type: ignore[type-arg]
+    import http.client
+    import threading
+
+    lat: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    start = time.perf_counter() + 0.5  # warm-up connections before the clock starts
+    stop = start + seconds
+
+    def run(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        i = k
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop:
+                break
+            body = bodies[i % len(bodies)]
+            i += threads
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                ok = resp.status == 200
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                ok = False
+            t1 = time.perf_counter()
+            if t0 >= start:
+                if ok:
+                    lat[k].append(t1 - t0)
+                else:
+                    errors[k] += 1
+        conn.close()
+
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put(([x for xs in lat for x in xs], sum(errors)))
+
+
+def drive(
+    port: int, bodies: list[bytes], headers: dict[str, str], clients: int, threads: int, seconds: float
+) -> dict[str, float]:
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    procs = [
+        mp.Process(target=_client, args=(port, "/api/v1/codes/verify", bodies, headers, threads, seconds, q))
+        for _ in range(clients)
+    ]
+    for p in procs:
+        p.start()
+    lats: list[float] = []
+    errors = 0
+    for _ in procs:
+        xs, e = q.get()
+        lats += xs
+        errors += e
+    for p in procs:
+        p.join()
+    lats.sort()
+    n = len(lats)
+    return {
+        "rps": n / seconds,
+        "p50_ms": lats[n // 2] * 1000 if n else float("nan"),
+        "p99_ms": lats[min(int(n * 0.99), n - 1)] * 1000 if n else float("nan"),
+        "errors": errors,
+        "requests": n,
+    }
+
+
+def serve(target: list[str], env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        *target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                time.sleep(0.5 * workers)  # let every worker finish its import
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--codes", type=int, default=1_000_000)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--dir", type=Path, default=None)
+    args = ap.parse_args()
+
+    data_dir = args.dir or Path(tempfile.mkdtemp(prefix="bench-codes-"))
+    t0 = time.perf_counter()
+    probes, app_key, fig = setup_hub(data_dir, args.codes, probes=2000)
+    print(f"setup: {fig['codes']:.0f} codes in {time.perf_counter() - t0:.1f} s (filler insert {fig['fill_s']:.1f} s)")
+    print(
+        f"batch issue (signed, no images): {fig['batch_issue_per_s']:.0f} codes/s; "
+        f"with registry identity check: {fig['batch_issue_checked_per_s']:.0f} codes/s"
+    )
+
+    env = {
+        **os.environ,
+        "CITYBRAIN_DATA_DIR": str(data_dir),
+        "CITYBRAIN_MQTT__ENABLED": "false",
+        "PYTHONPATH": str(ROOT),
+    }
+    headers = {"Content-Type": "application/json", "X-App-Key": app_key}
+    bodies = [json.dumps({"text": t}).encode() for t in probes]
+
+    base_proc, base_port = serve(["--app-dir", str(ROOT / "bench"), "codes:baseline_app"], env, args.workers)
+    try:
+        base = drive(base_port, bodies, headers, args.clients, args.threads, args.seconds)
+    finally:
+        base_proc.terminate()
+        base_proc.wait(10)
+    print(
+        f"baseline (constant endpoint): {base['rps']:.0f} req/s, p50 {base['p50_ms']:.2f} ms, "
+        f"p99 {base['p99_ms']:.2f} ms, errors {base['errors']}"
+    )
+
+    hub_proc, hub_port = serve(["--factory", "central.app:create_app"], env, args.workers)
+    try:
+        # sanity: the probes verify (valid, and revoked for the first few) before timing
+        import http.client
+
+        c = http.client.HTTPConnection("127.0.0.1", hub_port, timeout=10)
+        verdicts = []
+        for b in bodies[:10]:
+            c.request("POST", "/api/v1/codes/verify", body=b, headers=headers)
+            verdicts.append(json.loads(c.getresponse().read())["verdict"])
+        c.close()
+        print(f"probe verdicts: {verdicts}")
+        assert "valid" in verdicts, verdicts
+        res = drive(hub_port, bodies, headers, args.clients, args.threads, args.seconds)
+    finally:
+        hub_proc.terminate()
+        hub_proc.wait(10)
+    print(
+        f"online verify ({fig['codes']:.0f} codes): {res['rps']:.0f} req/s, p50 {res['p50_ms']:.2f} ms, "
+        f"p99 {res['p99_ms']:.2f} ms, errors {res['errors']}"
+    )
+    print(
+        json.dumps(
+            {
+                "metric": "batch_issue",
+                "value": round(fig["batch_issue_per_s"]),
+                "unit": "codes/s",
+                "target": 2000,
+                "baseline": None,
+                "ratio": None,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "metric": "online_verify_p99",
+                "value": round(res["p99_ms"], 2),
+                "unit": "ms",
+                "target": 20,
+                "baseline": round(base["p99_ms"], 2),
+                "ratio": round(res["p99_ms"] / base["p99_ms"], 2),
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "metric": "online_verify_throughput",
+                "value": round(res["rps"]),
+                "unit": "req/s",
+                "target": 3000,
+                "baseline": round(base["rps"]),
+                "ratio": round(res["rps"] / base["rps"], 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
