@@ -168,4 +168,16 @@ def _mount_capability_clis() -> None:
             app.add_typer(sub, name=getattr(cli_mod, "NAME", mod.name))
 
 
+def _mount_security_shortcuts() -> None:
+    """The issue's spellings: `citybrain hub gen-certs`, `bootstrap-admin` and `audit verify`."""
+    from central.iam import cli as iam_cli
+
+    app.command("gen-certs")(iam_cli.gen_certs)
+    app.command("bootstrap-admin")(iam_cli.bootstrap_admin)
+    audit = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
+    audit.command("verify")(iam_cli.audit_verify)
+    app.add_typer(audit, name="audit")
+
+
 _mount_capability_clis()
+_mount_security_shortcuts()
