@@ -12,7 +12,15 @@ import pytest
 
 from edge.camera import synthetic
 from edge.camera.config import (
-    AreaRule, CameraSection, CameraSource, CrowdRule, Lifecycle, LitterRule, OnnxConfig, Rules, Zone,
+    AreaRule,
+    CameraSection,
+    CameraSource,
+    CrowdRule,
+    Lifecycle,
+    LitterRule,
+    OnnxConfig,
+    Rules,
+    Zone,
 )
 from edge.camera.detectors import Detection
 from edge.camera.detectors.classical import _hog_class

@@ -176,14 +176,16 @@ class ClassicalDetector:
         d = g - self._mean
         self._mean += a * d
         self._var = (1 - a) * (self._var + a * d * d)
-        colour = cv2.inRange(hsv, (0, 90, 190), (35, 255, 255))  # flames are the brightest thing.astype(np.float32) / 255.0
+        # Flames are the brightest thing around: V >= 190 keeps red clothes and brick walls out.
+        colour = cv2.inRange(hsv, (0, 90, 190), (35, 255, 255)).astype(np.float32) / 255.0
         self._colour += a * (colour - self._colour)
         # Fire = fire colours that flicker; a static orange sign or a sunset wall does not.
         mask = ((self._colour > 0.25) & (self._var > FLICKER_STD**2)).astype(np.uint8) * 255
         if not mask.any():
             return []
         mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))
-        return _regions(mask, "fire", scale, min_px=6, score=float(min(1.0, np.sqrt(self._var[mask > 0].mean()) / 40)))
+        score = float(min(1.0, np.sqrt(self._var[mask > 0].mean()) / 40))
+        return _regions(mask, "fire", scale, min_px=6, score=score)
 
     def _smoke(
         self, hsv: np.ndarray, diff: np.ndarray, ts: float, scale: float, npx: int

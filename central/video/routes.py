@@ -1,0 +1,190 @@
+"""/api/v1/video: cases (list, detail, snapshot), workflow steps, statistics, heat map, feedback, and the
+admin settings (site->org, camera position/adjacency, routing rules). Thin: parse, authorize, call."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from central.hub import Hub, get_hub
+from central.iam.deps import Principal, require
+from central.video.service import VideoError, VideoService, service_of
+
+router = APIRouter()
+
+ORG = r"^/[A-Za-z0-9_/-]*$"
+ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def svc(hub: Hub = Depends(get_hub)) -> VideoService:
+    return service_of(hub)
+
+
+def org_of_case(case_id: int, s: VideoService = Depends(svc)) -> str | None:
+    return s.case_org(case_id)
+
+
+def _call(fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except VideoError as e:
+        raise HTTPException(e.status, e.detail) from None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReviewIn(_Body):
+    verdict: Literal["confirmed", "false_positive"]
+    reason: str = Field(default="", max_length=500)
+
+
+class DispatchIn(_Body):
+    department: str | None = Field(default=None, pattern=ID)
+
+
+class ResolveIn(_Body):
+    note: str = Field(default="", max_length=2000)
+
+
+class SiteIn(_Body):
+    org_path: str = Field(pattern=ORG, max_length=256)
+
+
+class CameraIn(_Body):
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    neighbours: list[str] = Field(default_factory=list, max_length=64)
+
+
+class RouteIn(_Body):
+    org_prefix: str = Field(pattern=ORG, max_length=256)
+    kind: str = Field(default="*", pattern=r"^(\*|[a-z][a-z0-9_]{0,31})$")
+    department: str = Field(pattern=ID)
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://", max_length=1000)
+    webhook_secret: str | None = Field(default=None, min_length=16, max_length=256)
+    mqtt: bool = True
+    ack_sla_min: float = Field(default=15.0, gt=0, le=60 * 24 * 30)
+    resolve_sla_min: float = Field(default=240.0, gt=0, le=60 * 24 * 90)
+
+
+# --- cases -------------------------------------------------------------------------------------------
+@router.get("/cases")
+def list_cases(
+    status: str | None = None, kind: str | None = Query(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$"),
+    site: str | None = Query(default=None, pattern=ID), overdue: bool | None = None, since: datetime | None = None,
+    limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0),
+    p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc),
+) -> dict[str, Any]:
+    return _call(s.list_cases, p.scopes("video.read"), status, kind, site, overdue, since, limit, offset)
+
+
+@router.get("/cases/{case_id}")
+def get_case(case_id: int, p: Principal = Depends(require("video.read", org_of=org_of_case)),
+             s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.case_detail, case_id)
+
+
+@router.get("/cases/{case_id}/snapshot", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
+def get_snapshot(case_id: int, p: Principal = Depends(require("video.read", org_of=org_of_case)),
+                 s: VideoService = Depends(svc)) -> Response:
+    return Response(_call(s.snapshot, case_id), media_type="image/jpeg",
+                    headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.post("/cases/{case_id}/review")
+def review(case_id: int, body: ReviewIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
+           s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.review, case_id, body.verdict, body.reason, p.name)
+
+
+@router.post("/cases/{case_id}/dispatch")
+def dispatch(case_id: int, body: DispatchIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
+             s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.dispatch, case_id, p.name, body.department)
+
+
+@router.post("/cases/{case_id}/acknowledge")
+def acknowledge(case_id: int, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
+                s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.acknowledge, case_id, p.name)
+
+
+@router.post("/cases/{case_id}/resolve")
+def resolve(case_id: int, body: ResolveIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
+            s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.resolve, case_id, p.name, body.note)
+
+
+# --- analysis ----------------------------------------------------------------------------------------
+@router.get("/stats")
+def stats(since: datetime | None = None, until: datetime | None = None,
+          p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.stats, p.scopes("video.read"), since, until)
+
+
+@router.get("/heatmap")
+def heatmap(cell_deg: float = Query(default=0.01, ge=0.0001, le=10),
+            kind: str | None = Query(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$"), since: datetime | None = None,
+            p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> dict[str, Any]:
+    return _call(s.heatmap, p.scopes("video.read"), cell_deg, kind, since)
+
+
+@router.get("/feedback")
+def feedback(p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> list[dict[str, Any]]:
+    return s.feedback(p.scopes("video.read"))
+
+
+# --- admin -------------------------------------------------------------------------------------------
+def _need_admin(p: Principal, org: str) -> None:
+    if not p.allowed("video.admin", org):
+        raise HTTPException(403, f"forbidden: {p.name} lacks 'video.admin' on {org}")
+
+
+@router.put("/sites/{site}")
+def set_site(site: str, body: SiteIn, p: Principal = Depends(require("video.admin")),
+             s: VideoService = Depends(svc)) -> dict[str, str]:
+    # Both the site's current org and the new one must be inside the caller's scope.
+    _need_admin(p, s.site_org(site))
+    _need_admin(p, body.org_path)
+    return _call(s.set_site, site, body.org_path, p.name)
+
+
+@router.get("/sites/{site}")
+def get_site(site: str, p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)
+             ) -> dict[str, str]:
+    return {"site": site, "org_path": s.site_org(site)}
+
+
+@router.put("/cameras/{site}/{device}/{camera}")
+def set_camera(site: str, device: str, camera: str, body: CameraIn, p: Principal = Depends(require("video.admin")),
+               s: VideoService = Depends(svc)) -> dict[str, Any]:
+    _need_admin(p, s.site_org(site))
+    return _call(s.set_camera, site, device, camera, body.lat, body.lon, body.neighbours, p.name)
+
+
+@router.get("/routes")
+def list_routes(p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> list[dict[str, Any]]:
+    return s.routes(p.scopes("video.read"))
+
+
+@router.post("/routes", status_code=201)
+def add_route(body: RouteIn, p: Principal = Depends(require("video.admin")),
+              s: VideoService = Depends(svc)) -> dict[str, Any]:
+    _need_admin(p, body.org_prefix)
+    return _call(s.add_route, body.org_prefix, body.kind, body.department, body.webhook_url, body.webhook_secret,
+                 body.mqtt, body.ack_sla_min, body.resolve_sla_min, p.name)
+
+
+@router.delete("/routes/{route_id}", status_code=204)
+def delete_route(route_id: int, p: Principal = Depends(require("video.admin")),
+                 s: VideoService = Depends(svc)) -> Response:
+    r = _call(s.route, route_id)
+    _need_admin(p, r["org_prefix"])
+    _call(s.delete_route, route_id, p.name)
+    return Response(status_code=204)
