@@ -52,6 +52,30 @@ class _Alg(Protocol):
 
 
 class _Ed25519:
+    """Loaded key objects are cached by their raw bytes: loading costs as much as a signature."""
+
+    _CACHE_MAX = 4096
+
+    def __init__(self) -> None:
+        self._priv: dict[bytes, Ed25519PrivateKey] = {}
+        self._pub: dict[bytes, Ed25519PublicKey] = {}
+
+    def _load_priv(self, raw: bytes) -> Ed25519PrivateKey:
+        key = self._priv.get(raw)
+        if key is None:
+            if len(self._priv) >= self._CACHE_MAX:
+                self._priv.clear()
+            key = self._priv[raw] = Ed25519PrivateKey.from_private_bytes(raw)
+        return key
+
+    def _load_pub(self, raw: bytes) -> Ed25519PublicKey:
+        key = self._pub.get(raw)
+        if key is None:
+            if len(self._pub) >= self._CACHE_MAX:
+                self._pub.clear()
+            key = self._pub[raw] = Ed25519PublicKey.from_public_bytes(raw)
+        return key
+
     def generate(self) -> tuple[bytes, bytes]:
         key = Ed25519PrivateKey.generate()
         from cryptography.hazmat.primitives import serialization as s
@@ -61,11 +85,11 @@ class _Ed25519:
         return priv, pub
 
     def sign(self, private: bytes, data: bytes) -> bytes:
-        return Ed25519PrivateKey.from_private_bytes(private).sign(data)
+        return self._load_priv(private).sign(data)
 
     def verify(self, public: bytes, data: bytes, sig: bytes) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(public).verify(sig, data)
+            self._load_pub(public).verify(sig, data)
             return True
         except (InvalidSignature, ValueError):
             return False
