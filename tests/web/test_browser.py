@@ -54,7 +54,44 @@ def seed(live: LiveHub) -> dict[str, Any]:
         "applicant_org": B, "owner_org": A, "purpose": "street cleaning rota", "fields": ["name", "address"],
         "valid_from": now.isoformat(), "valid_to": (now + timedelta(days=30)).isoformat()})
     assert r.status_code == 201, r.text
-    return {"registry_app": r.json()["id"]}
+    out: dict[str, Any] = {"registry_app": r.json()["id"]}
+    if "video" in hub.services or _has("central.video.service"):
+        out["cases"] = video_cases(hub)
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def jpeg() -> str:
+    import base64
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (96, 64), (40, 40, 40))
+    ImageDraw.Draw(img).rectangle((30, 20, 60, 50), fill=(230, 120, 20))  # a "fire" blob
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def video_cases(hub: Any) -> dict[str, int]:
+    """One fire case at a district-A site, one at a district-B site, as the bridge would ingest them."""
+    from central.video.service import service_of
+    from protocol.messages import Event
+
+    svc = service_of(hub)
+    svc.set_site("site-a", A, "test")
+    svc.set_site("site-b", B, "test")
+    ids = {}
+    for site, dev in (("site-a", "cam-a1"), ("site-b", "cam-b1")):
+        with hub.store.tx() as db:
+            ids[site] = svc.ingest(db, site, dev, Event(kind="fire", camera="c1", score=0.9, snapshot_jpeg_b64=jpeg()))
+    return ids
 
 
 @pytest.mark.timeout(120)
@@ -116,9 +153,113 @@ def test_district_admin_in_browser(live: LiveHub, browser: Any, tmp_path: Path) 
     assert "intact" in drv.find_element(By.ID, "audit-verify").text
     drv.save_screenshot(str(shots / "05-audit.png"))
 
+    if "cases" in ids:
+        case_workflow(drv, live, ids["cases"], shots)
+
     # Sign out ends the session server-side: the old token no longer works.
     token = drv.execute_script("return sessionStorage.getItem('cb_token')")
     drv.find_element(By.ID, "logout").click()
     wait_until(drv, lambda d: "/console/login" in d.current_url)
     assert httpx.get(f"{live.url}/api/v1/iam/me", headers=auth(token)).status_code == 401
-    assert len(list(shots.glob("*.png"))) == 5
+    assert len(list(shots.glob("*.png"))) >= 5
+
+
+def case_workflow(drv: Any, live: LiveHub, cases: dict[str, int], shots: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    page(drv, live, "/console/video")
+    listed = [r.get_attribute("data-id") for r in drv.find_elements(By.CSS_SELECTOR, "#video-table tbody tr")]
+    assert listed == [str(cases["site-a"])], listed  # district B's case is not shown
+    drv.find_element(By.CSS_SELECTOR, f"#video-table tr[data-id='{cases['site-a']}'] a.case-link").click()
+    wait(drv, "body[data-page='video'][data-ready='1']")
+    wait(drv, "#case[data-status='new']")
+    snap = wait(drv, "#case .snaps img")
+    assert snap.get_attribute("src").startswith("data:image/jpeg;base64,")
+    assert drv.execute_script("return arguments[0].naturalWidth", snap) == 96  # a real decoded JPEG
+    drv.save_screenshot(str(shots / "06-case-new.png"))
+    for label, then in (("Confirm", "reviewed"), ("Dispatch", "dispatched"), ("Acknowledge", "acknowledged"),
+                        ("Resolve", "resolved")):
+        if label == "Confirm":
+            drv.find_element(By.ID, "case-reason").send_keys("flames visible on camera")
+        if label == "Dispatch":
+            drv.find_element(By.ID, "case-dept").send_keys("fire-brigade")
+        drv.find_element(By.CSS_SELECTOR, f"#case button.wf[data-label='{label}']").click()
+        wait(drv, f"#case[data-status='{then}']")
+    hist = drv.find_element(By.ID, "case-history").text
+    for step in ("review", "dispatch", "acknowledge", "resolve"):
+        assert f"video.case.{step}" in hist
+    drv.save_screenshot(str(shots / "07-case-resolved.png"))
+    row = live.hub.store.conn.execute("SELECT status, department FROM video_cases WHERE id = ?",
+                                      (cases["site-a"],)).fetchone()
+    assert tuple(row) == ("resolved", "fire-brigade")
+
+
+@pytest.mark.timeout(120)
+def test_city_admin_codes_in_browser(live: LiveHub, browser: Any, tmp_path: Path) -> None:
+    """The code applications page shows the three checks; approval is a city-level act; an issued code's QR
+    image shown in the page decodes back to the code."""
+    import base64
+    import io
+
+    from PIL import Image
+    from pyzbar.pyzbar import decode as zbar_decode
+    from selenium.webdriver.common.by import By
+
+    from tests.codes.conftest import register_entity
+
+    hub = live.hub
+    iam = hub.services["iam"]
+    iam.ensure_org_chain("/city/health")
+    uid = iam.create_user(None, "mayor-office", PASSWORD, "/city", must_change=False)
+    iam.grant_root(uid, "city_admin", "/city")
+    admin = auth(token_for(hub, "root-admin", "city_admin", "/city"))
+    issuer = auth(token_for(hub, "nurse", "department_issuer", "/city/health"))
+    post = lambda path, h, body: httpx.post(live.url + path, headers=h, json=body)  # noqa: E731
+    assert post("/api/v1/codes/departments", admin, {"id": "HEALTH", "name": "Health", "org": "/city/health"}
+                ).status_code == 201
+    csv_body = "dept_id,scene_type,description\nHEALTH,clinic.pass,duty\n"
+    assert httpx.post(live.url + "/api/v1/codes/duties", headers={**admin, "Content-Type": "text/csv"},
+                      content=csv_body).status_code == 200
+    app = {"dept_id": "HEALTH", "scene_name": "Clinic pass", "scene_type": "clinic.pass", "code_type": "static",
+           "entity_type": "person", "purpose": "entry", "validity": "Y"}
+    good = post("/api/v1/codes/applications", issuer, {**app, "share_commitment": True}).json()
+    bad = post("/api/v1/codes/applications", issuer, {**app, "share_commitment": False, "scene_type": "bus.pass"}
+               ).json()
+    person = register_entity(hub)
+
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    drv = browser
+    drv.get(live.url + "/console/login?next=/console/codes")
+    wait(drv, "#login-form")
+    drv.find_element(By.ID, "username").send_keys("mayor-office")
+    drv.find_element(By.ID, "password").send_keys(PASSWORD)
+    drv.find_element(By.ID, "login-btn").click()
+    wait(drv, "body[data-page='codes'][data-ready='1']")
+    bad_row = drv.find_element(By.CSS_SELECTOR, f"#code-apps-table tr[data-id='{bad['id']}']")
+    assert len(bad_row.find_elements(By.CSS_SELECTOR, ".check.failed")) == 2  # no duty, no sharing commitment
+    assert "not among HEALTH's duties" in bad_row.text
+    good_row = drv.find_element(By.CSS_SELECTOR, f"#code-apps-table tr[data-id='{good['id']}']")
+    assert len(good_row.find_elements(By.CSS_SELECTOR, ".check.pass")) == 3
+    assert drv.find_element(By.CSS_SELECTOR, "#code-supervision svg.chart")  # supervision charts drawn
+    drv.save_screenshot(str(shots / "01-codes.png"))
+    good_row.find_element(By.CSS_SELECTOR, "input.code-system").send_keys("HC")
+    good_row.find_element(By.CSS_SELECTOR, "button.approve").click()
+    wait(drv, f"#code-apps-table tr[data-id='{good['id']}'][data-status='approved']")
+
+    # Issue from the console, then the QR shown in the page decodes to the issued code.
+    drv.find_element(By.ID, "issue-app").send_keys(str(good["id"]))
+    drv.find_element(By.ID, "issue-identity").send_keys(person)
+    drv.find_element(By.CSS_SELECTOR, "#issue-form button").click()
+    card = wait(drv, "#issued .code-card")
+    src = card.find_element(By.CSS_SELECTOR, "img.qr").get_attribute("src")
+    (sym,) = zbar_decode(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+    serial = card.get_attribute("data-serial")
+    assert serial and serial in sym.data.decode()
+    # Looking the serial up fetches the QR through the authenticated image endpoint.
+    drv.find_element(By.ID, "lookup-serial").send_keys(serial)
+    drv.find_element(By.CSS_SELECTOR, "#lookup-form button").click()
+    wait_until(drv, lambda d: len(d.find_elements(By.CSS_SELECTOR, f"#issued .code-card[data-serial='{serial}']")) == 2)
+    drv.save_screenshot(str(shots / "02-issued.png"))
+    first = drv.find_elements(By.CSS_SELECTOR, "#issued .code-card img.qr")[0]
+    assert first.get_attribute("src").startswith("data:image/png;base64,")

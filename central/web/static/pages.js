@@ -13,6 +13,7 @@ const section = (title, ...kids) => el("section", { class: "card" }, el("h2", {}
 const notInstalled = (what) => note(`${what} is not installed on this hub yet.`, "muted absent");
 
 function flash(root, text, cls = "ok") {
+  for (const old of root.querySelectorAll(".flash")) old.remove();
   const n = el("p", { class: "flash " + cls, role: "status" }, text);
   root.prepend(n);
   setTimeout(() => n.remove(), 6000);
@@ -46,10 +47,10 @@ async function home(me, root) {
       el("a", { href: "/console/registry" }, "Registry →")));
   }
   if (has(me, "video.read")) {
-    const r = await api("/api/v1/video/cases");
+    const r = await api("/api/v1/video/cases?limit=500");
     if (r.ok) {
       const items = Array.isArray(r.data) ? r.data : r.data.items || [];
-      const open = items.filter((c) => !["resolved", "closed", "false_positive"].includes(c.status)).length;
+      const open = items.filter((c) => ["new", "reviewed", "dispatched", "acknowledged"].includes(c.status)).length;
       cards.push(section("Video cases", el("p", {}, `${open} open of ${items.length}`), el("a", { href: "/console/video" }, "Cases →")));
     }
   }
@@ -265,63 +266,88 @@ async function codes(me, root) {
 }
 
 // ---- video cases -------------------------------------------------------------------------------
-// The workflow verbs come from the case itself when the API lists them (`actions`); otherwise from the
-// documented flow new -> reviewed -> dispatched -> acknowledged -> resolved.
-const VIDEO_NEXT = { new: ["review"], reviewed: ["dispatch"], confirmed: ["dispatch"], dispatched: ["acknowledge"],
-  acknowledged: ["resolve"] };
+// Workflow (central/video): new -> review (confirmed | false positive) -> reviewed -> dispatch -> dispatched
+// -> acknowledge -> acknowledged -> resolve -> resolved. Each verb has its own exact body (the API forbids
+// extra fields).
+const VIDEO_STEPS = {
+  new: [["review", "Confirm", (f) => ({ verdict: "confirmed", reason: f.reason })],
+    ["review", "False positive", (f) => ({ verdict: "false_positive", reason: f.reason })]],
+  reviewed: [["dispatch", "Dispatch", (f) => (f.department ? { department: f.department } : {})]],
+  dispatched: [["acknowledge", "Acknowledge", () => undefined]],
+  acknowledged: [["resolve", "Resolve", (f) => ({ note: f.reason })]],
+};
 
 async function video(me, root) {
   const list = el("div", { id: "video-cases" });
+  const detail = el("div", { id: "video-case" });
   const stats = el("div", { id: "video-stats" });
   const params = new URLSearchParams(location.search);
+  const status = el("select", { id: "video-status" }, ["", "new", "reviewed", "dispatched", "acknowledged", "resolved", "dismissed"]
+    .map((s) => el("option", { value: s, selected: s === (params.get("status") || "") }, s || "any status")));
+  const overdue = el("input", { type: "checkbox", id: "video-overdue", checked: params.get("overdue") === "true" });
+  const filters = el("form", { class: "row", id: "video-filters" }, status, el("label", {}, overdue, " overdue only"),
+    el("button", { type: "submit" }, "Filter"));
+  filters.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const u = new URLSearchParams();
+    if (status.value) u.set("status", status.value);
+    if (overdue.checked) u.set("overdue", "true");
+    location.assign("/console/video?" + u);
+  });
   async function load() {
-    const r = await api("/api/v1/video/cases");
+    const u = new URLSearchParams({ limit: "100" });
+    if (params.get("status")) u.set("status", params.get("status"));
+    if (params.get("overdue")) u.set("overdue", params.get("overdue"));
+    const r = await api("/api/v1/video/cases?" + u);
     if (absent(r)) return list.replaceChildren(notInstalled("Video analysis"));
     if (!r.ok) return list.replaceChildren(fail(r));
     const items = Array.isArray(r.data) ? r.data : r.data.items || [];
-    const open = params.get("case");
-    list.replaceChildren(table([
+    list.replaceChildren(el("p", { class: "muted" }, `${r.data.total ?? items.length} case(s)`), table([
       { title: "#", render: (c) => el("a", { href: "/console/video?case=" + c.id, class: "case-link" }, String(c.id)) },
-      { title: "Kind", key: "kind" }, { title: "Where", render: (c) => c.site || c.area || c.org || "" },
-      { title: "Opened", render: (c) => when(c.opened_at || c.created_at) },
+      { title: "Kind", key: "kind" }, { title: "Site", render: (c) => `${c.site}/${c.device}${c.camera ? "/" + c.camera : ""}` },
+      { title: "Org", key: "org" }, { title: "Events", key: "event_count", cls: "n" },
+      { title: "First seen", render: (c) => when(c.first_ts) },
       { title: "Status", render: (c) => el("span", {}, badge(c.status), c.overdue ? badge("overdue", "overdue") : "") },
     ], items, { id: "video-table", rowAttrs: (c) => ({ "data-id": c.id, "data-status": c.status }) }));
-    if (open) list.append(await caseView(open));
   }
   async function caseView(id) {
     const r = await api("/api/v1/video/cases/" + encodeURIComponent(id));
-    if (!r.ok) return fail(r);
+    if (!r.ok) return detail.replaceChildren(fail(r));
     const c = r.data;
-    const snaps = (c.events || []).filter((e) => e.snapshot_url || e.has_snapshot).slice(0, 6);
-    const imgs = await Promise.all(snaps.map((e) => CB.authImage(e.snapshot_url || `/api/v1/video/events/${e.event_id || e.id}/snapshot`, "snapshot")));
-    const verbs = c.actions || VIDEO_NEXT[c.status] || [];
-    const reason = el("input", { id: "case-reason", placeholder: "reason / note", value: "checked on camera" });
+    const snap = c.snapshot_url ? await CB.authImage(c.snapshot_url, `snapshot of case ${c.id}`) : note("no snapshot");
+    const reason = el("input", { id: "case-reason", placeholder: "reason / note", value: "" });
     const dept = el("input", { id: "case-dept", placeholder: "department (dispatch)", value: c.department || "" });
-    const buttons = verbs.map((v) => el("button", { class: "wf", "data-action": v, onclick: () => act(v) }, v));
-    async function act(verb) {
-      const body = { reason: reason.value, note: reason.value };
-      if (verb === "review") body.verdict = "confirmed";
-      if (verb === "dispatch" && dept.value) body.department = dept.value;
+    const steps = VIDEO_STEPS[c.status] || [];
+    const buttons = steps.map(([verb, label, body]) => el("button", { class: "wf", "data-action": verb, "data-label": label,
+      onclick: () => act(verb, body({ reason: reason.value, department: dept.value })) }, label));
+    async function act(verb, body) {
       const res = await api(`/api/v1/video/cases/${encodeURIComponent(id)}/${verb}`, { method: "POST", body });
-      flash(root, res.ok ? `Case ${id}: ${res.data.status || verb}` : CB.errText(res), res.ok ? "ok" : "error");
-      load();
+      flash(root, res.ok ? `Case ${id}: ${res.data.status}` : CB.errText(res), res.ok ? "ok" : "error");
+      await Promise.all([caseView(id), load()]);
     }
-    return section(`Case ${id}`, el("div", { id: "case", "data-status": c.status },
-      el("p", {}, "Status: ", badge(c.status), c.sla_due_at ? ` · due ${when(c.sla_due_at)}` : ""),
-      el("div", { class: "snaps" }, imgs), el("div", { class: "row" }, reason, dept, buttons),
-      table([{ title: "Step", render: (h) => h.action || h.status }, { title: "By", key: "actor" }, { title: "When", render: (h) => when(h.at || h.ts) },
-        { title: "Note", render: (h) => h.reason || h.note || "" }], c.history || [])));
+    detail.replaceChildren(section(`Case ${c.id}: ${c.kind} at ${c.site}`, el("div", { id: "case", "data-status": c.status },
+      el("p", {}, "Status: ", badge(c.status), c.overdue ? badge("overdue", "overdue") : "",
+        c.due_at ? ` · due ${when(c.due_at)}` : "", c.department ? ` · department ${c.department}` : ""),
+      el("div", { class: "snaps" }, snap),
+      steps.length ? el("div", { class: "row" }, reason, c.status === "reviewed" ? dept : null, buttons) : null,
+      el("h3", {}, "History"),
+      table([{ title: "When", render: (h) => when(h.ts) }, { title: "By", key: "actor" }, { title: "Step", key: "action" },
+        { title: "Detail", render: (h) => el("code", {}, JSON.stringify(h.detail)) }], c.history || [], { id: "case-history" }))));
   }
   async function loadStats() {
     const r = await api("/api/v1/video/stats");
     if (!r.ok) return stats.replaceChildren();
-    const byHour = r.data.by_hour || {};
+    const byHour = r.data.by_hour_of_day || {};
     const hours = [...Array(24).keys()];
-    stats.replaceChildren(CB.barChart(hours.map(String), [{ name: "events", values: hours.map((h) => byHour[h] || byHour[String(h).padStart(2, "0")] || 0) }],
-      { title: "Events by hour", height: 160 }));
+    const kinds = Object.keys(r.data.by_kind || {});
+    stats.replaceChildren(
+      CB.barChart(hours.map(String), [{ name: "cases", values: hours.map((h) => byHour[String(h)] || 0) }],
+        { title: "Cases by hour of day (UTC)", height: 160 }),
+      kinds.length ? CB.barChart(kinds, [{ name: "cases", values: kinds.map((k) => r.data.by_kind[k]) }], { title: "Cases by kind", height: 160 }) : null,
+      el("p", { class: "muted" }, `false-positive rate: ${r.data.false_positive_rate == null ? "—" : Math.round(r.data.false_positive_rate * 100) + "%"}`));
   }
-  root.replaceChildren(section("Cases", list), section("Statistics", stats));
-  await Promise.all([load(), loadStats()]);
+  root.replaceChildren(section("Cases", filters, list), detail, section("Statistics", stats));
+  await Promise.all([load(), loadStats(), params.get("case") ? caseView(params.get("case")) : null]);
 }
 
 // ---- call tasks --------------------------------------------------------------------------------
