@@ -153,6 +153,12 @@ def main() -> None:
               f"raw cryptography {base_w:,.0f} / {base_c:,.0f} (CPU ratio {ours_c / base_c:.2f}); "
               f"verify_offline {full_w:,.0f} / {full_c:,.0f}; Verifier + revocation index {ver_w:,.0f} / {ver_c:,.0f}")
         ours_rate = ours_c
+        from protocol import signing
+
+        sm2 = signing.generate("sm2")
+        sm2_sig = sm2.sign(data)
+        sm2_w, sm2_c = rate(lambda: sm2.public.verify(data, sm2_sig), 1.0)
+        print(f"  SM2 (gm profile, gmssl pure Python) verify: {sm2_w:,.0f}/s wall, {sm2_c:,.0f}/s CPU")
 
         # -- decode + verify of a noisy frame --------------------------------------------------
         frame = frame_with([text], noise=10, seed=3)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from edge.config import ConfigError, load_config
-from edge.scanner.decode import DecodeError, decode_path, make_decoder
 from edge.scanner.verify import Verifier
 
 
@@ -39,6 +38,9 @@ def verify_command(image: Path | None, payload: str | None, config: Path) -> int
             items: list[tuple[str | None, str | None]] = [(None, payload)]
         else:
             assert image is not None
+            # Imported here: OpenCV + decoders cost ~0.5 s to load, which a --payload check never needs.
+            from edge.scanner.decode import DecodeError, decode_path, make_decoder
+
             try:
                 decoded = decode_path(make_decoder(cfg.scanner.decoder), image)
             except DecodeError as e:

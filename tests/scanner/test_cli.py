@@ -67,3 +67,26 @@ def test_blank_image_and_usage_errors(setup: tuple[City, Path], tmp_path: Path,
     bad_cfg.write_text(cfg.read_text().replace('"alg": "ed25519"', '"alg": "rsa"'))
     assert verify_command(None, "x", bad_cfg) == 2
     assert "scanner.city_root_key" in capsys.readouterr().err
+
+
+def test_citybrain_edge_verify_subprocess(setup: tuple[City, Path], tmp_path: Path) -> None:
+    """The mounted command in a real process: `citybrain edge verify IMAGE --config FILE`."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("edge.cli")
+    city, cfg = setup
+    code = city.code()
+    img = tmp_path / "one.png"
+    cv2.imwrite(str(img), frame_with([code.text]))
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "citybrain.cli", "edge", "verify"]
+    ok = subprocess.run([*cmd, str(img), "--config", str(cfg)], capture_output=True, text=True, cwd=root,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["serial"] == code.serial
+    bad = subprocess.run([*cmd, "--payload", code.text[:-2], "--config", str(cfg)], capture_output=True,
+                         text=True, cwd=root, timeout=60)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["verdict"] == "bad-signature"
+    usage = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, cwd=root, timeout=60)
+    assert usage.returncode == 2

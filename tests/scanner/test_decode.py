@@ -108,3 +108,36 @@ def test_inverted_code(name: str, texts: list[str], tmp_path: Path) -> None:
     assert [d.text for d in found] == [texts[0]]
     assert [d.text for d in dec.decode(img, inverted=True)] == [texts[0]]
     assert dec.decode(img, inverted=False) == []
+
+
+def test_stream_url_source(texts: list[str], tmp_path: Path) -> None:
+    """A stream URL (HTTP, served from loopback) through OpenCV/FFmpeg; a live source is reopened when it
+    ends, so the loop runs until stop is set."""
+    import functools
+    import http.server
+    import threading
+
+    from central.broker import free_port
+
+    path = tmp_path / "cam.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    for _ in range(4):
+        w.write(cv2.cvtColor(frame_with([texts[1]], noise=3), cv2.COLOR_GRAY2BGR))
+    w.release()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    stop = threading.Event()
+    dec = make_decoder("pyzbar")
+    seen, frames = [], 0
+    try:
+        for _, frame in iter_frames(f"http://127.0.0.1:{srv.server_address[1]}/cam.avi", stop, max_fps=1000,
+                                    reconnect_s=0.1):
+            frames += 1
+            seen += [d.text for d in dec.decode(frame)]
+            if frames >= 6:  # more frames than the file holds: the source was reopened
+                stop.set()
+    finally:
+        srv.shutdown()
+    assert frames == 6 and set(seen) == {texts[1]}

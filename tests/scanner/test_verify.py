@@ -171,3 +171,14 @@ def test_revocation_index_exact() -> None:
     assert "ABC" not in idx and "ABC10" not in idx and "SN0000000" not in idx and "B" not in idx
     assert "X" * 100 not in idx and "" not in idx
     assert "A" not in RevocationIndex([])
+
+
+def test_domestic_profile_sm2(tmp_path: Path) -> None:
+    """国产化 (domestic crypto) profile: SM2 root and department keys work the same way offline."""
+    city = City(root=signing.generate("sm2"), dept=signing.generate("sm2"))
+    v = synced(city, tmp_path)
+    code = city.code()
+    assert v.verify(code.text).verdict == "valid"
+    assert v.verify(code.text.replace("/PASS.", "/PAST.")).verdict == "bad-signature"
+    v.close()
+    assert make_verifier(city, tmp_path).verify(code.text).verdict == "valid"  # lists re-verified at boot
