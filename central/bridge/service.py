@@ -126,6 +126,14 @@ class Bridge:
         )
         self._connected.set()
         log.info("bridge connected (session present: %s)", flags.session_present)
+        threading.Thread(target=self._announce_connected, name="bridge-connected", daemon=True).start()
+
+    def _announce_connected(self) -> None:
+        # Off the network thread: hook handlers may touch the store and publish.
+        try:
+            self.hub.hooks.emit("bridge.connected")
+        except Exception:
+            log.exception("bridge.connected hook failed")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()

@@ -1018,6 +1018,25 @@ class CodesService:
     def publish_revocations(self) -> int:
         return self._publish("revocations", self.build_revocations())
 
+    def fill_device_config(self, cfg: dict[str, Any]) -> None:
+        """Hook `devices.config`: a new scan terminal pins the city root public key."""
+        if cfg.get("kind") == "scanner":
+            cfg.setdefault("scanner", {})["city_root_key"] = self.root.public.to_dict()
+
+    def republish_lists(self) -> None:
+        """Hook `bridge.connected`: re-assert the latest retained lists (a broker may have lost them).
+        Devices ignore a version they already hold, so this is harmless when nothing was lost."""
+        if self.current("trust") is None:
+            self.publish_trust()  # a fresh hub: publish version 1 so terminals can start syncing
+        if self.current("revocations") is None:
+            self.publish_revocations()
+        for kind, topic in (("trust", topics.TRUST), ("revocations", topics.REVOCATIONS)):
+            row = self.hub.store.conn.execute(
+                "SELECT body FROM codes_lists WHERE kind = ? ORDER BY version DESC LIMIT 1", (kind,)
+            ).fetchone()
+            if row:
+                self.hub.publish(topic, row[0], qos=1, retain=True)
+
     def current(self, kind: str) -> dict[str, Any] | None:
         row = self.hub.store.conn.execute(
             "SELECT body FROM codes_lists WHERE kind = ? ORDER BY version DESC LIMIT 1", (kind,)
@@ -1304,3 +1323,5 @@ def service_of(hub: Hub) -> CodesService:
 def setup(hub: Hub) -> None:
     svc = service_of(hub)
     hub.hooks.on("scans.ingested", svc.ingest_scans)
+    hub.hooks.on("devices.config", svc.fill_device_config)
+    hub.hooks.on("bridge.connected", svc.republish_lists)
