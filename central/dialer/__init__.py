@@ -6,5 +6,4 @@ PERMISSIONS: dict[str, str] = {
     "dialer.design": "Create, copy and customise scene templates",
     "dialer.run": "Create call tasks, import call lists, start/pause/resume/cancel tasks",
     "dialer.dnc": "Manage the do-not-call list",
-    "dialer.pii": "See unmasked phone numbers in CDRs and exports",
 }

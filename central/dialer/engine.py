@@ -104,9 +104,9 @@ class CallSession:
 
     def _listen(self) -> None:
         assert self.step and self.step.listen and self.tail
-        # Keep only the last 0.5 s recorded during the prompt: a quick answer that starts as the prompt
-        # fades out is still heard, older audio (e.g. the callee talking over the prompt) is dropped.
-        early = self.tail.read_new()[-self.e.cfg.sip.clock_rate // 2:]
+        # Keep only the last 1 s recorded during the prompt: a quick answer that starts as the prompt
+        # fades out (or while the loop lags under load) is still heard; older audio is dropped.
+        early = self.tail.read_new()[-self.e.cfg.sip.clock_rate:]
         self.ep = Endpointer(threshold=self.e.cfg.speech_threshold, end_silence_ms=self.e.cfg.end_silence_ms)
         self.buf = [early]
         self.ep.feed(frame_rms(early, self.e.cfg.sip.clock_rate))

@@ -85,6 +85,8 @@ def test_campaign_over_real_sip(hub: Hub, tmp_path: Path) -> None:
     assert min(datetime.fromisoformat(c["started_at"]) for c in cdrs) >= datetime.fromisoformat(
         "2025-03-10T09:00:00+08:00")
 
+    print("\n".join(f"{c['phone_masked']} {c['outcome']} {c['transcript']}" for c in cdrs))  # shown on failure
+
     def outcomes(i: int) -> list[str]:
         return [c["outcome"] for c in by_phone.get(f"138****000{i}", [])]
 

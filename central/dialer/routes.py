@@ -1,0 +1,218 @@
+"""Dialer API (/api/v1/dialer): thin — parse, authorize over the resource's org, call the service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, UploadFile
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from central.dialer import service as svc
+from central.dialer.templates import KEY_RE, Template
+from central.hub import Hub, get_hub
+from central.iam.deps import Principal, require
+
+router = APIRouter()
+MAX_LIST_BYTES = 10 * 1024 * 1024
+
+
+def _fail(e: svc.DialerError) -> HTTPException:
+    return HTTPException(e.status, detail={"field": e.field, "error": str(e)})
+
+
+def _check(p: Principal, perm: str, org: str) -> None:
+    if not p.allowed(perm, org):
+        raise HTTPException(403, detail={"field": "org", "error": f"{perm} not granted over {org}"})
+
+
+def _task(hub: Hub, task_id: int, p: Principal, perm: str) -> dict[str, Any]:
+    try:
+        task = svc.get_task(hub, task_id)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    _check(p, perm, task["org"])
+    return task
+
+
+def _template(hub: Hub, key: str, version: int | None, p: Principal) -> tuple[Template, dict[str, Any]]:
+    try:
+        tpl, meta = svc.get_template(hub, key, version)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    if not svc.visible(meta["org"], p.scopes("dialer.read")):
+        raise HTTPException(404, detail={"field": "key", "error": f"no template {key!r}"})
+    return tpl, meta
+
+
+# --- templates ---
+@router.get("/templates")
+def list_templates(hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> list[dict]:
+    return svc.list_templates(hub, p.scopes("dialer.read"))
+
+
+@router.get("/templates/{key}")
+def get_template(key: str, version: int | None = Query(default=None, ge=1), hub: Hub = Depends(get_hub),
+                 p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
+    tpl, meta = _template(hub, key, version, p)
+    return {**meta, "template": tpl.model_dump(mode="json"),
+            "versions": svc.template_versions(hub, key)}
+
+
+@router.get("/templates/{key}/yaml", response_class=PlainTextResponse)
+def export_template(key: str, version: int | None = Query(default=None, ge=1), hub: Hub = Depends(get_hub),
+                    p: Principal = Depends(require("dialer.read"))) -> PlainTextResponse:
+    tpl, meta = _template(hub, key, version, p)
+    return PlainTextResponse(tpl.model_copy(update={"version": meta["version"]}).to_yaml(),
+                             media_type="application/yaml")
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    org: str = Field(pattern=r"^/[\w\-/]*$")
+    template: Template
+
+
+@router.post("/templates", status_code=201)
+def save_template(body: TemplateIn, hub: Hub = Depends(get_hub),
+                  p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
+    _check(p, "dialer.design", body.org)
+    try:
+        tpl = svc.save_template(hub, body.template, body.org, p.name)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    return {"key": tpl.key, "version": tpl.version, "org": body.org}
+
+
+@router.post("/templates/import", status_code=201)
+def import_template(org: str = Query(pattern=r"^/[\w\-/]*$"), yaml_text: str = Body(media_type="application/yaml"),
+                    hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.design"))) -> dict:
+    _check(p, "dialer.design", org)
+    try:
+        tpl = Template.from_yaml(yaml_text)
+    except ValidationError as e:
+        raise HTTPException(422, detail=[{"field": ".".join(map(str, x["loc"])), "error": x["msg"]}
+                                         for x in e.errors()]) from e
+    except ValueError as e:
+        raise HTTPException(422, detail={"field": "body", "error": str(e)}) from e
+    return save_template(TemplateIn(org=org, template=tpl), hub, p)
+
+
+class CopyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    new_key: str = Field(pattern=KEY_RE)
+    org: str = Field(pattern=r"^/[\w\-/]*$")
+    name: str | None = None
+    version: int | None = Field(default=None, ge=1)
+
+
+@router.post("/templates/{key}/copy", status_code=201)
+def copy_template(key: str, body: CopyIn, hub: Hub = Depends(get_hub),
+                  p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
+    _check(p, "dialer.design", body.org)
+    _template(hub, key, body.version, p)
+    try:
+        tpl = svc.copy_template(hub, key, body.new_key, body.org, p.name, body.version, body.name)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    return {"key": tpl.key, "version": tpl.version, "org": body.org, "based_on": key}
+
+
+# --- tasks ---
+@router.post("/tasks", status_code=201)
+def create_task(body: svc.TaskIn, hub: Hub = Depends(get_hub),
+                p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
+    _check(p, "dialer.run", body.org)
+    try:
+        tid = svc.create_task(hub, body, p.name)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    return svc.get_task(hub, tid) | {"template": None}
+
+
+@router.get("/tasks")
+def list_tasks(hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> list[dict]:
+    return svc.list_tasks(hub, p.scopes("dialer.read"))
+
+
+@router.get("/tasks/{task_id}")
+def get_task(task_id: int, hub: Hub = Depends(get_hub),
+             p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
+    task = _task(hub, task_id, p, "dialer.read")
+    return task | {"template": None, "progress": svc.progress(hub, task_id)}
+
+
+@router.post("/tasks/{task_id}/contacts")
+async def import_contacts(task_id: int, file: UploadFile, hub: Hub = Depends(get_hub),
+                          p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
+    _task(hub, task_id, p, "dialer.run")
+    data = await file.read(MAX_LIST_BYTES + 1)
+    if len(data) > MAX_LIST_BYTES:
+        raise HTTPException(413, detail={"field": "file", "error": "call list larger than 10 MB"})
+    try:
+        return svc.import_contacts(hub, task_id, file.filename or "list.csv", data, p.name)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+
+
+@router.post("/tasks/{task_id}/{action}")
+def change_state(task_id: int, action: Literal["start", "pause", "resume", "cancel"],
+                 hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
+    _task(hub, task_id, p, "dialer.run")
+    try:
+        status = svc.change_state(hub, task_id, action, p.name)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    return {"task_id": task_id, "status": status}
+
+
+@router.get("/tasks/{task_id}/progress")
+def progress(task_id: int, hub: Hub = Depends(get_hub),
+             p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
+    _task(hub, task_id, p, "dialer.read")
+    return svc.progress(hub, task_id)
+
+
+@router.get("/tasks/{task_id}/report")
+def report(task_id: int, hub: Hub = Depends(get_hub),
+           p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
+    _task(hub, task_id, p, "dialer.read")
+    return svc.report(hub, task_id)
+
+
+@router.get("/tasks/{task_id}/cdrs")
+def cdrs(task_id: int, hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> list:
+    _task(hub, task_id, p, "dialer.read")
+    return svc.cdrs(hub, task_id)
+
+
+@router.get("/tasks/{task_id}/export.csv")
+def export_csv(task_id: int, unmask: bool = False, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("dialer.read"))) -> Response:
+    task = _task(hub, task_id, p, "dialer.read")
+    if unmask:
+        _check(p, "pii.read", task["org"])
+        from central.iam.audit import record
+
+        with hub.store.tx() as db:  # every unmasked read of PII is audited
+            record(db, actor=p.name, action="dialer.export.unmasked", target=f"task:{task_id}", org=task["org"])
+    return Response(svc.export_csv(hub, task_id, unmask=unmask), media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="task-{task_id}.csv"'})
+
+
+# --- do-not-call ---
+class DncIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phone: str = Field(min_length=3, max_length=32)
+    org: str = Field(pattern=r"^/[\w\-/]*$")
+    reason: str = Field(default="", max_length=200)
+
+
+@router.post("/dnc", status_code=201)
+def add_dnc(body: DncIn, hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.dnc"))) -> dict:
+    _check(p, "dialer.dnc", body.org)
+    try:
+        svc.add_dnc(hub, body.phone, body.org, p.name, body.reason)
+    except svc.DialerError as e:
+        raise _fail(e) from e
+    return {"ok": True}

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import openpyxl
+from fastapi.testclient import TestClient
+
+from central.dialer import service as svc
+from central.hub import Hub
+from tests.helpers import auth, token_for
+
+ASSETS = Path(__file__).parent / "assets"
+API = "/api/v1/dialer"
+
+
+def test_schedule_window_local_time_and_weekdays() -> None:
+    s = svc.Schedule(timezone="Asia/Shanghai", windows=[{"start": "09:00", "end": "12:00"},
+                                                        {"start": "14:00", "end": "20:00"}], weekdays=[0, 1, 2, 3, 4])
+    monday_0859_local = datetime(2025, 3, 10, 0, 59, tzinfo=UTC)  # 08:59 in Shanghai
+    assert not s.open_at(monday_0859_local)
+    assert s.open_at(monday_0859_local + timedelta(minutes=1))
+    assert not s.open_at(datetime(2025, 3, 10, 4, 30, tzinfo=UTC))  # 12:30 lunch gap
+    assert s.open_at(datetime(2025, 3, 10, 6, 0, tzinfo=UTC))  # 14:00
+    assert not s.open_at(datetime(2025, 3, 15, 2, 0, tzinfo=UTC))  # Saturday 10:00
+
+
+def test_claim_respects_window_priority_dnc_and_retry(hub: Hub) -> None:
+    tid = svc.create_task(hub, svc.TaskIn(name="t", org="/city", template_key="notice", schedule=svc.Schedule(
+        windows=[{"start": "09:00", "end": "12:00"}], max_attempts=2, retry_delay_s={"busy": 60})), "u")
+    data = "phone,name,priority,notice\n13800000001,A,0,x\n13800000002,B,5,y\n13900000003,C,0,z\n"
+    svc.import_contacts(hub, tid, "l.csv", data.encode(), "u")
+    svc.change_state(hub, tid, "start", "u")
+    task = svc.running_tasks(hub)[0]
+    night = datetime(2025, 3, 10, 14, 0, tzinfo=UTC)  # 22:00 local
+    assert svc.claim_due(hub, task, night, 10) == []
+    svc.add_dnc(hub, "13900000003", "/city", "u")  # after import: skipped at claim time
+    day = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)
+    got = svc.claim_due(hub, task, day, 10)
+    assert [c["phone"] for c in got] == ["13800000002", "13800000001"]  # priority first
+    assert got[0]["vars"]["notice"] == "y" and got[0]["vars"]["name"] == "B"
+    r = svc.finish_attempt(hub, got[0]["id"], {"started_at": svc.iso(day), "outcome": "busy", "sip_status": 486},
+                           day)
+    assert r == {"task_id": tid, "final": False, "status": "pending", "task_completed": False}
+    assert svc.claim_due(hub, task, day + timedelta(seconds=30), 10) == []  # retry delay not over
+    again = svc.claim_due(hub, task, day + timedelta(seconds=61), 10)
+    assert [c["attempt"] for c in again] == [2]
+    svc.finish_attempt(hub, got[1]["id"], {"started_at": svc.iso(day), "outcome": "completed"}, day)
+    r = svc.finish_attempt(hub, again[0]["id"], {"started_at": svc.iso(day), "outcome": "busy"}, day)
+    assert r["final"] and r["status"] == "failed" and r["task_completed"]
+    assert svc.report(hub, tid)["outcomes"] == {"busy": 1, "completed": 1, "dnc": 1}
+
+
+def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> None:
+    admin = auth(token_for(hub, "ann", role="district_admin", org="/city/district-a"))
+    other = auth(token_for(hub, "bob", role="district_admin", org="/city/district-b"))
+    keys = {t["key"] for t in client.get(f"{API}/templates", headers=admin).json()}
+    assert {"return-visit", "satisfaction", "notice", "questionnaire", "epidemic-screening"} <= keys
+
+    # copy-and-customise within scope; a new save is version 2; YAML round trip
+    r = client.post(f"{API}/templates/satisfaction/copy", headers=admin,
+                    json={"new_key": "sat-a", "org": "/city/district-a"})
+    assert r.status_code == 201 and r.json()["version"] == 1
+    assert client.post(f"{API}/templates/satisfaction/copy", headers=admin,
+                       json={"new_key": "sat-x", "org": "/city/district-b"}).status_code == 403
+    y = client.get(f"{API}/templates/sat-a/yaml", headers=admin).text
+    r = client.post(f"{API}/templates/import?org=/city/district-a", headers={**admin,
+                    "Content-Type": "application/yaml"}, content=y.replace("满意度调查", "满意度调查 v2"))
+    assert r.status_code == 201 and r.json()["version"] == 2
+    t = client.get(f"{API}/templates/sat-a", headers=admin).json()
+    assert [v["version"] for v in t["versions"]] == [1, 2] and t["based_on"] is None
+    assert client.get(f"{API}/templates/sat-a?version=1", headers=admin).json()["based_on"] == "satisfaction@1"
+    assert client.get(f"{API}/templates/sat-a", headers=other).status_code == 404
+    bad = client.post(f"{API}/templates/import?org=/city/district-a",
+                      headers={**admin, "Content-Type": "application/yaml"}, content="key: x1\nname: n\nstart: a\n")
+    assert bad.status_code == 422 and any(e["field"] == "nodes" for e in bad.json()["detail"])
+
+    # task: bad input names the field
+    r = client.post(f"{API}/tasks", headers=admin, json={"name": "t", "org": "/city/district-a",
+                    "template_key": "sat-a", "schedule": {"max_concurrent": 0}})
+    assert r.status_code == 422 and "max_concurrent" in r.text
+    r = client.post(f"{API}/tasks", headers=admin, json={"name": "t", "org": "/city/district-a",
+                    "template_key": "sat-a", "template_version": 1})
+    assert r.status_code == 201
+    tid = r.json()["id"]
+    assert client.get(f"{API}/tasks/{tid}", headers=other).status_code == 403
+    assert client.post(f"{API}/tasks/{tid}/start", headers=admin).status_code == 409  # no contacts yet
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["姓名", "手机号"])
+    ws.append(["王", "+86 138 0013 8000"])
+    ws.append(["李", "12345"])
+    ws.append(["赵", "13800138000"])
+    ws.append(["钱", "021-12345678"])
+    buf = io.BytesIO()
+    wb.save(buf)
+    r = client.post(f"{API}/tasks/{tid}/contacts", headers=admin,
+                    files={"file": ("list.xlsx", buf.getvalue(), "application/octet-stream")})
+    body = r.json()
+    assert r.status_code == 200 and body["imported"] == 2
+    assert [(e["row"], e["field"]) for e in body["errors"]] == [(3, "手机号"), (4, "手机号")]
+    assert "duplicate of row 2" in body["errors"][1]["error"]
+    raw = hub.store.db.conn.execute("SELECT phone_enc, phone_masked FROM dialer_contacts").fetchall()
+    assert all("13800138000" not in r[0] for r in raw) and raw[0][1] == "138****8000"  # PII encrypted
+    r = client.post(f"{API}/tasks/{tid}/contacts", headers=admin, files={"file": ("x.csv", b"foo,bar\n1,2\n")})
+    assert r.status_code == 400 and r.json()["detail"]["field"] == "file"
+
+    for action, status in [("start", "running"), ("pause", "paused"), ("resume", "running"),
+                           ("cancel", "cancelled")]:
+        r = client.post(f"{API}/tasks/{tid}/{action}", headers=admin)
+        assert r.status_code == 200 and r.json()["status"] == status
+    assert client.post(f"{API}/tasks/{tid}/resume", headers=admin).status_code == 409
+    p = client.get(f"{API}/tasks/{tid}/progress", headers=admin).json()
+    assert p["total"] == 2 and p["skipped"] == 2 and p["status"] == "cancelled"
+    csv_text = client.get(f"{API}/tasks/{tid}/export.csv", headers=admin).text
+    assert csv_text.splitlines()[0] == "row,phone,name,status,outcome,attempts,score,comment"
+    assert "138****8000" in csv_text and "13800138000" not in csv_text
+    assert client.post(f"{API}/dnc", headers=admin, json={"phone": "abc", "org": "/city/district-a"}
+                       ).json()["detail"]["field"] == "phone"
+    assert client.get(f"{API}/tasks/999/report", headers=admin).status_code == 404
+
+
+def test_webhook_is_hmac_signed() -> None:
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        ok = svc.deliver_webhook(f"http://127.0.0.1:{srv.server_port}/hook", "s" * 20, "contact.finished",
+                                 {"task_id": 1, "outcome": "completed"})
+    finally:
+        srv.shutdown()
+    assert ok and len(got) == 1
+    headers, body = got[0]
+    mac = hmac.new(b"s" * 20, headers["X-CityBrain-Timestamp"].encode() + b"." + body, hashlib.sha256)
+    assert headers["X-CityBrain-Signature"] == "sha256=" + mac.hexdigest()
+    assert json.loads(body) == {"event": "contact.finished", "task_id": 1, "outcome": "completed"}
