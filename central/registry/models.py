@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,6 +22,7 @@ GRANTABLE = ("name", "address", "grid", "valid_from", "valid_to", "attrs", "exte
 AttrValue = str | int | float | bool | None
 
 
+@lru_cache(maxsize=4096)  # bulk files repeat the same few dates
 def iso(dt: datetime | None) -> str | None:
     """One fixed UTC format, so validity spans compare correctly as strings in SQL."""
     if dt is None:

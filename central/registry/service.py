@@ -56,6 +56,12 @@ _INSERT_ENTITY = (
 )
 EXT_KIND = {"person": "id_card", "enterprise": "uscc", "object": "registry.source", "place": "registry.source"}
 MAX_DEPTH = 64
+# one encoder instance: json.dumps with non-default options builds a new encoder on every call
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _dumps(obj: Any) -> str:
+    return _JSON.encode(obj)
 
 
 # ---------------------------------------------------------------- errors and actors
@@ -165,7 +171,7 @@ def append_feed(db: sqlite_utils.Database, kind: str, entity_id: str | None, dat
         org = row[0] if row else None
     cur = db.conn.execute(
         "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, ?, ?, ?, ?)",
-        (_now(), kind, entity_id, org, json.dumps(data, ensure_ascii=False, separators=(",", ":"))),
+        (_now(), kind, entity_id, org, _dumps(data)),
     )
     return int(cur.lastrowid or 0)
 
@@ -287,7 +293,38 @@ class Registrar:
         self.pending_ext: dict[str, str] = {}
         self.pending_alias: dict[tuple[str, str], str] = {}
         self.allowed_orgs: dict[str, bool] = {}
+        self.target_cache: dict[str, str] = {}  # link target text -> normalised id
+        # filled by prefetch(): inside the write transaction nobody else can add keys, so a miss is final
+        self.known_ext: dict[str, str] | None = None
+        self.known_alias: dict[tuple[str, str], str] | None = None
         self.ts = _now()
+
+    def prefetch(self, items: list[tuple[EntityIn, str | None]]) -> None:
+        """Load, in a few IN-queries, the external keys and local ids a chunk refers to (a point query per
+        row was most of the import time)."""
+        bis = [bi for _, bi in items if bi]
+        self.known_ext = {}
+        for i in range(0, len(bis), 500):
+            part = bis[i:i + 500]
+            self.known_ext.update(self.conn.execute(
+                f"SELECT ext_bi, id FROM registry_entities WHERE ext_bi IN ({','.join('?' * len(part))})", part))
+        wanted: dict[str, set[str]] = {}
+        for item, _ in items:
+            org = item.org or self.default_org or ""
+            names = wanted.setdefault(org, set())
+            if item.local_id:
+                names.add(item.local_id)
+            names.update(lk.target[1:] for lk in item.links if lk.target.startswith("@"))
+        self.known_alias = {}
+        for org, names in wanted.items():
+            lst = sorted(names)
+            for i in range(0, len(lst), 500):
+                part = lst[i:i + 500]
+                for local_id, base in self.conn.execute(
+                    f"SELECT local_id, base_id FROM registry_aliases WHERE org = ? AND local_id IN"
+                    f" ({','.join('?' * len(part))})", (org, *part)):
+                    self.known_alias[(org, local_id)] = base
+        self.prefetch_orgs = set(wanted)
 
     def resolve_org(self, item: EntityIn) -> str:
         org = item.org or self.default_org
@@ -317,6 +354,8 @@ class Registrar:
         hit = self.pending_alias.get((org, local_id))
         if hit:
             return hit
+        if self.known_alias is not None and org in self.prefetch_orgs:
+            return self.known_alias.get((org, local_id))
         r = self.conn.execute(
             "SELECT base_id FROM registry_aliases WHERE org = ? AND local_id = ?", (org, local_id)
         ).fetchone()
@@ -325,6 +364,8 @@ class Registrar:
     def existing_by_ext(self, bi: str) -> str | None:
         if bi in self.pending_ext:
             return self.pending_ext[bi]
+        if self.known_ext is not None:
+            return self.known_ext.get(bi)
         r = self.conn.execute("SELECT id FROM registry_entities WHERE ext_bi = ?", (bi,)).fetchone()
         return r[0] if r else None
 
@@ -361,9 +402,11 @@ class Registrar:
                 dst = self.alias_target(org, lk.target[1:])
                 if dst is None:
                     raise RegistryError(f, f"no local id {lk.target[1:]!r} in {org}")
+            elif lk.target in self.target_cache:
+                dst = self.target_cache[lk.target]
             else:
                 try:
-                    dst = normalize_id(lk.target)
+                    dst = self.target_cache[lk.target] = normalize_id(lk.target)
                 except IdError as e:
                     raise RegistryError(f, str(e)) from None
             dtype = self.entity_type(dst)
@@ -391,7 +434,7 @@ class Registrar:
                 ext_masked = item.external_key
         if item.phone is not None:
             phone_enc = self.cipher.encrypt(item.phone)
-        attrs = json.dumps(item.attrs, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        attrs = _dumps(item.attrs) if item.attrs else "{}"
         vf, vt = iso(item.valid_from), iso(item.valid_to)
         ent = (eid, item.type, item.region, item.name, item.address, org, EXT_KIND[item.type] if bi else None,
                bi, ext_enc, ext_masked, phone_enc, item.grid, vf, vt, attrs, "active", self.actor.name,
@@ -436,7 +479,7 @@ class Registrar:
             c.executemany("INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)", aliases)
         c.executemany(
             "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, 'entity.create', ?, ?, ?)",
-            [(self.ts, r.entity[0], r.entity[5], json.dumps(r.feed, ensure_ascii=False, separators=(",", ":")))
+            [(self.ts, r.entity[0], r.entity[5], _dumps(r.feed))
              for r in self.pending],
         )
         c.executemany(
@@ -519,6 +562,7 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[tuple[int, dict[str, Any]
         try:
             with hub.store.tx() as db:
                 reg = Registrar(hub, db, actor, org, cipher)
+                reg.prefetch([(item, bi) for _, item, bi in parsed])
                 accepted: list[tuple[int, str]] = []
                 for line, item, bi in parsed:
                     try:
@@ -631,7 +675,7 @@ def _update_from_push(db: sqlite_utils.Database, reg: Registrar, actor: Actor, e
         raise Conflict("type", f"external key belongs to {eid}, a {etype}")
     new = {"name": item.name, "address": item.address, "grid": item.grid, "valid_from": iso(item.valid_from),
            "valid_to": iso(item.valid_to),
-           "attrs": json.dumps(item.attrs, ensure_ascii=False, separators=(",", ":"), sort_keys=True)}
+           "attrs": _dumps(item.attrs) if item.attrs else "{}"}
     old = dict(zip(("name", "address", "grid", "valid_from", "valid_to", "attrs"), row[2:], strict=True))
     changes = {k: v for k, v in new.items() if v != old[k]}
     if not changes:
@@ -690,8 +734,7 @@ def update(hub: Hub, actor: Actor, eid: str, patch: EntityPatch) -> dict[str, An
         if vf and vt and vt <= vf:
             raise RegistryError("valid_to", "must be after valid_from")
         if "attrs" in data:
-            data["attrs"] = json.dumps(data["attrs"] or {}, ensure_ascii=False, separators=(",", ":"),
-                                       sort_keys=True)
+            data["attrs"] = _dumps(data["attrs"] or {})
         if "name" in data and data["name"] is None:
             raise RegistryError("name", "cannot be removed")
         changes.update(data)
