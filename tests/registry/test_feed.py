@@ -47,9 +47,9 @@ def test_resuming_consumer_sees_every_change_exactly_once(hub: Hub, client: Test
         t.join()
     all_seqs = [r[0] for r in hub.store.connect().execute("SELECT seq FROM registry_feed ORDER BY seq")]
     assert seen == all_seqs  # nothing missed, nothing twice, in order
+    marks = ",".join("?" * len(written))
     creates = [json.loads(r[0])["name"] for r in hub.store.connect().execute(
-        "SELECT data FROM registry_feed WHERE kind = 'entity.create' AND entity_id IN (%s)" % ",".join("?" * len(written)),
-        written)]
+        f"SELECT data FROM registry_feed WHERE kind = 'entity.create' AND entity_id IN ({marks})", written)]
     assert len(creates) == len(written) == 300
 
 

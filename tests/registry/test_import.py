@@ -38,20 +38,24 @@ def _counts(hub: Hub) -> tuple[int, int, int, int]:
 def test_csv_with_bad_rows_lands_the_good_ones_whole(hub: Hub, admin_a: Api, city: dict[str, str]) -> None:
     before = _counts(hub)
     bld = city["building"]
+    bad_idc = id_card(3)[:-1] + ("0" if id_card(3)[-1] != "0" else "1")
+    # rows are numbered from 2 (line 1 is the header)
     text = _csv([
-        ["enterprise", "330106", "Acme 消防器材", "", uscc(2), "ENT-2", "", "", "", ""],                    # 2 ok
-        ["place", "330106", "Depot", "Road 1", "", "DEPOT", f"contained_in:{bld}", "wtmkq9", "2024-01-01", ""],  # 3
-        ["object", "330106", "hydrant A", "", "", "H-A", "contained_in:@DEPOT;owned_by:@ENT-2", "", "", '{"kind":"hydrant"}'],  # 4
-        ["object", "330106", "no business", "", "", "H-B", "contained_in:@DEPOT", "", "", ""],              # 5 links
-        ["person", "330106", "Li Si", "", id_card(3)[:-1] + ("0" if id_card(3)[-1] != "0" else "1"), "", "", "", "", ""],  # 6 check digit
-        ["vehicle", "330106", "car", "", "", "", "", "", "", ""],                                             # 7 type
-        ["enterprise", "330106", "dup of city", "", uscc(1), "", "", "", "", ""],                              # 8 dup key
-        ["enterprise", "330106", "dup in file", "", uscc(2), "", "", "", "", ""],                              # 9 dup key
-        ["object", "330106", "bad target", "", "", "", f"contained_in:{bld[:-1]}Q;owned_by:@ENT-2", "", "", ""],  # 10
-        ["place", "330106", "short row"],                                                                      # 11 malformed
-        ["place", "330106", "bad attrs", "", "", "", "", "", "", "{not json"],                                 # 12
-        ["place", "330106", "dup local id", "", "", "DEPOT", "", "", "", ""],                                 # 13
-        ["object", "330106", "hydrant C", "", "", "", f"attached_to:{city['hydrant']};used_by:{city['person']}", "", "", ""],  # 14
+        ["enterprise", "330106", "Acme 消防器材", "", uscc(2), "ENT-2", "", "", "", ""],
+        ["place", "330106", "Depot", "Road 1", "", "DEPOT", f"contained_in:{bld}", "wtmkq9", "2024-01-01", ""],
+        ["object", "330106", "hydrant A", "", "", "H-A", "contained_in:@DEPOT;owned_by:@ENT-2", "", "",
+         '{"kind":"hydrant"}'],
+        ["object", "330106", "no business", "", "", "H-B", "contained_in:@DEPOT", "", "", ""],
+        ["person", "330106", "Li Si", "", bad_idc, "", "", "", "", ""],
+        ["vehicle", "330106", "car", "", "", "", "", "", "", ""],
+        ["enterprise", "330106", "dup of city", "", uscc(1), "", "", "", "", ""],
+        ["enterprise", "330106", "dup in file", "", uscc(2), "", "", "", "", ""],
+        ["object", "330106", "bad target", "", "", "", f"contained_in:{bld[:-1]}Q;owned_by:@ENT-2", "", "", ""],
+        ["place", "330106", "short row"],
+        ["place", "330106", "bad attrs", "", "", "", "", "", "", "{not json"],
+        ["place", "330106", "dup local id", "", "", "DEPOT", "", "", "", ""],
+        ["object", "330106", "hydrant C", "", "", "", f"attached_to:{city['hydrant']};used_by:{city['person']}",
+         "", "", ""],
     ])
     report = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), read_csv(io.StringIO(text)),
                              org="/city/district-a")
