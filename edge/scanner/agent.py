@@ -26,6 +26,7 @@ from protocol import topics
 from protocol.messages import ScanBatch, ScanRecord
 
 log = logging.getLogger("citybrain.edge.scanner")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 
 
 class ScannerAgent:
@@ -121,26 +122,33 @@ class ScannerAgent:
 
 
 def _watch_directory(agent: ScannerAgent, directory: Path, stop: threading.Event, poll_s: float = 0.2) -> None:
-    """Verify each new image dropped into `directory` once (keyed by name + mtime + size)."""
-    done: set[tuple[str, int, int]] = set()
+    """Verify each new image dropped into `directory` once, then move it to `directory/done/` so a restart
+    does not log it again (if the move fails, e.g. a read-only mount, remember it in memory instead)."""
+    done_dir = directory / "done"
+    seen: set[tuple[str, int, int]] = set()
     while not stop.is_set():
         for p in sorted(directory.iterdir()):
+            if p.suffix.lower() not in _IMAGE_SUFFIXES or not p.is_file():
+                continue
             try:
                 st = p.stat()
             except OSError:
                 continue
             key = (p.name, st.st_mtime_ns, st.st_size)
-            if key in done or not p.is_file() or p.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp"}:
+            if key in seen or time.time() - st.st_mtime < 0.05:  # skip a file still being written
                 continue
-            done.add(key)
             try:
                 found = agent.decoder.decode(load_image(p))
             except DecodeError as e:  # a half-written file: retry on the next poll
-                done.discard(key)
                 log.debug("skipping %s: %s", p, e)
                 continue
             for d in found:
                 agent.handle_text(d.text)
+            try:
+                done_dir.mkdir(exist_ok=True)
+                p.replace(done_dir / p.name)
+            except OSError:
+                seen.add(key)
         agent.flush(force=False)
         stop.wait(poll_s)
 

@@ -148,6 +148,10 @@ def test_trust_sync_scan_log_and_offline_scans(broker: Broker, hub_side: HubSide
         assert got == sorted([(offline[0].serial, "valid"), (revoked.serial, "revoked"),
                               (offline[1].serial, "valid"), (offline[1].serial, "replayed")])
         assert len({r.scan_id for r in recs}) == 4
+        # Processed captures are moved aside so a restarted terminal does not log them again.
+        assert sorted(p.name for p in (drop / "done").iterdir()) == ["001.png", "002.png", "003.png", "004.png",
+                                                                     "005.png"]
+        assert not list(drop.glob("*.png"))
     finally:
         stop.set()
         t.join(10)
