@@ -156,3 +156,39 @@ def test_trust_sync_scan_log_and_offline_scans(broker: Broker, hub_side: HubSide
         stop.set()
         t.join(10)
         link.stop()
+
+
+def test_citybrain_edge_scanner_process(broker: Broker, hub_side: HubSide, tmp_path: Path) -> None:
+    """`citybrain edge scanner --config FILE` as a real process: syncs the retained lists, scans a dropped
+    image, logs it to the hub side, and stops cleanly on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    pytest.importorskip("edge.cli")
+    city = City()
+    hub_side.publish_retained(topics.TRUST, city.trust_list(1).model_dump_json().encode())
+    pw = secrets.token_urlsafe(12)
+    broker.cfg.add_user("gate1.term1", pw, device_acl("gate1.term1", "gate1", "term1"))
+    broker.reload()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    cfg_path = scanner_config(tmp_path, city, source=str(drop), batch_interval_s=0.2)
+    raw = json.loads(cfg_path.read_text())
+    raw["mqtt"].update(port=broker.cfg.port, password=pw)
+    cfg_path.write_text(json.dumps(raw))
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "citybrain.cli", "edge", "scanner", "--config", str(cfg_path)],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "scanner" / "trust.json").exists() or proc.poll() is not None,
+                 timeout=30, what="trust list persisted by the agent process")
+        assert proc.poll() is None
+        code = city.code()
+        cv2.imwrite(str(drop / "a.png"), frame_with([code.text]))
+        [rec] = hub_side.records(1, timeout=20)
+        assert (rec.serial, rec.verdict) == (code.serial, "valid")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
