@@ -21,7 +21,7 @@ import numpy as np
 from edge.config import DeviceConfig
 from edge.link import Link
 from edge.scanner.decode import DecodeError, Decoder, iter_frames, load_image, make_decoder
-from edge.scanner.verify import Result, Verifier
+from edge.scanner.verify import Result, Verifier, data_dir_for
 from protocol import topics
 from protocol.messages import ScanBatch, ScanRecord
 
@@ -39,7 +39,7 @@ class ScannerAgent:
         self.cfg = cfg
         self.section = cfg.scanner
         self.link = link
-        self.verifier = verifier or Verifier.from_config(self.section)
+        self.verifier = verifier or Verifier.from_config(self.section, data_dir_for(cfg))
         self.decoder: Decoder = make_decoder(self.section.decoder)
         self.on_result = on_result
         self._lock = threading.Lock()
@@ -155,6 +155,14 @@ def _watch_directory(agent: ScannerAgent, directory: Path, stop: threading.Event
 
 def run(cfg: DeviceConfig, link: Link, stop: threading.Event) -> None:
     """Run the terminal until `stop` is set (edge.agent.run_agent calls this with a started link)."""
+    if cfg.scanner is None or cfg.scanner.city_root_key is None:
+        # Without the pinned root nothing can be verified. Stay online and say why in every heartbeat,
+        # so the hub shows a misprovisioned terminal instead of a silent crash loop.
+        msg = "scanner.city_root_key: not configured; cannot verify codes"
+        log.error(msg)
+        link.heartbeat_extra["scanner_error"] = msg
+        stop.wait()
+        return
     agent = ScannerAgent(cfg, link)
     agent.subscribe()
     source = agent.section.source

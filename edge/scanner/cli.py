@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edge.config import ConfigError, load_config
-from edge.scanner.verify import Verifier
+from edge.scanner.verify import Verifier, data_dir_for
 
 
 def _err(msg: str) -> int:
@@ -30,7 +30,7 @@ def verify_command(image: Path | None, payload: str | None, config: Path) -> int
     if cfg.scanner is None:
         return _err(f"{config}: scanner: section missing (kind is {cfg.kind!r})")
     try:
-        verifier = Verifier.from_config(cfg.scanner)
+        verifier = Verifier.from_config(cfg.scanner, data_dir_for(cfg))
     except ValueError as e:
         return _err(f"{config}: {e}")
     try:

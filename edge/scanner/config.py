@@ -21,7 +21,9 @@ class ScannerSection(BaseModel):
     clock_skew_s: int = Field(default=300, ge=0, le=86400)
     location: str | None = Field(default=None, max_length=128)
     source: str | None = Field(default=None, description="camera index / stream URL / video file / image dir")
-    data_dir: Path = Field(default=Path("var/edge/scanner"), description="trust lists + replay db")
+    data_dir: Path | None = Field(
+        default=None, description="trust lists + replay db; default: a 'scanner' dir beside the outbox"
+    )
     allowed_url_prefixes: list[str] | None = Field(
         default=None, max_length=64, description="filed guide URLs; None = accept any guide URL"
     )

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edge.config import DeviceConfig
 from edge.scanner.config import ScannerSection
 from edge.scanner.replay import ReplayGuard
 from edge.scanner.trust_store import TrustStore
@@ -50,6 +51,14 @@ class Result:
                           reason=self.reason[:256], location=location, ts=ts or datetime.now(UTC))
 
 
+def data_dir_for(cfg: DeviceConfig) -> Path:
+    """Where the terminal keeps its trust lists and replay db: scanner.data_dir, else beside the outbox,
+    so every device provisioned with its own outbox path gets its own store without extra config."""
+    if cfg.scanner is not None and cfg.scanner.data_dir is not None:
+        return cfg.scanner.data_dir
+    return cfg.outbox.path.parent / "scanner"
+
+
 class Verifier:
     def __init__(self, store: TrustStore, replay: ReplayGuard | None, skew_s: float = 300,
                  allowed_url_prefixes: list[str] | None = None) -> None:
@@ -59,8 +68,9 @@ class Verifier:
         self.allowed_url_prefixes = allowed_url_prefixes
 
     @classmethod
-    def from_config(cls, section: ScannerSection, data_dir: Path | None = None) -> Verifier:
-        d = data_dir or section.data_dir
+    def from_config(cls, section: ScannerSection, data_dir: Path) -> Verifier:
+        """`data_dir`: see `data_dir_for`."""
+        d = data_dir
         store = TrustStore(section.root_key(), d)
         replay = ReplayGuard(d / "replay.sqlite", skew_s=section.clock_skew_s)
         return cls(store, replay, section.clock_skew_s, section.allowed_url_prefixes)

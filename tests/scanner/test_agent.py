@@ -192,3 +192,24 @@ def test_citybrain_edge_scanner_process(broker: Broker, hub_side: HubSide, tmp_p
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
+
+
+def test_unprovisioned_root_key_reported_not_crashed(tmp_path: Path) -> None:
+    city = City()
+    cfg_path = scanner_config(tmp_path, city)
+    raw = json.loads(cfg_path.read_text())
+    del raw["scanner"]["city_root_key"]
+    cfg_path.write_text(json.dumps(raw))
+    cfg = load_config(cfg_path)
+    link = Link(cfg)  # never started: no broker needed to see what the heartbeat would say
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg, link, stop), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: "scanner_error" in link.heartbeat_extra, timeout=5, what="error in heartbeat")
+        assert "scanner.city_root_key" in link.heartbeat().extra["scanner_error"]  # type: ignore[operator]
+        assert t.is_alive()
+    finally:
+        stop.set()
+        t.join(5)
+        link.outbox.close()

@@ -90,3 +90,18 @@ def test_citybrain_edge_verify_subprocess(setup: tuple[City, Path], tmp_path: Pa
     assert bad.returncode == 1 and json.loads(bad.stdout)["verdict"] == "bad-signature"
     usage = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, cwd=root, timeout=60)
     assert usage.returncode == 2
+
+
+def test_default_data_dir_is_beside_the_outbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.config import load_config
+    from edge.scanner.verify import data_dir_for
+
+    city = City()
+    cfg = scanner_config(tmp_path, city)
+    raw = json.loads(cfg.read_text())
+    del raw["scanner"]["data_dir"]
+    raw["outbox"]["path"] = str(tmp_path / "dev7" / "outbox.db")
+    cfg.write_text(json.dumps(raw))
+    assert data_dir_for(load_config(cfg)) == tmp_path / "dev7" / "scanner"
+    TrustStore(city.root.public, tmp_path / "dev7" / "scanner").apply(city.trust_list(1))
+    assert verify_command(None, city.code().text, cfg) == 0

@@ -19,7 +19,7 @@ from central.hub import Hub
 from edge.config import load_config
 from edge.link import Link
 from edge.scanner.agent import run
-from edge.scanner.verify import Verifier
+from edge.scanner.verify import Verifier, data_dir_for
 from protocol import citycode, signing, topics
 from tests.conftest import make_settings
 from tests.scanner.test_agent import wait_for
@@ -96,7 +96,7 @@ def test_hub_issued_codes_verified_offline(live_hub: tuple[Hub, TestClient], bro
         wait_for(lambda: st().get("scans_valid") == 1 and st().get("scans_revoked") == 1, what="offline verdicts")
 
         # A rebooted terminal with no network (same data dir) gives the same verdicts, and refuses forgeries.
-        v = Verifier.from_config(cfg.scanner)  # type: ignore[arg-type]
+        v = Verifier.from_config(cfg.scanner, data_dir_for(cfg))  # type: ignore[arg-type]
         assert v.verify(good.text).verdict == "valid"
         assert v.verify(doomed.text).verdict == "revoked"
         assert v.verify(good.text.replace(f".{good.serial}.", f".{good.serial[:-1]}X.")).verdict == "bad-signature"
