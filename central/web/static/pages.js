@@ -388,7 +388,8 @@ async function channel(me, root) {
       { title: "Service", render: (x) => `${x.service_name} ${x.service_addr}:${x.service_port}` }, { title: "Grant TTL (s)", key: "ttl_s", cls: "n" },
       { title: "Terminals", render: (x) => (x.terminals || []).join(", ") }], s.data)),
     section("Grants", g.ok ? table([{ title: "Grant", key: "id" }, { title: "Serial", key: "serial" }, { title: "Via", key: "via" },
-      { title: "Peer", key: "peer_address" }, { title: "Expires", render: (x) => when(x.expires_at) }, { title: "Status", render: (x) => badge(x.status) }],
+      { title: "Peer", key: "peer_address" }, { title: "Expires", render: (x) => when(new Date(x.expires_at * 1000).toISOString()) },
+      { title: "Status", render: (x) => el("span", {}, badge(x.status), x.end_reason ? ` ${x.end_reason}` : "") }],
     g.data) : fail(g)),
   );
 }
