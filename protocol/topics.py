@@ -63,6 +63,13 @@ def ack(site: str, device: str) -> str:
     return f"{prefix(site, device)}/ack"
 
 
+def alert(capability: str, department: str) -> str:
+    """Hub -> department alert push, e.g. city/v1/alerts/video/fire-dept."""
+    if not _KIND.match(capability) or not valid_id(department):
+        raise ValueError(f"alert topic: bad capability {capability!r} or department {department!r}")
+    return f"{ROOT}/alerts/{capability}/{department}"
+
+
 # Subscriptions used by the hub bridge.
 SUB_STATUS = f"{ROOT}/+/+/status"
 SUB_HEARTBEAT = f"{ROOT}/+/+/hb"
