@@ -73,6 +73,38 @@ def rate(fn, seconds: float) -> tuple[float, float]:  # noqa: ANN001
     return n / el, n / max(time.thread_time() - c0, 1e-9)
 
 
+_BOOT = """
+import gc, json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from bench.scanner import rss_mb
+from edge.scanner.trust_store import TrustStore
+from edge.scanner.verify import Verifier
+from edge.scanner.decode import make_decoder
+from protocol import signing
+make_decoder("zxing")
+gc.collect()
+before = rss_mb()
+t = time.perf_counter()
+store = TrustStore(signing.PublicKey.from_dict(json.loads(sys.argv[1])), Path(sys.argv[2]))
+boot_s = time.perf_counter() - t
+gc.collect()
+hwm = [int(x.split()[1]) / 1024 for x in open("/proc/self/status") if x.startswith("VmHWM:")][0]
+print(json.dumps({"boot_s": boot_s, "rss_before": before, "rss_after": rss_mb(), "hwm": hwm,
+                  "revoked": len(store.snapshot.serials)}))
+"""
+
+
+def boot_memory(city: City, data_dir: Path) -> dict[str, float]:
+    """What the terminal itself costs: a fresh process loading the persisted store, as after a reboot."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _BOOT, json.dumps(city.root.public.to_dict()), str(data_dir),
+                          str(root)], capture_output=True, text=True, check=True, cwd=root)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer iterations, 100k serials")
@@ -134,6 +166,10 @@ def main() -> None:
         apply_s = time.perf_counter() - t0
         del serials
         gc.collect()
+        boot = boot_memory(city, Path(d))
+        print(f"terminal boot from disk ({n_revoked}-serial list, fresh process): {boot['boot_s']:.2f} s; "
+              f"RSS {boot['rss_before']:.0f} MiB after imports -> {boot['rss_after']:.0f} MiB with the store loaded "
+              f"(peak {boot['hwm']:.0f} MiB while parsing the JSON list)")
         verifier = Verifier(store, None, 300)
         assert verifier.verify(text).verdict == "valid"
         print(f"trust store: applied + persisted {n_revoked}-serial list in {apply_s:.2f} s; "

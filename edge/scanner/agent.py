@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -47,25 +48,37 @@ class ScannerAgent:
         self._pending_since = 0.0
         self._recent: dict[str, float] = {}
         self._frame_no = 0
+        self._lists: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self.counts: dict[str, int] = {}
         self.batches_sent = 0
 
     # -- trust sync -------------------------------------------------------------------------------
     def subscribe(self) -> None:
         store = self.verifier.store
-        self.link.subscribe(topics.TRUST, lambda raw: self._apply("trust", raw))
-        self.link.subscribe(topics.REVOCATIONS, lambda raw: self._apply("revocations", raw))
+        self.link.subscribe(topics.TRUST, lambda raw: self._enqueue_list("trust", raw))
+        self.link.subscribe(topics.REVOCATIONS, lambda raw: self._enqueue_list("revocations", raw))
         self.link.stats_provider = self.stats
+        threading.Thread(target=self._apply_loop, name="scanner-trust", daemon=True).start()
         log.info("trust store: trust v%s, revocations v%s", store.trust_version, store.revocation_version)
 
-    def _apply(self, kind: str, raw: bytes) -> None:
-        ok, reason = self.verifier.store.apply_bytes(kind, raw)  # type: ignore[arg-type]
-        if ok:
-            log.info("%s list applied: %s", kind, self.stats())
+    def _enqueue_list(self, kind: str, raw: bytes) -> None:
+        # Runs on paho's network thread: a million-serial list takes seconds to check and index, so hand it
+        # to the applier thread. Every arrival is applied in order (each refusal is counted and reported).
+        self._lists.put((kind, raw))
+
+    def _apply_loop(self) -> None:
+        while True:
+            item = self._lists.get()
+            if item is None:
+                return
+            kind, raw = item
+            ok, _ = self.verifier.store.apply_bytes(kind, raw)  # type: ignore[arg-type]
+            if ok:
+                log.info("%s list applied: %s", kind, self.stats())
 
     def stats(self) -> dict[str, int | str | None]:
         s = self.verifier.store.stats()
-        s.update({f"scans_{k.replace('-', '_')}": v for k, v in self.counts.items()})
+        s.update({f"scans_{k.replace('-', '_')}": v for k, v in dict(self.counts).items()})
         s["scan_batches"] = self.batches_sent
         return s
 
@@ -117,6 +130,7 @@ class ScannerAgent:
         return len(records)
 
     def close(self) -> None:
+        self._lists.put(None)
         self.flush()
         self.verifier.close()
 
