@@ -213,3 +213,38 @@ def test_unprovisioned_root_key_reported_not_crashed(tmp_path: Path) -> None:
         stop.set()
         t.join(5)
         link.outbox.close()
+
+
+def test_video_source_logs_each_code_once_per_window(tmp_path: Path) -> None:
+    """A camera-like source (video file through OpenCV) with a code held in view for many frames, then an
+    inverted (dark-mode screen) code: each logged once, straight into the outbox with no broker at all."""
+    city = City()
+    held, dark = city.code(), city.code()
+    video = tmp_path / "cam.avi"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    frames = [frame_with([held.text], noise=3)] * 8 + [frame_with([], noise=3)] * 2
+    frames += [cv2.bitwise_not(frame_with([dark.text], noise=3))] * 4
+    for f in frames:
+        w.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    w.release()
+    from edge.scanner.trust_store import TrustStore
+
+    TrustStore(city.root.public, tmp_path / "scanner").apply(city.trust_list(1))
+    cfg_path = scanner_config(tmp_path, city, decoder="zxing", source=str(video), repeat_window_s=60,
+                              batch_interval_s=0.1)
+    cfg = load_config(cfg_path)
+    link = Link(cfg)  # not started: the broker is unreachable for this whole test
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg, link, stop), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: link.outbox.depth() >= 1, what="scan batch in the outbox")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        t.join(10)
+    rows = link.outbox.pending(0, 100)
+    link.outbox.close()
+    assert {r.topic for r in rows} == {topics.scan("gate1", "term1")}
+    recs = [r for row in rows for r in ScanBatch.model_validate_json(row.payload).records]
+    assert sorted((r.serial, r.verdict) for r in recs) == sorted([(held.serial, "valid"), (dark.serial, "valid")])
