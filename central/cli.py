@@ -131,19 +131,6 @@ def restore(source: Path = typer.Argument(...), config: Path | None = ConfigOpt)
     typer.echo(f"restored {source} -> {s.database}")
 
 
-@app.command()
-def demo(
-    dir: Path = typer.Option(Path("var/demo"), help="Where the demo keeps its broker, store and configs"),
-    port: int = typer.Option(8080, help="Hub HTTP port"),
-    mqtt_port: int = typer.Option(18830, help="Broker port"),
-    fresh: bool = typer.Option(False, help="Start from an empty demo directory"),
-) -> None:
-    """Broker + hub + one camera gateway + one scan terminal on loopback. Ctrl-C stops all."""
-    from central.demo import run_demo
-
-    run_demo(dir, port, mqtt_port, fresh)
-
-
 def _mount_capability_clis() -> None:
     import pkgutil
 

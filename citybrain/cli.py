@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from central.cli import app as hub_app
 from edge.cli import edge_app, firmware_app
 from protocol.cli import app as protocol_app
+
+
+@hub_app.command()
+def demo(
+    dir: Path = typer.Option(Path("var/demo"), help="Where the demo keeps its broker, store and configs"),
+    port: int = typer.Option(8080, help="Hub HTTP port"),
+    mqtt_port: int = typer.Option(18830, help="Broker port"),
+    fresh: bool = typer.Option(False, help="Start from an empty demo directory"),
+) -> None:
+    """Broker + hub + one camera gateway + one scan terminal on loopback. Ctrl-C stops all."""
+    from citybrain.demo import run_demo
+
+    run_demo(dir, port, mqtt_port, fresh)
+
 
 app = typer.Typer(no_args_is_help=True, help="City Brain: edge agents, MQTT contract and the central hub.")
 app.add_typer(hub_app, name="hub", help="The central hub: serve, migrate, provision devices, demo.")

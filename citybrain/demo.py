@@ -39,6 +39,31 @@ def _seed_capabilities(hub: object, demo_dir: Path) -> list[str]:
     return lines
 
 
+def _demo_cameras(demo_dir: Path) -> dict[str, object]:
+    """A sample video file (synthetic fire scene, written once) and a live synthetic litter scene."""
+    from edge.camera import synthetic
+
+    video = demo_dir / "samples" / "fire.avi"
+    if not video.exists():
+        video.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.write_video(str(video), "fire", seconds=20, fps=10)
+    ground = {"id": "ground", "polygon": [[0, 0.4], [1, 0.4], [1, 1], [0, 1]]}
+    return {
+        "cameras": [
+            {"id": "north-gate", "url": str(video), "loop": True, "max_fps": 5, "zones": [ground]},
+            {"id": "market-lane", "url": "synthetic:litter", "max_fps": 5, "zones": [ground]},
+        ],
+        "rules": {"litter": {"static_s": 20}, "lifecycle": {"cooldown_s": 60}},
+    }
+
+
+def _demo_scanner(demo_dir: Path) -> dict[str, object]:
+    """The terminal scans a folder: drop city-code PNGs there (the codes demo seed puts samples in it)."""
+    inbox = demo_dir / "scan-inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    return {"source": str(inbox)}
+
+
 def _bootstrap_admin(hub: object, password: str) -> None:
     from central.iam.service import service_of
 
@@ -102,6 +127,10 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
             _row, cfg = devices.provision("demo-site", kind, name, device=name, org_path="/city")
             cfg["outbox"]["path"] = str(demo_dir / "edge" / f"{name}-outbox.db")
             cfg["heartbeat_s"] = 5
+            if kind == "camera":
+                cfg["camera"] = _demo_cameras(demo_dir)
+            else:
+                cfg["scanner"] = {**cfg.get("scanner", {}), **_demo_scanner(demo_dir)}
             path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             path.chmod(0o600)
         configs[kind] = path
