@@ -355,25 +355,33 @@ async function dialer(me, root) {
   const r = await api("/api/v1/dialer/tasks");
   if (absent(r)) return root.replaceChildren(notInstalled("The outbound call robot"));
   if (!r.ok) return root.replaceChildren(fail(r));
-  const tasks = Array.isArray(r.data) ? r.data : r.data.items || [];
-  const progress = (t) => {
-    const done = t.done ?? t.completed ?? 0, total = t.total ?? t.count ?? 0;
-    return el("span", {}, el("progress", { max: total || 1, value: done }), ` ${done}/${total}`);
-  };
-  const out = {};
-  for (const t of tasks) for (const [k, v] of Object.entries(t.outcomes || {})) out[k] = (out[k] || 0) + v;
+  const tasks = r.data.slice(0, 50);
+  const prog = await Promise.all(tasks.map((t) => api(`/api/v1/dialer/tasks/${t.id}/progress`)));
+  const bar = (p) => (p && p.ok ? el("span", {}, el("progress", { max: 100, value: p.data.percent }),
+    ` ${p.data.finished_contacts}/${p.data.total} · answered ${p.data.answered}`) : "");
+  const kids = [table([
+    { title: "#", render: (t) => el("a", { href: "/console/dialer?task=" + t.id }, String(t.id)) }, { title: "Name", key: "name" },
+    { title: "Org", key: "org" }, { title: "Template", render: (t) => `${t.template_key} v${t.template_version}` },
+    { title: "Status", render: (t) => badge(t.status || "") }, { title: "Progress", render: (t) => bar(prog[tasks.indexOf(t)]) },
+  ], tasks, { id: "dialer-tasks", rowAttrs: (t) => ({ "data-id": t.id, "data-status": t.status }) })];
   const id = new URLSearchParams(location.search).get("task");
-  const kids = [
-    Object.keys(out).length ? CB.barChart(Object.keys(out), [{ name: "calls", values: Object.values(out) }], { title: "Call outcomes", height: 160 }) : null,
-    table([{ title: "#", render: (t) => el("a", { href: "/console/dialer?task=" + t.id }, String(t.id)) }, { title: "Name", key: "name" },
-      { title: "Template", key: "template" }, { title: "Status", render: (t) => badge(t.status || "") }, { title: "Progress", render: progress }],
-    tasks, { id: "dialer-tasks" }),
-  ];
   if (id) {
-    const c = await api(`/api/v1/dialer/tasks/${encodeURIComponent(id)}/cdrs`);
-    const cdrs = c.ok ? (Array.isArray(c.data) ? c.data : c.data.items || []) : [];
-    kids.push(section(`CDRs of task ${id}`, c.ok ? table([{ title: "Callee", render: (x) => x.callee || x.number }, { title: "Start", render: (x) => when(x.started_at) },
-      { title: "Seconds", key: "duration_s", cls: "n" }, { title: "Outcome", key: "outcome" }], cdrs) : fail(c)));
+    const [rep, c] = await Promise.all([api(`/api/v1/dialer/tasks/${encodeURIComponent(id)}/report`),
+      api(`/api/v1/dialer/tasks/${encodeURIComponent(id)}/cdrs`)]);
+    const out = rep.ok ? rep.data.outcomes || {} : {};
+    const act = async (verb) => {
+      const res = await api(`/api/v1/dialer/tasks/${encodeURIComponent(id)}/${verb}`, { method: "POST" });
+      flash(root, res.ok ? `Task ${id}: ${res.data.status}` : CB.errText(res), res.ok ? "ok" : "error");
+    };
+    kids.push(section(`Task ${id}`,
+      has(me, "dialer.run") ? el("div", { class: "row" }, ["start", "pause", "resume", "cancel"].map((v) =>
+        el("button", { class: "wf", "data-action": v, onclick: () => act(v) }, v))) : null,
+      Object.keys(out).length ? CB.barChart(Object.keys(out), [{ name: "contacts", values: Object.values(out) }],
+        { title: "Call outcomes", height: 160 }) : null,
+      el("h3", {}, "Call detail records"),
+      c.ok ? table([{ title: "Callee", render: (x) => `${x.name || ""} ${x.phone_masked || ""}` }, { title: "Attempt", key: "attempt", cls: "n" },
+        { title: "Start", render: (x) => when(x.started_at) }, { title: "Seconds", render: (x) => (x.duration_s ?? "") },
+        { title: "SIP", key: "sip_status" }, { title: "Outcome", render: (x) => badge(x.outcome) }], c.data, { id: "dialer-cdrs" }) : fail(c)));
   }
   root.replaceChildren(...kids);
 }
