@@ -6,7 +6,7 @@ import logging
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,12 +26,12 @@ def run(
     "sip:{phone}@127.0.0.1:5060",
     settings_file: Annotated[Path | None, typer.Option("--settings", help="Hub settings YAML/JSON")] = None,
     sip_host: str = "127.0.0.1",
-    sip_port: Annotated[int, typer.Option(help="Local SIP UDP port (0 = any free)")] = 0,
+    sip_port: Annotated[int, typer.Option(help="Local SIP UDP port (0 = any free; workers > 1 need 0)")] = 0,
     registrar: Annotated[str | None, typer.Option(help="Register to this SIP trunk (sip:host:port)")] = None,
     username: str = "robot",
     password: Annotated[str, typer.Option(envvar="CITYBRAIN_DIALER_SIP_PASSWORD")] = "",
     clock_rate: int = 16000,
-    max_calls: int = 128,
+    workers: Annotated[int, typer.Option(min=1, max=256, help="Engine processes (each holds <= 4 calls)")] = 1,
     ring_timeout: float = 30.0,
     asr: Annotated[str, typer.Option(help="pocketsphinx | vosk")] = "pocketsphinx",
     vosk_model: Annotated[Path | None, typer.Option(help="vosk model directory (operator-installed)")] = None,
@@ -39,6 +39,8 @@ def run(
     work_dir: Annotated[Path | None, typer.Option(help="Recordings + TTS cache (default data_dir/dialer)")] =
     None,
     record: bool = True,
+    engine_id: Annotated[str, typer.Option(help="Stable id: a restarted engine re-queues its own calls")] =
+    "engine-1",
     clock_start: Annotated[datetime | None, typer.Option(help="Rehearsal/test: pretend the clock starts here")] =
     None,
     exit_when_idle: Annotated[bool, typer.Option(help="Exit when no task is running or paused")] = False,
@@ -46,32 +48,63 @@ def run(
     verbose: bool = False,
 ) -> None:
     """Run the SIP engine: dial due contacts of running tasks until stopped."""
+    if clock_start is not None and clock_start.tzinfo is None:
+        raise typer.BadParameter("give a time zone offset, e.g. 2025-03-10T08:59:58+08:00",
+                                 param_hint="--clock-start")
+    if workers > 1 and sip_port:
+        raise typer.BadParameter("several workers cannot share one SIP port; use 0", param_hint="--sip-port")
+    params = dict(uri_template=uri_template, settings_file=settings_file, sip_host=sip_host, sip_port=sip_port,
+                  registrar=registrar, username=username, password=password, clock_rate=clock_rate,
+                  workers=workers, ring_timeout=ring_timeout, asr=asr, vosk_model=vosk_model,
+                  asr_workers=asr_workers, work_dir=work_dir, record=record, clock_start=clock_start,
+                  exit_when_idle=exit_when_idle, max_runtime=max_runtime, verbose=verbose)
+    if workers == 1:
+        _run_engine(params, engine_id)
+        return
+    import multiprocessing
+
+    # spawn, not fork: each worker is a fresh interpreter with its own pjsua2 Endpoint (PJSIP is not
+    # fork-safe and this wheel allows 4 calls per Endpoint); the store arbitrates who dials whom.
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_run_engine, args=(params, f"{engine_id}-w{i}"), daemon=False)
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise typer.Exit(1)
+
+
+def _run_engine(params: dict[str, Any], engine_id: str) -> None:
     from central.dialer.engine import Engine, EngineConfig, ShiftedClock
     from central.dialer.sip import SipConfig
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+    logging.basicConfig(level=logging.INFO if params["verbose"] else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    hub = _hub(settings_file)
+    hub = _hub(params["settings_file"])
     cfg = EngineConfig(
-        uri_template=uri_template,
-        sip=SipConfig(bind_host=sip_host, port=sip_port, clock_rate=clock_rate, max_calls=max_calls,
-                      registrar=registrar, username=username, password=password),
-        ring_timeout_s=ring_timeout, asr_backend=asr, asr_model_dir=vosk_model, asr_workers=asr_workers,
-        work_dir=work_dir or hub.settings.data_dir / "dialer", record=record,
+        uri_template=params["uri_template"],
+        sip=SipConfig(bind_host=params["sip_host"], port=params["sip_port"], clock_rate=params["clock_rate"],
+                      registrar=params["registrar"], username=params["username"], password=params["password"]),
+        ring_timeout_s=params["ring_timeout"], asr_backend=params["asr"], asr_model_dir=params["vosk_model"],
+        asr_workers=params["asr_workers"], work_dir=params["work_dir"] or hub.settings.data_dir / "dialer",
+        record=params["record"], engine_id=engine_id, workers=params["workers"],
     )
-    clock = None
-    if clock_start is not None:
-        if clock_start.tzinfo is None:
-            raise typer.BadParameter("give a time zone offset, e.g. 2025-03-10T08:59:58+08:00",
-                                     param_hint="--clock-start")
-        clock = ShiftedClock(clock_start)
+    clock = ShiftedClock(params["clock_start"]) if params["clock_start"] is not None else None
     engine = Engine(hub, cfg, clock=clock)
-    typer.echo(f"dialer engine on sip:{engine.sip.local}", err=True)
+    typer.echo(f"dialer engine {engine_id} on sip:{engine.sip.local}", err=True)
     try:
-        engine.run(exit_when_idle=exit_when_idle, max_runtime_s=max_runtime)
+        engine.run(exit_when_idle=params["exit_when_idle"], max_runtime_s=params["max_runtime"])
     except KeyboardInterrupt:
         pass
-    typer.echo(f"dialled={engine.stats['dialled']} cdrs={engine.stats['cdrs']}", err=True)
+    typer.echo(f"{engine_id}: dialled={engine.stats['dialled']} cdrs={engine.stats['cdrs']}", err=True)
 
 
 @app.command()

@@ -54,6 +54,7 @@ class EngineConfig:
     speech_threshold: float = 200.0
     end_silence_ms: int = 600
     engine_id: str = "engine-1"
+    workers: int = 1  # engine processes sharing the campaign (calls/s is split between them)
 
 
 class CallSession:
@@ -134,10 +135,11 @@ class CallSession:
         if self.state == "dialing":
             if c.confirmed and c.media_ready:
                 self.answered = self.e.clock()
-                if self.e.cfg.record:
-                    name = f"task{self.task['id']}-c{self.contact['id']}-a{self.contact['attempt']}.wav"
-                    self.recorder = Recorder(self.e.cfg.work_dir / "recordings" / name, c.audio())
-                    self.tail = GrowingWav(self.recorder.path)
+                # Always recorded: answer windows are cut from this file; with record=False it is
+                # deleted when the call ends instead of being kept for the CDR.
+                name = f"task{self.task['id']}-c{self.contact['id']}-a{self.contact['attempt']}.wav"
+                self.recorder = Recorder(self.e.cfg.work_dir / "recordings" / name, c.audio())
+                self.tail = GrowingWav(self.recorder.path)
                 self._apply(self.dialog.start())
             elif now_mono - self.t0 > self.e.cfg.ring_timeout_s:
                 self._hangup("no_answer")
@@ -201,13 +203,16 @@ class CallSession:
             "answered_at": svc.iso(self.answered) if self.answered else None, "ended_at": svc.iso(now),
             "sip_status": c.status, "outcome": outcome, "answers": self.dialog.answers,
             "asr_text": " | ".join(self.asr_texts), "transcript": self.dialog.transcript,
-            "recording": str(self.recorder.path) if self.recorder else None,
+            "recording": str(self.recorder.path) if self.recorder and self.e.cfg.record else None,
             "duration_s": round((now - self.answered).total_seconds(), 2) if self.answered else 0.0,
         }
 
     def release(self) -> None:
         self._stop_player()
+        path = self.recorder.path if self.recorder else None
         self.recorder = None  # dropping the pjsua2 recorder closes the WAV and fixes its header
+        if path is not None and not self.e.cfg.record:
+            path.unlink(missing_ok=True)
 
 
 def _sip_outcome(status: int) -> str:
@@ -240,14 +245,16 @@ class Engine:
         for task in svc.running_tasks(self.hub):
             tid = task["id"]
             sched = task["schedule"]
-            active = sum(1 for s in self.sessions if s.task["id"] == tid)
-            room = min(sched.max_concurrent - active, self.cfg.sip.max_calls - len(self.sessions))
+            mine = sum(1 for s in self.sessions if s.task["id"] == tid)
+            active = svc.active_calls(self.hub, tid)  # task-wide, across engine processes
+            room = min(sched.max_concurrent - active, self.sip.max_calls - len(self.sessions))
             mono = time.monotonic()
+            cps = sched.calls_per_second / self.cfg.workers  # each of N engine processes takes its share
             allowance = self.next_dial.get(tid, mono)
-            n = min(room, int((mono - allowance) * sched.calls_per_second) + 1) if mono >= allowance else 0
-            contacts = svc.claim_due(self.hub, task, now, n) if n > 0 else []
+            n = min(room, int((mono - allowance) * cps) + 1) if mono >= allowance else 0
+            contacts = svc.claim_due(self.hub, task, now, n, self.cfg.engine_id) if n > 0 else []
             for contact in contacts:
-                self.next_dial[tid] = max(allowance, mono - 1.0) + 1.0 / sched.calls_per_second
+                self.next_dial[tid] = max(allowance, mono - 1.0) + 1.0 / cps
                 allowance = self.next_dial[tid]
                 try:
                     self.sessions.append(CallSession(self, contact, task, now))
@@ -258,7 +265,7 @@ class Engine:
                     svc.finish_attempt(self.hub, contact["id"], {
                         "engine": self.cfg.engine_id, "started_at": svc.iso(now), "ended_at": svc.iso(now),
                         "sip_status": 0, "outcome": "failed", "asr_text": reason[:200]}, now)
-            if not contacts and active == 0:
+            if not contacts and mine == 0 and active == 0:
                 if svc.maybe_complete(self.hub, tid, now):
                     self._task_done(tid)
         # Cancelled tasks: hang up their calls now; paused ones just stop taking new contacts.
@@ -309,7 +316,7 @@ class Engine:
 
     def run(self, until: Callable[[], bool] | None = None, exit_when_idle: bool = False,
             max_runtime_s: float | None = None) -> None:
-        released = svc.release_stale(self.hub, self.clock())
+        released = svc.release_stale(self.hub, self.clock(), self.cfg.engine_id)
         if released:
             log.warning("released %d contacts left 'calling' by a previous engine", released)
         t_end = time.monotonic() + max_runtime_s if max_runtime_s else None

@@ -427,7 +427,14 @@ def task_status(hub: Hub, task_id: int) -> str:
     return row[0] if row else "missing"
 
 
-def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int) -> list[dict[str, Any]]:
+def active_calls(hub: Hub, task_id: int) -> int:
+    """Calls in progress for a task across every engine process (max_concurrent is task-wide)."""
+    return hub.store.db.conn.execute("SELECT COUNT(*) FROM dialer_contacts WHERE task_id = ? AND status ="
+                                     " 'calling'", (task_id,)).fetchone()[0]
+
+
+def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int,
+              engine_id: str = "engine-1") -> list[dict[str, Any]]:
     """Atomically take up to `limit` due contacts of a running task (priority first), skipping numbers
     put on the do-not-call list after import. Returns them with the decrypted phone."""
     if limit <= 0 or not task["schedule"].open_at(now):
@@ -449,7 +456,7 @@ def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int) -> list
             if len(out) >= limit:
                 break
             db.conn.execute("UPDATE dialer_contacts SET status = 'calling', attempts = attempts + 1,"
-                            " updated_at = ? WHERE id = ?", (iso(now), cid))
+                            " updated_at = ?, claimed_by = ? WHERE id = ?", (iso(now), engine_id, cid))
             out.append({"id": cid, "task_id": task["id"], "phone": c.decrypt(enc), "name": name,
                         "vars": {**json.loads(variables), "name": name or ""}, "attempt": attempts + 1})
     return out
@@ -493,11 +500,11 @@ def maybe_complete(hub: Hub, task_id: int, now: datetime) -> bool:
     return False
 
 
-def release_stale(hub: Hub, now: datetime) -> int:
-    """After an engine crash, contacts left 'calling' go back to pending (the attempt did not finish)."""
+def release_stale(hub: Hub, now: datetime, engine_id: str = "engine-1") -> int:
+    """After an engine crash, its contacts left 'calling' go back to pending (the attempt did not finish)."""
     with hub.store.tx() as db:
         return db.conn.execute("UPDATE dialer_contacts SET status = 'pending', updated_at = ? WHERE status"
-                               " = 'calling'", (iso(now),)).rowcount
+                               " = 'calling' AND claimed_by = ?", (iso(now), engine_id)).rowcount
 
 
 # --- do-not-call ------------------------------------------------------------------------------------

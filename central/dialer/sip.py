@@ -16,6 +16,7 @@ from pathlib import Path
 import pjsua2 as pj
 
 log = logging.getLogger("citybrain.dialer.sip")
+PJSUA_MAX_CALLS = 4  # compile-time limit of the pjsua2-python 2.15 wheel (measured: the 5th call fails)
 
 
 @dataclass
@@ -24,7 +25,9 @@ class SipConfig:
     port: int = 0  # 0 = any free port
     clock_rate: int = 16000
     codecs: list[str] = field(default_factory=lambda: ["G722/16000/1", "PCMU/8000/1", "PCMA/8000/1"])
-    max_calls: int = 128
+    # The pjsua2-python wheel is built with PJSUA_MAX_CALLS = 4: more per Endpoint fails with
+    # PJ_ETOOMANY whatever uaConfig.maxCalls says, so scale out with more engine processes.
+    max_calls: int = 4
     registrar: str | None = None  # e.g. sip:trunk.example:5060; None = dial direct URIs
     username: str = "robot"
     password: str = ""
@@ -81,12 +84,13 @@ class _Account(pj.Account):
 class SipStack:
     def __init__(self, cfg: SipConfig) -> None:
         self.cfg = cfg
+        self.max_calls = min(cfg.max_calls, PJSUA_MAX_CALLS)
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
         ec.uaConfig.threadCnt = 0
         ec.uaConfig.mainThreadOnly = True
-        ec.uaConfig.maxCalls = cfg.max_calls
+        ec.uaConfig.maxCalls = min(cfg.max_calls, PJSUA_MAX_CALLS)
         ec.uaConfig.userAgent = "CityBrain-Dialer"
         ec.logConfig.level = cfg.log_level
         ec.logConfig.consoleLevel = cfg.log_level
@@ -94,7 +98,7 @@ class SipStack:
         ec.medConfig.sndClockRate = cfg.clock_rate
         ec.medConfig.noVad = True  # VAD would drop the quiet frames our endpointer relies on
         ec.medConfig.ecTailLen = 0  # no echo canceller: nothing to cancel with a null sound device
-        ec.medConfig.maxMediaPorts = cfg.max_calls * 4 + 16  # call + player + recorder per call
+        ec.medConfig.maxMediaPorts = min(cfg.max_calls, PJSUA_MAX_CALLS) * 4 + 16  # call + player + recorder per call
         self.ep.libInit(ec)
         tc = pj.TransportConfig()
         tc.port = cfg.port

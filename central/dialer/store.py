@@ -40,4 +40,10 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [(1, _v1)]
+def _v2(db: sqlite_utils.Database) -> None:
+    # Several engine processes share the store (the pjsua2 wheel allows 4 calls per process): each
+    # claim records its engine so a restarting engine releases only its own unfinished attempts.
+    db.conn.execute("ALTER TABLE dialer_contacts ADD COLUMN claimed_by TEXT")
+
+
+MIGRATIONS = [(1, _v1), (2, _v2)]
