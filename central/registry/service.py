@@ -381,9 +381,10 @@ class Registrar:
     def ext_index(self, item: EntityIn) -> str | None:
         return ext_index(self.cipher, item.type, item.external_key)
 
-    def prepare(self, item: EntityIn, bi: str | None = None) -> str:
+    def prepare(self, item: EntityIn, bi: str | None = None, checked: bool = False) -> str:
         """Check one row against the store and earlier rows; queue it; return its new base id."""
-        _check_entity(item)
+        if not checked:
+            _check_entity(item)
         org = self.resolve_org(item)
         if bi is None:
             bi = self.ext_index(item)
@@ -441,10 +442,14 @@ class Registrar:
                self.ts, self.ts)
         link_rows = [(eid, rel, dst, cat, org, self.actor.name, self.ts) for rel, dst, cat in links]
         alias = (org, item.local_id, eid, self.actor.name, self.ts) if item.local_id else None
-        feed = {"type": item.type, "region": item.region, "name": item.name, "address": item.address,
-                "org": org, "ext_kind": ent[6], "external_key": ext_masked, "grid": item.grid,
-                "valid_from": vf, "valid_to": vt, "attrs": item.attrs,
-                "links": [{"rel": r, "dst": d} for r, d, _ in links], "local_id": item.local_id}
+        feed: dict[str, Any] = {"type": item.type, "region": item.region, "name": item.name, "org": org}
+        for k, v in (("address", item.address), ("ext_kind", ent[6]), ("external_key", ext_masked),
+                     ("grid", item.grid), ("valid_from", vf), ("valid_to", vt), ("attrs", item.attrs),
+                     ("local_id", item.local_id)):
+            if v:  # the feed omits empty fields: it is most of the bulk write volume
+                feed[k] = v
+        if links:
+            feed["links"] = [{"rel": r, "dst": d} for r, d, _ in links]
         self.pending.append(_Row(ent, link_rows, alias, feed))
         self.new_types[eid] = item.type
         if bi is not None:
@@ -566,7 +571,7 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[tuple[int, dict[str, Any]
                 accepted: list[tuple[int, str]] = []
                 for line, item, bi in parsed:
                     try:
-                        accepted.append((line, reg.prepare(item, bi)))
+                        accepted.append((line, reg.prepare(item, bi, checked=True)))
                     except RegistryError as e:
                         report.errors.append({"row": line, **e.to_dict()})
                 reg.flush()
@@ -601,7 +606,7 @@ def _rowwise(hub: Hub, actor: Actor, org: str | None, cipher: Any,
         for line, item, bi in parsed:
             db.conn.execute("SAVEPOINT registry_row")
             try:
-                eid = reg.prepare(item, bi)
+                eid = reg.prepare(item, bi, checked=True)
                 reg.flush()
             except (RegistryError, sqlite3.IntegrityError) as e:
                 db.conn.execute("ROLLBACK TO registry_row")
@@ -648,7 +653,7 @@ def push(hub: Hub, actor: Actor, body: PushIn | dict[str, Any]) -> ImportReport:
                     else:
                         report.unchanged += 1
                 else:
-                    eid = reg.prepare(item, bi)
+                    eid = reg.prepare(item, bi, checked=True)
                     reg.flush()
                     report.created += 1
                     report.ids.append({"row": i, "id": eid, "created": True})
@@ -925,17 +930,20 @@ def search(hub: Hub, actor: Actor, q: str | None = None, *, type: str | None = N
     cols = ", ".join(f"[registry_entities].{c}" for c in ENTITY_COLS)
     q = (q or "").strip()
     db = hub.store.db
-    if q and all(len(tok) >= 3 for tok in q.split()):
+    tokens = q.split()
+    # trigram MATCH needs >= 3 chars per term; shorter terms (e.g. two CJK chars, "号") become LIKE filters
+    # on the rows the long terms matched, or, with no long term at all, a LIKE scan in id order
+    long_terms = [t for t in tokens if len(t) >= 3]
+    for i, tok in enumerate(t for t in tokens if len(t) < 3):
+        where.append(f"(name LIKE :t{i} OR address LIKE :t{i})")
+        params[f"t{i}"] = f"%{tok}%"
+    if long_terms:
         rows = list(db["registry_entities"].search(
-            q, columns=list(ENTITY_COLS), where=" AND ".join(where), where_args=params,
+            " ".join(long_terms), columns=list(ENTITY_COLS), where=" AND ".join(where), where_args=params,
             limit=limit, offset=offset, quote=True,
         ))
         found = [_entity_dict(tuple(r[c] for c in ENTITY_COLS)) for r in rows]
     else:
-        if q:  # trigram MATCH needs >= 3 chars per term; short terms (two CJK chars) fall back to LIKE
-            for i, tok in enumerate(q.split()):
-                where.append(f"(name LIKE :t{i} OR address LIKE :t{i})")
-                params[f"t{i}"] = f"%{tok}%"
         sql = (f"SELECT {cols} FROM registry_entities WHERE {' AND '.join(where)}"
                f" ORDER BY id LIMIT {int(limit)} OFFSET {int(offset)}")
         found = [_entity_dict(r) for r in db.conn.execute(sql, params)]
@@ -988,7 +996,8 @@ def add_link(hub: Hub, actor: Actor, src: str, rel: str, dst: str) -> dict[str, 
             # walk up from the new parent: meeting src there means the link would close a loop
             hit = c.execute(
                 "WITH RECURSIVE up(id) AS (SELECT ? UNION SELECT l.dst FROM registry_links l"
-                " JOIN up ON l.src = up.id WHERE l.category = 'physical') SELECT 1 FROM up WHERE id = ?",
+                " JOIN up ON l.src = up.id WHERE l.rel IN ('attached_to', 'belongs_to', 'contained_in'))"
+                " SELECT 1 FROM up WHERE id = ?",
                 (dst, src),
             ).fetchone()
             if hit:
@@ -1053,22 +1062,39 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
     vis = visibility(hub, actor)
     clause, args = org_clause("e.org", vis.orgs())
     step, start = ("l.src", "l.dst") if down else ("l.dst", "l.src")
+    # down: (dst, category, src) index; up: UNIQUE(src, rel, dst) index, so filter on rel, not category
+    cat = "l.category = 'physical'" if down else f"l.rel IN ({', '.join(repr(r) for r in PHYSICAL)})"
     tclause = " AND e.type = ?" if type else ""
+    # UNION (not ALL) dedupes (id, depth): a DAG with shared parents stays linear; depth bounds the walk
     rows = hub.store.conn.execute(
         f"WITH RECURSIVE w(id, depth) AS (SELECT ?, 0 UNION SELECT {step}, w.depth + 1"
-        f" FROM registry_links l JOIN w ON {start} = w.id WHERE l.category = 'physical' AND w.depth < ?)"
-        f" SELECT e.id, e.type, e.name, e.org, min(w.depth) AS d FROM w JOIN registry_entities e ON e.id = w.id"
-        f" WHERE w.depth > 0 AND {clause}{tclause} GROUP BY e.id ORDER BY d, e.id LIMIT ?",
+        f" FROM registry_links l JOIN w ON {start} = w.id WHERE {cat} AND w.depth < ?),"
+        f" m AS (SELECT id, min(depth) AS d FROM w WHERE depth > 0 GROUP BY id)"
+        f" SELECT e.id, e.type, e.name, e.org, m.d FROM m JOIN registry_entities e ON e.id = m.id"
+        f" WHERE {clause}{tclause} ORDER BY m.d, e.id LIMIT ?",
         (eid, depth, *args, *([type] if type else []), limit),
     ).fetchall()
+    show = _name_visibility(vis)
     items = []
     for r in rows:
-        mode, fields, _ = vis.access(r[3])
         item = {"id": r[0], "type": r[1], "depth": r[4], "org": r[3]}
-        if mode == "own" or (fields and "name" in fields):
+        if show(r[3]):
             item["name"] = r[2]
         items.append(item)
     return {"id": eid, "depth": depth, "items": items, "truncated": len(items) == limit}
+
+
+def _name_visibility(vis: Visibility) -> Callable[[str], bool]:
+    """org -> may the name be shown; memoised because a walk returns thousands of rows from few orgs."""
+    memo: dict[str, bool] = {}
+
+    def show(org: str) -> bool:
+        if org not in memo:
+            mode, fields, _ = vis.access(org)
+            memo[org] = mode == "own" or bool(fields and "name" in fields)
+        return memo[org]
+
+    return show
 
 
 def ancestors(hub: Hub, actor: Actor, eid: str, depth: int = 16, limit: int = 1000) -> dict[str, Any]:
@@ -1110,11 +1136,11 @@ def linked(hub: Hub, actor: Actor, eid: str, depth: int = 2, limit: int = 10000)
         f" JOIN registry_entities e ON e.id = w.id WHERE {clause} GROUP BY e.id ORDER BY d, e.id LIMIT ?",
         (eid, depth, *args, limit),
     ).fetchall()
+    show = _name_visibility(vis)
     items = []
     for r in rows:
-        mode, fields, _ = vis.access(r[3])
         item = {"id": r[0], "type": r[1], "depth": r[4], "via": r[5], "org": r[3]}
-        if mode == "own" or (fields and "name" in fields):
+        if show(r[3]):
             item["name"] = r[2]
         items.append(item)
     return {"id": eid, "depth": depth, "items": items, "truncated": len(items) == limit}

@@ -109,4 +109,11 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.conn.execute("INSERT INTO registry_entities_fts (registry_entities_fts) VALUES ('rebuild')")
 
 
-MIGRATIONS = [(1, _v1), (2, _v2)]
+def _v3(db: sqlite_utils.Database) -> None:
+    # covering index for the downward walk: each step reads only the index, never the link rows. The upward
+    # walk is covered by UNIQUE(src, rel, dst) with `rel IN (physical rels)`; no third index to maintain.
+    db.conn.execute("CREATE INDEX registry_links_down ON registry_links(dst, category, src)")
+    db.conn.execute("DROP INDEX registry_links_dst")
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3)]

@@ -130,6 +130,7 @@ def test_search_fulltext_and_filters(admin_a: Api, city: dict[str, str]) -> None
 
     assert ids(q="消防栓") == {city["hydrant"]}  # CJK substring (trigram)
     assert ids(q="消防") == {city["hydrant"]}  # 2-char CJK term: LIKE fallback
+    assert ids(q="消防栓 F1") == {city["hydrant"]} and ids(q="消防栓 F9") == set()  # long MATCH + short LIKE
     assert ids(q="wensan road") == {city["building"]}  # address, case-insensitive, AND of words
     assert ids(q="wensan nowhere") == set()
     assert ids(type="person") == {city["person"]}

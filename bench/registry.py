@@ -1,0 +1,201 @@
+"""Registry benchmark: bulk registration rate, point lookup and FTS latency at N entities, descendants of a
+building with 10k linked objects.
+
+    .venv/bin/python bench/registry.py [--count 1000000]
+
+Every figure is printed as one JSON line; the LAST line is the headline (bulk registration rate) with its
+same-run baseline: raw sqlite3 executemany of the very same entity rows into a plain table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from central.app import build_hub  # noqa: E402
+from central.registry import service as svc  # noqa: E402
+from central.registry.ids import id_card_check, uscc_check  # noqa: E402
+from central.settings import MqttSettings, Settings  # noqa: E402
+
+ORG = "/city/district-a"
+STREETS = ["文三路", "教工路", "天目山路", "莫干山路", "延安路", "Wensan Rd", "Jiaogong Rd", "Tianmushan Rd"]
+KINDS = ["消防栓 hydrant", "路灯 streetlamp", "井盖 manhole", "摄像头 camera", "垃圾桶 bin", "灭火器 extinguisher"]
+
+
+class ReadActor:
+    """Reads everything, without pii.read (so a lookup measures the lookup, not a decrypt + audit write)."""
+
+    name = "bench"
+
+    def allowed(self, perm: str, org_path: str) -> bool:
+        return perm != "pii.read"
+
+    def scopes(self, perm: str) -> list[str]:
+        return [] if perm == "pii.read" else ["/"]
+
+
+def emit(metric: str, value: float, unit: str, target: float | None = None, baseline: float | None = None,
+         **extra: Any) -> None:
+    ratio = round(value / baseline, 3) if baseline else None
+    print(json.dumps({"metric": metric, "value": round(value, 3), "unit": unit, "target": target,
+                      "baseline": None if baseline is None else round(baseline, 3), "ratio": ratio, **extra}),
+          flush=True)
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def rows(n: int, parents: list[str], owners: list[str], seed: int = 7) -> Iterator[tuple[int, dict[str, Any]]]:
+    """A city-like mix: 70% objects (2 links each), 10% places, 10% persons, 10% enterprises."""
+    rnd = random.Random(seed)
+    d0 = date(1950, 1, 1)
+    for i in range(n):
+        r = i % 10
+        street = STREETS[i % len(STREETS)]
+        if r == 0:
+            body = f"330106{(d0 + timedelta(days=i // 10 % 20000)).strftime('%Y%m%d')}{i // 200000 % 1000:03d}"
+            rec: dict[str, Any] = {"type": "person", "region": "330106", "name": f"居民 resident {i}",
+                                   "external_key": body + id_card_check(body)}
+        elif r == 1:
+            body = f"91330106{i:09d}"
+            rec = {"type": "enterprise", "region": "330106", "name": f"企业 company {i}",
+                   "address": f"{street} {i % 997} 号", "external_key": body + uscc_check(body)}
+        elif r == 2:
+            rec = {"type": "place", "region": "330106", "name": f"场所 place {i}",
+                   "address": f"{street} {i % 997} 号",
+                   "grid": "wtmk" + "0123456789bcdefghjkmnpqrstuvwxyz"[i % 32] + "q", "valid_from": "2024-01-01"}
+        else:
+            rec = {"type": "object", "region": "330106", "name": f"{KINDS[i % len(KINDS)]} {i}",
+                   "address": f"{street} {i % 997} 号",
+                   "links": [{"rel": "contained_in", "target": rnd.choice(parents)},
+                             {"rel": "managed_by", "target": rnd.choice(owners)}]}
+        yield i + 1, rec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=1_000_000, help="entities to load (default 1,000,000)")
+    ap.add_argument("--children", type=int, default=10_000, help="objects linked under the test building")
+    ap.add_argument("--queries", type=int, default=2000, help="point lookups to time")
+    ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temp dir)")
+    args = ap.parse_args()
+    work = args.dir or Path(tempfile.mkdtemp(prefix="bench-registry-"))
+    hub = build_hub(Settings(data_dir=work / "hub", mqtt=MqttSettings(enabled=False)))
+    sysact = svc.SystemActor("bench", ORG)
+    reader = ReadActor()
+
+    # parents and owners for the objects
+    seed = [(i, {"type": "place", "region": "330106", "name": f"园区 campus {i}", "address": "文三路 1 号"})
+            for i in range(50)]
+    seed += [(100 + i, {"type": "enterprise", "region": "330106", "name": f"物业 estate {i}",
+                        "external_key": (b := f"91330106{900000000 + i:09d}") + uscc_check(b)}) for i in range(50)]
+    rep = svc.import_rows(hub, sysact, seed, org=ORG)
+    parents = [r["id"] for r in rep.ids[:50]]
+    owners = [r["id"] for r in rep.ids[50:]]
+
+    # headline: bulk registration through the service (validation, ids, PII crypto, links, FTS, feed)
+    t = time.perf_counter()
+    rep = svc.import_rows(hub, sysact, rows(args.count, parents, owners), org=ORG, chunk=10000)
+    took = time.perf_counter() - t
+    assert not rep.errors, rep.errors[:3]
+    rate = rep.created / took
+    print(f"# loaded {rep.created} entities in {took:.1f}s", file=sys.stderr)
+
+    # baseline: the same final entity rows, raw executemany into a plain table (no checks, no FTS/links/feed)
+    conn = hub.store.connect()
+    cols = ", ".join(svc.ENTITY_COLS)
+    same = conn.execute(f"SELECT {cols} FROM registry_entities WHERE created_by = 'bench' ORDER BY rowid"
+                        f" LIMIT -1 OFFSET 100").fetchall()
+    base_db = sqlite3.connect(str(work / "baseline.db"), isolation_level=None)
+    base_db.execute("PRAGMA journal_mode=WAL")
+    base_db.execute("PRAGMA synchronous=NORMAL")
+    coldefs = ", ".join(c + (" TEXT PRIMARY KEY" if c == "id" else "") for c in svc.ENTITY_COLS)
+    base_db.execute(f"CREATE TABLE e ({coldefs})")
+    t = time.perf_counter()
+    base_db.execute("BEGIN")
+    for i in range(0, len(same), 10000):
+        base_db.executemany(f"INSERT INTO e VALUES ({', '.join('?' * len(svc.ENTITY_COLS))})", same[i:i + 10000])
+    base_db.execute("COMMIT")
+    base_rate = len(same) / (time.perf_counter() - t)
+    del same
+
+    # a building with N linked objects (some nested two deep: floors -> rooms)
+    bld = svc.register(hub, sysact, {"type": "place", "region": "330106", "name": "Bench Tower 测试大厦"})["id"]
+    floors = svc.import_rows(hub, sysact, [(i, {"type": "object", "region": "330106", "name": f"floor {i}",
+                                                "links": [{"rel": "contained_in", "target": bld},
+                                                          {"rel": "owned_by", "target": owners[0]}]})
+                                           for i in range(20)], org=ORG)
+    floor_ids = [r["id"] for r in floors.ids]
+    kids = svc.import_rows(hub, sysact, [(i, {"type": "object", "region": "330106",
+                                              "name": f"hydrant in tower {i}",
+                                              "links": [{"rel": "contained_in", "target": floor_ids[i % 20]},
+                                                        {"rel": "owned_by", "target": owners[1]}]})
+                                         for i in range(args.children - 20)], org=ORG)
+    assert not kids.errors
+
+    # point lookups by id (service level: check char, visibility, row -> view)
+    maxrow = conn.execute("SELECT max(rowid) FROM registry_entities").fetchone()[0]
+    rnd = random.Random(1)
+    picks = [rnd.randint(1, maxrow) for _ in range(args.queries)]
+    all_ids = [conn.execute("SELECT id FROM registry_entities WHERE rowid = ?", (p,)).fetchone()[0] for p in picks]
+    for eid in all_ids[:50]:  # warm the page cache like a running hub
+        svc.get_entity(hub, reader, eid)
+    lat = []
+    for eid in all_ids:
+        t = time.perf_counter()
+        svc.get_entity(hub, reader, eid)
+        lat.append((time.perf_counter() - t) * 1000)
+    emit("registry_point_lookup_p99", pct(lat, 99), "ms", 2.0, p50=round(pct(lat, 50), 3), n=len(lat),
+         entities=maxrow)
+
+    # full-text search: specific terms (a name fragment, an address), limit 50, ranked
+    queries = [f"{KINDS[i % len(KINDS)].split()[1]} {rnd.randint(0, args.count)}" for i in range(100)]
+    queries += [f"{STREETS[i % 5]} {rnd.randint(0, 996)} 号" for i in range(100)]
+    queries += [f"company {rnd.randint(0, args.count)}" for i in range(100)]
+    for q in queries[:10]:
+        svc.search(hub, reader, q)
+    lat = []
+    found = 0
+    for q in queries:
+        t = time.perf_counter()
+        found += bool(svc.search(hub, reader, q, limit=50))
+        lat.append((time.perf_counter() - t) * 1000)
+    emit("registry_fts_p99", pct(lat, 99), "ms", 50.0, p50=round(pct(lat, 50), 3), n=len(lat), hits=found)
+    lat = []
+    for q in ["hydrant", "文三路", "company"]:  # very common terms: ranking every match costs more
+        t = time.perf_counter()
+        svc.search(hub, reader, q, limit=50)
+        lat.append((time.perf_counter() - t) * 1000)
+    emit("registry_fts_common_term_max", max(lat), "ms", None, terms=3)
+
+    # descendants of the building (recursive CTE over physical links)
+    lat = []
+    for _ in range(20):
+        t = time.perf_counter()
+        res = svc.descendants(hub, reader, bld, depth=16, limit=100000)
+        lat.append((time.perf_counter() - t) * 1000)
+    assert len(res["items"]) == args.children, len(res["items"])
+    emit("registry_descendants_10k_p99", pct(lat, 99), "ms", 50.0, p50=round(statistics.median(lat), 3),
+         items=len(res["items"]))
+
+    emit("registry_bulk_registration_rate", rate, "entities/s", 20000.0, base_rate, entities=rep.created,
+         seconds=round(took, 1), baseline_what="raw sqlite3 executemany of the same entity rows, plain table")
+    hub.store.close()
+
+
+if __name__ == "__main__":
+    main()
