@@ -336,4 +336,6 @@ def service_of(hub: Hub) -> ChannelService:
 
 
 def setup(hub: Hub) -> None:
-    service_of(hub)
+    svc = service_of(hub)
+    # A revoked code, entity or department key ends its grants at once, not at the next read.
+    hub.hooks.on("codes.revoked", lambda **_: svc.sweep())

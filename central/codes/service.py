@@ -913,7 +913,9 @@ class CodesService:
             self._enqueue(db, rec["dept_id"], "code.revoked", {"serials": [serial], "reason": reason})
             _feed(db, "code.revoked", rec["identity_id"], {"serial": serial, "reason": reason})
         self._kick_webhooks()
-        return {"revoked": "serial", "serial": serial, "revocation_version": self.publish_revocations()}
+        out = {"revoked": "serial", "serial": serial, "revocation_version": self.publish_revocations()}
+        self.hub.hooks.emit("codes.revoked", serials=[serial], identity_id=None, kid=None)
+        return out
 
     def revoke_identity(self, actor: str, identity_id: str, reason: str, org: str | None) -> dict[str, Any]:
         ident = identity_id.strip().upper()
@@ -932,12 +934,14 @@ class CodesService:
                 self._enqueue(db, dept, "code.revoked", {"identity_id": ident, "reason": reason})
             _feed(db, "code.revoked", ident, {"identity_id": ident, "reason": reason, "codes": n})
         self._kick_webhooks()
-        return {
+        out = {
             "revoked": "identity",
             "identity_id": ident,
             "codes": n,
             "revocation_version": self.publish_revocations(),
         }
+        self.hub.hooks.emit("codes.revoked", serials=[], identity_id=ident, kid=None)
+        return out
 
     def revoke_key(self, actor: str, kid: str, reason: str) -> dict[str, Any]:
         row = self.hub.store.conn.execute("SELECT dept_id, status FROM codes_keys WHERE kid = ?", (kid,)).fetchone()
@@ -952,7 +956,9 @@ class CodesService:
             self._enqueue(db, row[0], "code.revoked", {"kid": kid, "reason": reason})
         self._kick_webhooks()
         self.publish_trust()
-        return {"revoked": "key", "kid": kid, "replacement": new_kid, "revocation_version": self.publish_revocations()}
+        out = {"revoked": "key", "kid": kid, "replacement": new_kid, "revocation_version": self.publish_revocations()}
+        self.hub.hooks.emit("codes.revoked", serials=[], identity_id=None, kid=kid)
+        return out
 
     # ---- trust and revocation lists ---------------------------------------------------------------
 

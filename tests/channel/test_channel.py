@@ -185,6 +185,10 @@ def test_revocation(pilot: Pilot) -> None:
     serial = g2["serial"]
     pilot.city.ok(pilot.c.post("/api/v1/codes/revoke", headers=pilot.city.issuer,
                                json={"serial": serial, "reason": "pass withdrawn"}))
+    # Ended by the codes.revoked hook at once, before anyone reads a grant again.
+    status = pilot.city.hub.store.connect().execute(
+        "SELECT status FROM channel_grants WHERE id = ?", (g2["id"],)).fetchone()[0]
+    assert status == "revoked"
     g = pilot.city.ok(pilot.c.get(f"/api/v1/channel/grants/{g2['id']}", headers=pilot.city.admin))
     assert g["status"] == "revoked" and g["end_reason"] == "code revoked"
     assert g2["peer_public_key"] not in pilot.c.get(f"/api/v1/channel/scenes/{pilot.app_id}/peers",
