@@ -159,7 +159,7 @@ async def bulk_import(request: Request, format: Literal["csv", "jsonl"] = "csv",
     except UnicodeDecodeError:
         raise HTTPException(400, {"field": "body", "error": "file must be UTF-8"}) from None
     if org is not None and not p.allowed("registry.write", org):
-        raise svc.Forbidden("org", f"registry.write not granted for {org}")
+        raise svc._deny(hub, p, "registry.write", org, None, "org")
     try:
         rows = list(reader_for("", format)(io.StringIO(text, newline="")))
     except HeaderError as e:

@@ -333,6 +333,8 @@ class Registrar:
             if len(scopes) != 1:
                 raise RegistryError("org", "say which org registers this (you may write in several or none)")
             org = scopes[0]
+        if org == "/":  # a system actor's root is not a department: the record must say whose it is
+            raise RegistryError("org", "say which department registers this (an org path such as /city/dept)")
         ok = self.allowed_orgs.get(org)
         if ok is None:
             ok = self.allowed_orgs[org] = self.actor.allowed("registry.write", org)

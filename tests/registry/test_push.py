@@ -69,18 +69,20 @@ def test_mqtt_push_through_real_broker(tmp_path: Path, broker: Broker) -> None:
         rec = {"type": "enterprise", "region": "330106", "name": "Lakeside Boats", "external_key": uscc(11),
                "org": "/city/district-a"}
         body = json.dumps({"source": "market", "records": [rec]}).encode()
-        for payload in (body, body, b"{not json", json.dumps({**rec, "external_key": "91350100M000100Y44"}).encode()):
+        no_org = {k: v for k, v in rec.items() if k != "org"} | {"external_key": uscc(12)}
+        for payload in (body, body, b"{not json", json.dumps({**rec, "external_key": "91350100M000100Y44"}).encode(),
+                        json.dumps(no_org).encode()):
             pub.publish(topics.REGISTRY_PUSH, payload, qos=1).wait_for_publish(5)
 
         def rejects() -> list[tuple[str, str]]:
             return hub.store.connect().execute("SELECT source, error FROM registry_rejects").fetchall()
 
-        wait_for(lambda: len(rejects()) >= 2, 15, "two rejects")
+        wait_for(lambda: len(rejects()) >= 3, 15, "three rejects")
         conn = hub.store.connect()
         rows = conn.execute("SELECT id, name, org FROM registry_entities").fetchall()
         assert len(rows) == 1 and rows[0][1:] == ("Lakeside Boats", "/city/district-a")  # sent twice, stored once
         errs = [json.loads(e)["field"] for _, e in rejects()]
-        assert sorted(errs) == ["external_key", "payload"]
+        assert sorted(errs) == ["external_key", "org", "payload"]
         assert conn.execute("SELECT count(*) FROM iam_audit WHERE actor = 'mqtt:registry_push'").fetchone()[0] == 1
     finally:
         pub.loop_stop()

@@ -86,3 +86,13 @@ def test_push_is_scoped_too(admin_b: Api, city: dict[str, str]) -> None:
     r = admin_b.ok("post", "/push", {"org": "/city/district-a", "records": [
         {"type": "enterprise", "region": "330106", "name": "sneaky", "external_key": uscc(99)}]})
     assert r["created"] == 0 and r["errors"][0]["field"] == "org"
+
+
+def test_bulk_import_into_another_scope_is_denied(hub: Hub, client: TestClient, admin_b: Api) -> None:
+    text = "type,region,name\nplace,330106,kiosk\n"
+    r = client.post("/api/v1/registry/import", params={"org": "/city/district-a"}, content=text, headers=admin_b.h)
+    assert r.status_code == 403 and r.json()["detail"]["field"] == "org"
+    r = client.post("/api/v1/registry/import", content="type,region,name,org\nplace,330106,kiosk,/city/district-a\n",
+                    headers=admin_b.h)
+    assert r.json()["created"] == 0 and r.json()["errors"][0]["field"] == "org"
+    assert hub.store.conn.execute("SELECT count(*) FROM registry_entities").fetchone()[0] == 0
