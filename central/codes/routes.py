@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -457,6 +457,19 @@ def issue_batch(
         raise HTTPException(422, "image: at most 500 images per batch; ask image=none for larger batches")
     out = _issue(svc, hub, who, body, [i.model_dump() for i in body.items])
     return {"count": len(out), "codes": [{**c, **qr_image(c["text"], body.image)} for c in out]}
+
+
+@router.get("/issued")
+def list_issued(
+    svc: Svc,
+    app_id: int | None = None,
+    status: Literal["active", "revoked"] | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+    p: Principal = Depends(require("codes.read")),
+) -> dict[str, Any]:
+    """Issued codes in the caller's scope, newest first (QR image: GET /issued/{serial}/qr)."""
+    return svc.issued(p.scopes("codes.read"), app_id, status, limit, offset)
 
 
 @router.get("/issued/{serial}")

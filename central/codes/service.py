@@ -887,6 +887,32 @@ class CodesService:
                 [(d, a, v, n) for (d, a, v), n in stats.items()],
             )
 
+    def issued(
+        self, scopes: list[str], app_id: int | None = None, status: str | None = None, limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Issued codes, newest first, only of departments whose org lies under one of `scopes`."""
+        if not scopes:
+            return {"total": 0, "items": []}
+        where = ["(" + " OR ".join("(d.org = ? OR d.org LIKE ?)" for _ in scopes) + ")"]
+        params: list[Any] = [x for sc in scopes for x in (sc, sc.rstrip("/") + "/%")]
+        if app_id is not None:
+            where.append("c.app_id = ?")
+            params.append(app_id)
+        if status is not None:
+            where.append("c.status = ?")
+            params.append(status)
+        sql = (" FROM codes_issued c JOIN codes_applications a ON a.id = c.app_id"
+               " JOIN codes_departments d ON d.id = c.dept_id WHERE " + " AND ".join(where))
+        conn = self.hub.store.conn
+        total = conn.execute("SELECT COUNT(*)" + sql, params).fetchone()[0]
+        items = _rows(conn.execute(
+            "SELECT c.serial, c.app_id, c.dept_id, c.identity_id, c.status, c.issued_at, c.expires_at,"
+            " c.text, a.scene_name, d.org" + sql + " ORDER BY c.issued_at DESC, c.serial LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ))
+        return {"total": total, "items": items}
+
     def code_record(self, serial: str) -> dict[str, Any] | None:
         rows = _rows(
             self.hub.store.conn.execute(

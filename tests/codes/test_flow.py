@@ -113,3 +113,17 @@ def test_checks_block_approval(city: City) -> None:
     # approved scenes appear in the department's list
     scenes = city.ok(city.c.get("/api/v1/codes/departments/HEALTH/scenes", headers=city.issuer))
     assert [s["id"] for s in scenes] == [first["id"]]
+
+
+def test_issued_list_is_scoped(city: City) -> None:
+    app_id = city.approved_scene()
+    serials = {city.ok(city.issue(app_id, register_entity(city.hub), image="none"), 201)["serial"] for _ in range(3)}
+    listed = city.ok(city.c.get("/api/v1/codes/issued", headers=city.issuer))
+    assert listed["total"] == 3 and {c["serial"] for c in listed["items"]} == serials
+    assert city.ok(city.c.get("/api/v1/codes/issued", headers=city.admin))["total"] == 3
+    assert city.ok(city.c.get("/api/v1/codes/issued", headers=city.outsider))["total"] == 0  # another department
+    one = sorted(serials)[0]
+    city.ok(city.c.post("/api/v1/codes/revoke", headers=city.issuer, json={"serial": one, "reason": "lost"}))
+    revoked = city.ok(city.c.get("/api/v1/codes/issued?status=revoked", headers=city.issuer))
+    assert [c["serial"] for c in revoked["items"]] == [one]
+    assert city.c.get("/api/v1/codes/issued?status=bogus", headers=city.issuer).status_code == 422
