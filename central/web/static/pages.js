@@ -238,6 +238,11 @@ async function codes(me, root) {
       show(r.data, null);
     });
     issueBox.replaceChildren(has(me, "codes.issue") ? issue : null, lookup, out);
+    (async () => {  // the latest codes in scope, newest first, each with its QR image
+      const r = await api("/api/v1/codes/issued?limit=12");
+      if (!r.ok) return;
+      for (const rec of (r.data.items || []).slice().reverse()) await show(rec, null);
+    })();
   }
   async function loadSupervision() {
     const r = await api("/api/v1/codes/supervision?days=30");
