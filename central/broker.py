@@ -105,7 +105,7 @@ class BrokerConfig:
             "max_queued_messages 2000000",
             "max_queued_bytes 0",
             "max_inflight_messages 0",
-            "max_packet_size 1048576",
+            "max_packet_size 67108864",  # retained revocation lists of ~1M serials are tens of MB
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -1053,6 +1053,8 @@ class CodesService:
     def fill_device_config(self, cfg: dict[str, Any]) -> None:
         """Hook `devices.config`: a new scan terminal pins the city root public key."""
         if cfg.get("kind") == "scanner":
+            # No URL allow-list is frozen into the config: the hub refuses to sign a code with an unfiled
+            # URL, and filings change after provisioning. Operators may still set allowed_url_prefixes.
             cfg.setdefault("scanner", {})["city_root_key"] = self.root.public.to_dict()
 
     def republish_lists(self) -> None:
