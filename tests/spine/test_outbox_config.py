@@ -66,3 +66,12 @@ def test_cli_validate_ok_and_schema(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     names = {p.name for p in tmp_path.iterdir()}
     assert {"event.schema.json", "scan_batch.schema.json", "trust_list.schema.json"} <= names
+
+
+def test_checked_in_schema_matches_the_model() -> None:
+    import json
+
+    from edge.config import json_schema
+
+    on_disk = json.loads((ROOT / "firmware_configs" / "device-config.schema.json").read_text())
+    assert on_disk == json.loads(json.dumps(json_schema())), "run `citybrain firmware schema` to refresh it"
