@@ -108,9 +108,9 @@ def main() -> None:
     owners = [r["id"] for r in rep.ids[50:]]
 
     # headline: bulk registration through the service (validation, ids, PII crypto, links, FTS, feed)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     rep = svc.import_rows(hub, sysact, rows(args.count, parents, owners), org=ORG, chunk=10000)
-    took = time.perf_counter() - t
+    took, cpu = time.perf_counter() - t, time.process_time() - cpu
     assert not rep.errors, rep.errors[:3]
     rate = rep.created / took
     print(f"# loaded {rep.created} entities in {took:.1f}s", file=sys.stderr)
@@ -125,12 +125,13 @@ def main() -> None:
     base_db.execute("PRAGMA synchronous=NORMAL")
     coldefs = ", ".join(c + (" TEXT PRIMARY KEY" if c == "id" else "") for c in svc.ENTITY_COLS)
     base_db.execute(f"CREATE TABLE e ({coldefs})")
-    t = time.perf_counter()
+    t, bcpu = time.perf_counter(), time.process_time()
     base_db.execute("BEGIN")
     for i in range(0, len(same), 10000):
         base_db.executemany(f"INSERT INTO e VALUES ({', '.join('?' * len(svc.ENTITY_COLS))})", same[i:i + 10000])
     base_db.execute("COMMIT")
     base_rate = len(same) / (time.perf_counter() - t)
+    base_cpu_rate = len(same) / (time.process_time() - bcpu)
     del same
 
     # a building with N linked objects (some nested two deep: floors -> rooms)
@@ -193,7 +194,8 @@ def main() -> None:
          items=len(res["items"]))
 
     emit("registry_bulk_registration_rate", rate, "entities/s", 20000.0, base_rate, entities=rep.created,
-         seconds=round(took, 1), baseline_what="raw sqlite3 executemany of the same entity rows, plain table")
+         seconds=round(took, 1), cpu_rate=round(rep.created / cpu), baseline_cpu_rate=round(base_cpu_rate),
+         baseline_what="raw sqlite3 executemany of the same entity rows, plain table")
     hub.store.close()
 
 
