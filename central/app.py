@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bridge = None
+        hub.hooks.emit("hub.started")
         if run_bridge:
             from central.bridge.service import Bridge
 

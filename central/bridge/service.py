@@ -64,6 +64,7 @@ class Bridge:
         self._writer: threading.Thread | None = None
         self._known: set[str] = set()
         self._known_at = 0.0
+        self._sub_mid: int | None = None
         self.client = self._make_client()
 
     # Publisher protocol (hub.publish goes here once the bridge runs)
@@ -91,6 +92,7 @@ class Bridge:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def start(self) -> Bridge:
@@ -118,14 +120,19 @@ class Bridge:
         if reason.is_failure:
             log.error("broker refused the hub: %s", reason)
             return
-        client.subscribe(
+        _rc, self._sub_mid = client.subscribe(
             [
                 (topics.SUB_STATUS, 1), (topics.SUB_HEARTBEAT, 0), (topics.SUB_EVENT, 1),
                 (topics.SUB_SCAN, 1), (topics.SUB_ACK, 1), (topics.REGISTRY_PUSH, 1),
             ]
         )
-        self._connected.set()
         log.info("bridge connected (session present: %s)", flags.session_present)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        # "Connected" means subscribed: before the SUBACK a device's message could slip past the hub.
+        if mid != self._sub_mid:
+            return
+        self._connected.set()
         threading.Thread(target=self._announce_connected, name="bridge-connected", daemon=True).start()
 
     def _announce_connected(self) -> None:
@@ -223,7 +230,7 @@ class Bridge:
             except Reject as r:
                 rejects.append((m.topic, r.reason, r.detail))
         with self.hub.store.tx() as db:
-            new_events = self._store_events(db, events, raw_events, now)
+            new_events = store_events(db, events, raw_events, now)
             new_scans = self._store_scans(db, scans, now)
             for device_id, state in statuses:
                 devices_store.set_status(db, device_id, state, now)
@@ -258,33 +265,6 @@ class Bridge:
             self.counters[f"rejected.{reason}"] += 1
             log.warning("rejected payload (%s): %s", reason, detail)
 
-    def _store_events(
-        self, db: Any, events: list[tuple[str, str, messages.Event]], raw: dict[str, bytes], now: str
-    ) -> list[tuple[str, str, messages.Event]]:
-        if not events:
-            return []
-        seen = store.existing_event_ids(db, [e.event_id for _, _, e in events])
-        new: list[tuple[str, str, messages.Event]] = []
-        rows = []
-        for site, device, e in events:
-            if e.event_id in seen:
-                continue
-            seen.add(e.event_id)  # the same id twice inside one batch
-            snapshot = None
-            if e.snapshot_jpeg_b64:
-                try:
-                    snapshot = base64.b64decode(e.snapshot_jpeg_b64, validate=True)
-                except (binascii.Error, ValueError):
-                    snapshot = None
-            body = raw.get(e.event_id) or e.model_dump_json(exclude={"snapshot_jpeg_b64"}).encode()
-            rows.append((
-                e.event_id, site, device, e.kind, e.ts.isoformat(), now, e.phase, e.incident_id, e.camera, e.zone,
-                e.score, e.count, body.decode(), snapshot,
-            ))
-            new.append((site, device, e))
-        store.insert_events(db, rows)
-        return new
-
     def _store_scans(
         self, db: Any, scans: list[tuple[str, str, messages.ScanBatch]], now: str
     ) -> list[tuple[str, str, messages.ScanBatch]]:
@@ -304,3 +284,33 @@ class Bridge:
             )
             new.append((site, device, b))
         return new
+
+
+def store_events(
+    db: Any, events: list[tuple[str, str, messages.Event]], raw: dict[str, bytes], now: str
+) -> list[tuple[str, str, messages.Event]]:
+    """Insert events not stored yet (by event_id); returns the new ones. `raw` maps event_id to the
+    validated bytes as received, stored verbatim when the event has no snapshot."""
+    if not events:
+        return []
+    seen = store.existing_event_ids(db, [e.event_id for _, _, e in events])
+    new: list[tuple[str, str, messages.Event]] = []
+    rows = []
+    for site, device, e in events:
+        if e.event_id in seen:
+            continue
+        seen.add(e.event_id)  # the same id twice inside one batch
+        snapshot = None
+        if e.snapshot_jpeg_b64:
+            try:
+                snapshot = base64.b64decode(e.snapshot_jpeg_b64, validate=True)
+            except (binascii.Error, ValueError):
+                snapshot = None
+        body = raw.get(e.event_id) or e.model_dump_json(exclude={"snapshot_jpeg_b64"}).encode()
+        rows.append((
+            e.event_id, site, device, e.kind, e.ts.isoformat(), now, e.phase, e.incident_id, e.camera, e.zone,
+            e.score, e.count, body.decode(), snapshot,
+        ))
+        new.append((site, device, e))
+    store.insert_events(db, rows)
+    return new

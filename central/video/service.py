@@ -65,9 +65,66 @@ class VideoService:
         self.hub = hub
         self.window_s = window_s
         self._threads: list[threading.Thread] = []
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._process_lock = threading.Lock()
+        self._wake = threading.Event()
 
-    # --- ingest (called by the bridge inside its write transaction) ---------------------------------
+    # --- ingest: a correlator thread consumes the bridge's `events` table from a durable cursor --------
     def on_events(self, db: sqlite_utils.Database, events: list[tuple[str, str, Event]]) -> None:
+        """Hook `events.ingested` (inside the bridge's transaction): only wake the correlator, so the
+        bridge's ingest rate does not depend on correlation cost."""
+        self.kick()
+
+    def kick(self) -> None:
+        with self._worker_lock:
+            self._wake.set()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._correlate_loop, name="video-correlator", daemon=True)
+                self._worker.start()
+
+    def _correlate_loop(self) -> None:
+        idle_since = time.monotonic()
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            try:
+                while self.process_pending():
+                    idle_since = time.monotonic()
+            except Exception:
+                log.exception("video correlator failed; retrying")
+                time.sleep(1.0)
+            if time.monotonic() - idle_since > 10.0:  # park when idle; the next kick restarts it
+                with self._worker_lock:
+                    if not self._wake.is_set():  # a kick that raced with parking is not lost
+                        self._worker = None
+                        return
+
+    def process_pending(self, limit: int = 1000) -> int:
+        """Correlate up to `limit` stored events past the cursor, cursor move in the same transaction."""
+        with self._process_lock, self.hub.store.tx() as db:
+            last = db.conn.execute("SELECT last_rowid FROM video_cursor WHERE id = 1").fetchone()[0]
+            rows = db.conn.execute(
+                "SELECT rowid, site, device, payload, snapshot FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last, limit),
+            ).fetchall()
+            if not rows:
+                return 0
+            batch = []
+            for _rowid, site, device, payload, snap in rows:
+                try:
+                    ev = Event.model_validate_json(payload)
+                except ValueError:
+                    log.warning("video: stored event of %s/%s does not parse; skipped", site, device)
+                    continue
+                if snap is not None:
+                    ev.snapshot_jpeg_b64 = base64.b64encode(snap).decode()
+                batch.append((site, device, ev))
+            self.correlate(db, batch)
+            db.conn.execute("UPDATE video_cursor SET last_rowid = ? WHERE id = 1", (rows[-1][0],))
+            return len(rows)
+
+    def correlate(self, db: sqlite_utils.Database, events: list[tuple[str, str, Event]]) -> None:
         for site, device, ev in sorted(events, key=lambda x: x[2].ts):
             # A savepoint per event: one bad event must not roll back the bridge's whole batch.
             db.conn.execute("SAVEPOINT video_ingest")
@@ -592,6 +649,7 @@ def setup(hub: Hub) -> None:
     svc = VideoService(hub)
     hub.services["video"] = svc
     hub.hooks.on("events.ingested", svc.on_events)
+    hub.hooks.on("hub.started", svc.kick)  # catch up on events stored before a crash
 
 
 def service_of(hub: Hub) -> VideoService:

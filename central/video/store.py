@@ -80,4 +80,12 @@ def _statements() -> list[str]:
     return out
 
 
-MIGRATIONS = [(1, _v1)]
+def _v2(db: sqlite_utils.Database) -> None:
+    # Correlation consumes the bridge's `events` table from a durable cursor (rowid), in its own
+    # transactions: ingest stays fast and a crash between the two resumes exactly where it stopped.
+    db["video_cursor"].create({"id": int, "last_rowid": int}, pk="id")
+    last = db.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]
+    db["video_cursor"].insert({"id": 1, "last_rowid": last})
+
+
+MIGRATIONS = [(1, _v1), (2, _v2)]

@@ -226,10 +226,13 @@ def test_bad_input_classes_rejected_counted_bridge_survives(tmp_path: Path, brok
     try:
         wait_for(lambda: count_events(mqtt_hub) == 1, 15, "the good event")
         expected = {"malformed_json", "schema_version", "schema", "oversize", "kind_mismatch", "unknown_device"}
-        reasons = wait_for(
-            lambda: (r := {row[0] for row in mqtt_hub.store.connect().execute(
-                "SELECT reason FROM ingest_rejects")}) >= expected and r, 15, "all rejects")
-        assert reasons == expected
+        def seen() -> set[str]:
+            return {row[0] for row in mqtt_hub.store.connect().execute("SELECT reason FROM ingest_rejects")}
+
+        try:
+            wait_for(lambda: seen() >= expected, 15, "all rejects")
+        finally:
+            assert seen() == expected
         assert bridge.counters["duplicates"] == 1
         assert bridge._writer is not None and bridge._writer.is_alive()
     finally:
