@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -107,6 +108,7 @@ def test_cli_import_with_progress(tmp_path: Path, settings: Settings, hub: Hub) 
     assert res.exit_code == 2 and "check character" in res.output
 
 
+@pytest.mark.slow  # ~20 s on the shared test box
 def test_import_100k_rows_csv(tmp_path: Path, hub: Hub, admin_a: Api, city: dict[str, str]) -> None:
     """100,000 hydrants linked to one building and one enterprise, every 1000th row broken."""
     src = tmp_path / "hydrants.csv"
