@@ -99,6 +99,30 @@ def bare_drain(port: int, hub_pw: str, total: int) -> float:
     return count / (t1 - t0)
 
 
+def correlate(settings: Settings, tmp: Path, conn: object) -> float:
+    """Time `citybrain hub video correlate` (a separate process) over every stored event."""
+    import subprocess
+
+    import yaml
+
+    cfg = tmp / "hub.yaml"
+    cfg.write_text(yaml.safe_dump(json.loads(settings.model_dump_json())))
+    total = conn.execute("SELECT MAX(rowid) FROM events").fetchone()[0]  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "citybrain.cli", "hub", "video", "correlate", "-c", str(cfg)],
+                         cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
+    try:
+        while time.perf_counter() - t0 < 600:
+            row = conn.execute("SELECT last_rowid FROM video_cursor").fetchone()  # type: ignore[attr-defined]
+            if row and row[0] >= total:
+                break
+            time.sleep(0.05)
+        return total / (time.perf_counter() - t0)
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=4)
@@ -115,6 +139,7 @@ def main() -> None:
         broker = Broker(bcfg).start()
         settings = Settings(
             data_dir=tmp / "hub",
+            inline_consumers=False,  # video correlation runs as its own process, measured below
             mqtt=MqttSettings(port=bcfg.port, username="hub", password=hub_pw, passwd_file=bcfg.passwd,
                               acl_file=bcfg.acl, pid_file=bcfg.pid_file),
         )
@@ -167,6 +192,8 @@ def main() -> None:
                               "publish_seconds": round(live_s, 2), "lost": total - live_stored}), flush=True)
         finally:
             broker.stop()
+            corr_rate = correlate(settings, tmp, conn)
+            print(json.dumps({"phase": "video_correlation", "events_per_s": round(corr_rate)}), flush=True)
         rate = stored / (t1 - t0)
         print(json.dumps({"phase": "hub", "events_in": total, "events_stored": stored, "lost": total - stored,
                           "seconds": round(t1 - t0, 2), "clients": args.clients, "mode": "drain"}), flush=True)

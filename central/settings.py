@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     device_offline_after_s: int = Field(default=90, ge=5)
+    # Background consumers of the stored events (video correlation) run inside this process unless
+    # they are run as their own processes (`citybrain hub video correlate`), e.g. to spread CPU.
+    inline_consumers: bool = True
 
     @property
     def database(self) -> Path:

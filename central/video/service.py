@@ -100,6 +100,16 @@ class VideoService:
                         self._worker = None
                         return
 
+    def run_forever(self, stop: threading.Event, idle_s: float = 0.2) -> None:
+        """The correlator as its own process: poll the cursor until `stop` is set."""
+        while not stop.is_set():
+            try:
+                if self.process_pending() == 0:
+                    stop.wait(idle_s)
+            except Exception:
+                log.exception("video correlator failed; retrying")
+                stop.wait(1.0)
+
     def process_pending(self, limit: int = 1000) -> int:
         """Correlate up to `limit` stored events past the cursor, cursor move in the same transaction."""
         with self._process_lock, self.hub.store.tx() as db:
@@ -648,8 +658,9 @@ def _snapshot_bytes(b64: str | None) -> bytes | None:
 def setup(hub: Hub) -> None:
     svc = VideoService(hub)
     hub.services["video"] = svc
-    hub.hooks.on("events.ingested", svc.on_events)
-    hub.hooks.on("hub.started", svc.kick)  # catch up on events stored before a crash
+    if hub.settings.inline_consumers:
+        hub.hooks.on("events.ingested", svc.on_events)
+        hub.hooks.on("hub.started", svc.kick)  # catch up on events stored before a crash
 
 
 def service_of(hub: Hub) -> VideoService:
