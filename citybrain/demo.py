@@ -64,6 +64,33 @@ def _demo_scanner(demo_dir: Path) -> dict[str, object]:
     return {"source": str(inbox)}
 
 
+def _feed_scanner_when_synced(demo_dir: Path, db: Path, timeout: float = 30.0) -> None:
+    """Drop the sample code PNGs into the terminal's inbox once its heartbeat shows the synced lists, so
+    the demo shows valid/revoked verdicts rather than unknown-key (which is what an unsynced terminal
+    rightly says)."""
+    import json
+    import sqlite3
+
+    samples = demo_dir / "samples" / "codes"
+    if not samples.is_dir():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            con = sqlite3.connect(db, timeout=5)
+            row = con.execute("SELECT hb FROM devices WHERE kind = 'scanner' AND hb IS NOT NULL").fetchone()
+            con.close()
+        except sqlite3.Error:
+            row = None
+        if row and json.loads(row[0]).get("revocation_version"):
+            break
+        time.sleep(0.5)
+    inbox = demo_dir / "scan-inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    for png in sorted(samples.glob("*.png")):
+        shutil.copy(png, inbox / png.name)
+
+
 def _bootstrap_admin(hub: object, password: str) -> None:
     from central.iam.service import service_of
 
@@ -153,6 +180,7 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
     time.sleep(1.5)
     spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
     spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
+    _feed_scanner_when_synced(demo_dir, Settings(**settings_dict).database)
     lines += [
         "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
         f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",

@@ -1,5 +1,5 @@
 """Demo seed (`citybrain hub demo`): a registered clinic, a health department with an approved scene,
-two issued codes (one revoked) dropped as PNGs into the scan terminal's inbox."""
+two issued codes (one revoked) written as PNGs for the scan terminal."""
 
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ def seed(hub: Hub, demo_dir: Path) -> list[str]:
     codes.decide("system:demo", int(app["id"]), True, code_system="HC")
     issued = codes.issue_batch("system:demo", int(app["id"]), [{"identity_id": clinic["id"]}] * 2)
     codes.revoke_code("system:demo", issued[1]["serial"], "demo: a revoked pass")
-    inbox = demo_dir / "scan-inbox"
+    # The demo moves these into the terminal's inbox once the terminal has synced its lists.
+    inbox = demo_dir / "samples" / "codes"
     inbox.mkdir(parents=True, exist_ok=True)
     for c, label in zip(issued, ("valid", "revoked"), strict=True):
         (inbox / f"{label}-{c['serial']}.png").write_bytes(base64.b64decode(qr_image(c["text"], "png")["png_b64"]))
     return [
         f"Registry:   place {clinic['id']} (GET /api/v1/registry/entities/{clinic['id']})",
         f"Codes:      scene 'Clinic entry' of {DEPT}; codes {issued[0]['serial']} (valid) and"
-        f" {issued[1]['serial']} (revoked) dropped into {inbox} for the scan terminal",
+        f" {issued[1]['serial']} (revoked), PNGs in {inbox}, fed to the scan terminal",
         "Scans:      GET /api/v1/codes/supervision (the terminal's verdicts arrive as scan batches)",
     ]
