@@ -176,6 +176,39 @@ def drive(
     }
 
 
+def drive_wrk(
+    port: int, bodies: list[bytes], headers: dict[str, str], seconds: float, connections: int = 32
+) -> dict[str, float]:
+    """The same load from wrk (C, one thread): on 2 cores a Python client eats the CPU it measures."""
+    import re
+    import shutil
+
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    hdrs = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
+    lua_bodies = ",\n".join("[[" + b.decode() + "]]" for b in bodies[:500])
+    script = Path(tempfile.mkdtemp()) / "verify.lua"
+    script.write_text(
+        f"local bodies = {{\n{lua_bodies}\n}}\nlocal i = 0\nlocal h = {{{hdrs}}}\n"
+        "request = function()\n  i = i + 1\n"
+        '  return wrk.format("POST", "/api/v1/codes/verify", h, bodies[(i % #bodies) + 1])\nend\n'
+    )
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
+         f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True,
+    ).stdout
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([0-9.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+([0-9]+)", out)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": pct("50"), "p99_ms": pct("99"),
+            "errors": int(non2xx.group(1)) if non2xx else 0, "requests": 0}
+
+
 def serve(target: list[str], env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     cmd = [
@@ -214,7 +247,17 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
+                    help="load generator: wrk when installed (auto), else Python threads")
     args = ap.parse_args()
+    import shutil
+
+    use_wrk = args.client == "wrk" or (args.client == "auto" and shutil.which("wrk") is not None)
+
+    def load(port: int) -> dict[str, float]:
+        if use_wrk:
+            return drive_wrk(port, bodies, headers, args.seconds)
+        return drive(port, bodies, headers, args.clients, args.threads, args.seconds)
 
     data_dir = args.dir or Path(tempfile.mkdtemp(prefix="bench-codes-"))
     t0 = time.perf_counter()
@@ -236,10 +279,11 @@ def main() -> None:
 
     base_proc, base_port = serve(["--app-dir", str(ROOT / "bench"), "codes:baseline_app"], env, args.workers)
     try:
-        base = drive(base_port, bodies, headers, args.clients, args.threads, args.seconds)
+        base = load(base_port)
     finally:
         base_proc.terminate()
         base_proc.wait(10)
+    print(f"load generator: {'wrk (1 thread, 32 connections)' if use_wrk else 'Python threads'}")
     print(
         f"baseline (constant endpoint): {base['rps']:.0f} req/s, p50 {base['p50_ms']:.2f} ms, "
         f"p99 {base['p99_ms']:.2f} ms, errors {base['errors']}"
@@ -258,7 +302,7 @@ def main() -> None:
         c.close()
         print(f"probe verdicts: {verdicts}")
         assert "valid" in verdicts, verdicts
-        res = drive(hub_port, bodies, headers, args.clients, args.threads, args.seconds)
+        res = load(hub_port)
     finally:
         hub_proc.terminate()
         hub_proc.wait(10)

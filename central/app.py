@@ -4,42 +4,25 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-import pkgutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from types import ModuleType
 
 from fastapi import FastAPI
 
-import central
+from central import capabilities
 from central.hub import Hub
 from central.settings import Settings, get_settings
 
 log = logging.getLogger("citybrain.app")
 
 
-def capabilities() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(central.__path__) if m.ispkg and m.name != "store")
-
-
-def _optional(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return None
-        raise
-
-
 def build_hub(settings: Settings | None = None) -> Hub:
     """A migrated hub with every capability's hooks wired; used by the app, the CLI and tests."""
     hub = Hub(settings or get_settings())
     hub.store.migrate()
-    for cap in capabilities():
-        svc = _optional(f"central.{cap}.service")
-        if svc is not None and hasattr(svc, "setup"):
+    for _cap, svc in capabilities.modules("service"):
+        if hasattr(svc, "setup"):
             svc.setup(hub)
     return hub
 
@@ -78,10 +61,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
         bridge_state = getattr(hub.publisher, "connected", None)
         return {"ok": True, "db": str(hub.settings.database), "mqtt_connected": bridge_state}
 
-    for cap in capabilities():
-        routes = _optional(f"central.{cap}.routes")
-        if routes is None:
-            continue
+    for cap, routes in capabilities.modules("routes"):
         if hasattr(routes, "router"):
             prefix = getattr(routes, "PREFIX", f"/api/v1/{cap}")
             app.include_router(routes.router, prefix=prefix, tags=[cap])

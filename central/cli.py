@@ -3,7 +3,6 @@ Capabilities add their own command groups through a `cli.py` with a typer `app` 
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -132,19 +131,9 @@ def restore(source: Path = typer.Argument(...), config: Path | None = ConfigOpt)
 
 
 def _mount_capability_clis() -> None:
-    import pkgutil
+    from central import capabilities
 
-    import central
-
-    for mod in sorted(pkgutil.iter_modules(central.__path__), key=lambda m: m.name):
-        if not mod.ispkg:
-            continue
-        try:
-            cli_mod = importlib.import_module(f"central.{mod.name}.cli")
-        except ModuleNotFoundError as e:
-            if e.name == f"central.{mod.name}.cli":
-                continue
-            raise
+    for cap, cli_mod in capabilities.modules("cli"):
         sub = getattr(cli_mod, "app", None)
         if sub is None:
             continue
@@ -152,7 +141,7 @@ def _mount_capability_clis() -> None:
             app.registered_commands.extend(sub.registered_commands)
             app.registered_groups.extend(sub.registered_groups)
         else:
-            app.add_typer(sub, name=getattr(cli_mod, "NAME", mod.name))
+            app.add_typer(sub, name=getattr(cli_mod, "NAME", cap))
 
 
 def _mount_security_shortcuts() -> None:

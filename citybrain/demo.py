@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 import secrets
 import shutil
 import signal
@@ -20,22 +18,14 @@ from central.broker import HUB_ACL, Broker, BrokerConfig
 
 
 def _seed_capabilities(hub: object, demo_dir: Path) -> list[str]:
-    import central
+    from central import capabilities
 
     lines: list[str] = []
-    for mod in sorted(pkgutil.iter_modules(central.__path__), key=lambda m: m.name):
-        if not mod.ispkg:
-            continue
-        try:
-            demo_mod = importlib.import_module(f"central.{mod.name}.demo")
-        except ModuleNotFoundError as e:
-            if e.name == f"central.{mod.name}.demo":
-                continue
-            raise
+    for cap, demo_mod in capabilities.modules("demo"):
         try:
             lines += demo_mod.seed(hub, demo_dir)
         except Exception as e:  # a capability's sample data must not stop the demo
-            lines.append(f"[{mod.name}] demo seed failed: {type(e).__name__}: {e}")
+            lines.append(f"[{cap}] demo seed failed: {type(e).__name__}: {e}")
     return lines
 
 

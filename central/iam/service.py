@@ -646,11 +646,11 @@ class IamService:
     def me(self, p: Principal) -> dict[str, Any]:
         import importlib
 
-        from central.app import capabilities
+        from central import capabilities
 
         perms = p.permissions
         menu = []
-        for cap in capabilities():
+        for cap in capabilities.names():
             if any(x.startswith(cap + ".") for x in perms):
                 try:
                     title = getattr(importlib.import_module(f"central.{cap}"), "TITLE", cap.title())

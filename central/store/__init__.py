@@ -7,8 +7,6 @@ Connections are per thread (FastAPI runs sync routes in a thread pool; SQLite ha
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -25,21 +23,13 @@ ORDER = ["devices", "bridge", "iam", "registry", "codes", "video", "dialer"]
 
 
 def capability_migrations() -> dict[str, list[Migration]]:
-    import central
+    from central import capabilities
 
     found: dict[str, list[Migration]] = {}
-    for mod in pkgutil.iter_modules(central.__path__):
-        if not mod.ispkg or mod.name == "store":
-            continue
-        try:
-            store_mod = importlib.import_module(f"central.{mod.name}.store")
-        except ModuleNotFoundError as e:
-            if e.name == f"central.{mod.name}.store":
-                continue
-            raise
+    for cap, store_mod in capabilities.modules("store"):
         migs = getattr(store_mod, "MIGRATIONS", None)
         if migs:
-            found[mod.name] = sorted(migs, key=lambda m: m[0])
+            found[cap] = sorted(migs, key=lambda m: m[0])
     rank = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 

@@ -4,10 +4,7 @@ mosquitto and the hub bridge; both idempotent on the external key."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -18,17 +15,8 @@ from central.broker import Broker
 from central.hub import Hub
 from protocol import topics
 from tests.conftest import make_settings
+from tests.helpers import wait_for
 from tests.registry.conftest import Api, id_card, uscc
-
-
-def wait_for(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_http_push_is_idempotent_on_external_key(hub: Hub, admin_a: Api, city: dict[str, str]) -> None:

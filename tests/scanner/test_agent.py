@@ -9,7 +9,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -23,17 +23,9 @@ from edge.link import Link
 from edge.scanner.agent import run
 from protocol import signing, topics
 from protocol.messages import ScanBatch
+from tests.helpers import wait_for
 from tests.scanner.helpers import City, scanner_config
 from tests.scanner.images import frame_with
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class HubSide:

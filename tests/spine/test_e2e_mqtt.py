@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +28,11 @@ from edge.config import parse_config
 from edge.link import Link
 from protocol import messages, topics
 from tests.conftest import make_settings
-from tests.helpers import auth, token_for
+from tests.helpers import auth, token_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def count_events(hub: Hub) -> int:

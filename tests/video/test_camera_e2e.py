@@ -5,8 +5,6 @@ video case with a snapshot; plus capture reconnect with back-off and heartbeat s
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,13 @@ from edge.camera.config import CameraSource
 from edge.config import parse_config
 from edge.link import Link
 from tests.conftest import make_settings
+from tests.helpers import wait_for
 
 RULES = {"fire": {"min_area_frac": 0.002, "persist_s": 2}, "smoke": {"min_area_frac": 0.01, "persist_s": 2},
          "crowd": {"min_count": 4, "dwell_s": 3}, "litter": {"static_s": 4},
          "lifecycle": {"end_after_s": 3, "update_every_s": 3, "cooldown_s": 30}}
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_clip_to_case_through_broker_outage(tmp_path: Path, broker: Broker) -> None:
