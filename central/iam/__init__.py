@@ -42,6 +42,11 @@ BUILTIN_ROLES: dict[str, tuple[str, list[str]]] = {
         ["codes.*", "registry.read", "!codes.approve", "!codes.supervise"],
     ),
     "auditor": ("Auditor: read-only plus the audit log", ["*.read", "audit.read", "!pii.read"]),
+    # The people who run SIP call campaigns: design templates, load lists, run tasks; no personal data.
+    "call_operator": (
+        "Call campaign operator: templates, call lists and tasks of the voice robot",
+        ["dialer.*", "*.read", "!pii.read", "!audit.read", "!iam.*"],
+    ),
 }
 
 
