@@ -160,7 +160,6 @@ def test_citybrain_edge_scanner_process(broker: Broker, hub_side: HubSide, tmp_p
     import subprocess
     import sys
 
-    pytest.importorskip("edge.cli")
     city = City()
     hub_side.publish_retained(topics.TRUST, city.trust_list(1).model_dump_json().encode())
     pw = secrets.token_urlsafe(12)

@@ -74,7 +74,6 @@ def test_citybrain_edge_verify_subprocess(setup: tuple[City, Path], tmp_path: Pa
     import subprocess
     import sys
 
-    pytest.importorskip("edge.cli")
     city, cfg = setup
     code = city.code()
     img = tmp_path / "one.png"

@@ -21,11 +21,9 @@ from edge.link import Link
 from edge.scanner.agent import run
 from edge.scanner.verify import Verifier, data_dir_for
 from protocol import citycode, signing, topics
+from tests.codes.conftest import City, register_entity
 from tests.conftest import make_settings
-from tests.scanner.test_agent import wait_for
-
-pytest.importorskip("central.codes.service")
-from tests.codes.conftest import City, register_entity  # noqa: E402
+from tests.helpers import wait_for
 
 
 @pytest.fixture

@@ -52,7 +52,8 @@ def live(hub: Hub) -> Iterator[LiveHub]:
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("Debian chromium + chromedriver are not installed (apt-get install chromium chromium-driver)")
+        # `./run test` installs them; a missing browser is a broken set-up, not a reason to pass quietly.
+        pytest.fail("Debian chromium + chromedriver are not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
