@@ -9,6 +9,7 @@ lies under its `registry.read` scopes, plus the owner orgs of approved, in-perio
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlite_utils
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from central.registry.ids import (
     TYPE_CODE,
@@ -486,8 +488,8 @@ class Registrar:
             c.executemany("INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)", aliases)
         c.executemany(
             "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, 'entity.create', ?, ?, ?)",
-            [(self.ts, r.entity[0], r.entity[5], _dumps(r.feed))
-             for r in self.pending],
+            # pydantic-core's serializer: a third of json's cost, and feed data need no key order
+            [(self.ts, r.entity[0], r.entity[5], to_json(r.feed).decode()) for r in self.pending],
         )
         c.executemany(
             "INSERT INTO registry_serials (type_code, region, next) VALUES (?, ?, ?)"
@@ -589,13 +591,22 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[tuple[int, dict[str, Any]
         if progress:
             progress(len(batch))
 
-    for r in rows:
-        batch.append(r)
-        if len(batch) >= chunk:
+    # No cyclic GC while importing: a chunk allocates ~10 container objects per row, and each gen-2 pass
+    # rescans every live row, which made collection a quarter of the import's CPU. Rows form no cycles;
+    # anything cyclic (tracebacks of per-row errors) is collected once the import ends.
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for r in rows:
+            batch.append(r)
+            if len(batch) >= chunk:
+                run(batch)
+                batch = []
+        if batch:
             run(batch)
-            batch = []
-    if batch:
-        run(batch)
+    finally:
+        if gc_was_on:
+            gc.enable()
     report.errors.sort(key=lambda x: x["row"])
     return report
 
@@ -1081,12 +1092,15 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
         (eid, depth, *args, *([type] if type else []), limit),
     ).fetchall()
     show = _name_visibility(vis)
-    items = []
-    for r in rows:
-        item = {"id": r[0], "type": r[1], "depth": r[4], "org": r[3]}
-        if show(r[3]):
-            item["name"] = r[2]
-        items.append(item)
+    # a walk returns thousands of rows from a handful of orgs: decide per org once, then build the items in
+    # one comprehension (the per-row branch and call were a quarter of a 10k-row walk)
+    orgs = {r[3] for r in rows}
+    named = {org for org in orgs if show(org)}
+    if named == orgs:
+        items = [{"id": i, "type": t, "depth": d, "org": o, "name": n} for i, t, n, o, d in rows]
+    else:
+        items = [{"id": i, "type": t, "depth": d, "org": o, "name": n} if o in named
+                 else {"id": i, "type": t, "depth": d, "org": o} for i, t, n, o, d in rows]
     return {"id": eid, "depth": depth, "items": items, "truncated": len(items) == limit}
 
 
