@@ -271,14 +271,6 @@ def _check_entity(item: EntityIn) -> None:
             raise RegistryError("links", "an object needs " + " and ".join(missing))
 
 
-@dataclass
-class _Row:
-    entity: tuple[Any, ...]
-    links: list[tuple[Any, ...]]
-    alias: tuple[Any, ...] | None
-    feed: dict[str, Any]
-
-
 class Registrar:
     """Validates rows against the database and the rows accepted before them, then writes them in one
     executemany per table. A row is either fully prepared (ids allocated, keys encrypted) or rejected
@@ -288,7 +280,10 @@ class Registrar:
                  cipher: Any) -> None:
         self.hub, self.db, self.actor, self.default_org, self.cipher = hub, db, actor, default_org, cipher
         self.conn = db.conn
-        self.pending: list[_Row] = []
+        self.pending: list[tuple[Any, ...]] = []  # entity rows, and per row its feed record
+        self.feeds: list[dict[str, Any]] = []
+        self.link_rows: list[tuple[Any, ...]] = []
+        self.alias_rows: list[tuple[Any, ...]] = []
         self.counters: dict[tuple[str, str], int] = {}
         self.new_types: dict[str, str] = {}  # ids prepared in this batch -> type
         self.type_cache: dict[str, str | None] = {}
@@ -402,65 +397,96 @@ class Registrar:
                 raise Conflict("local_id", f"{item.local_id!r} already maps to {hit} in {org}")
         links: list[tuple[str, str, str]] = []
         for i, lk in enumerate(item.links):
-            f = f"links.{i}.target"
-            if lk.target.startswith("@"):
-                dst = self.alias_target(org, lk.target[1:])
-                if dst is None:
-                    raise RegistryError(f, f"no local id {lk.target[1:]!r} in {org}")
-            elif lk.target in self.target_cache:
-                dst = self.target_cache[lk.target]
-            else:
-                try:
-                    dst = self.target_cache[lk.target] = normalize_id(lk.target)
-                except IdError as e:
-                    raise RegistryError(f, str(e)) from None
+            target = lk.target
+            dst = self.target_cache.get(target)
+            if dst is None:
+                f = f"links.{i}.target"
+                if target.startswith("@"):
+                    dst = self.alias_target(org, target[1:])
+                    if dst is None:
+                        raise RegistryError(f, f"no local id {target[1:]!r} in {org}")
+                else:
+                    try:
+                        dst = self.target_cache[target] = normalize_id(target)
+                    except IdError as e:
+                        raise RegistryError(f, str(e)) from None
             dtype = self.entity_type(dst)
+            rel = lk.rel
             if dtype is None:
-                raise NotFound(f, f"{dst} is not registered")
-            cat = "physical" if lk.rel in PHYSICAL else "business"
-            if cat == "physical" and dtype not in ("object", "place"):
-                raise RegistryError(f, f"{lk.rel} needs a parent object or place, {dst} is a {dtype}")
-            if cat == "business" and dtype not in ("enterprise", "person"):
-                raise RegistryError(f, f"{lk.rel} needs an enterprise or person, {dst} is a {dtype}")
-            links.append((lk.rel, dst, cat))
+                raise NotFound(f"links.{i}.target", f"{dst} is not registered")
+            if rel in PHYSICAL:
+                cat = "physical"
+                if dtype != "object" and dtype != "place":
+                    raise RegistryError(f"links.{i}.target",
+                                        f"{rel} needs a parent object or place, {dst} is a {dtype}")
+            else:
+                cat = "business"
+                if dtype != "enterprise" and dtype != "person":
+                    raise RegistryError(f"links.{i}.target",
+                                        f"{rel} needs an enterprise or person, {dst} is a {dtype}")
+            links.append((rel, dst, cat))
         # every check passed: allocate and queue (nothing above mutated batch state)
-        code = TYPE_CODE[item.type]
-        serial = self.next_serial(code, item.region)
-        eid = make_id(item.type, item.region, serial)
-        self.counters[(code, item.region)] = serial + 1
+        etype, region = item.type, item.region
+        key = (TYPE_CODE[etype], region)
+        serial = self.counters.get(key) or self.next_serial(*key)
+        eid = make_id(etype, region, serial)
+        self.counters[key] = serial + 1
         ext_enc = ext_masked = phone_enc = None
-        if item.external_key is not None:
-            if item.type == "person":
+        ext_key = item.external_key
+        if ext_key is not None:
+            if etype == "person":
                 from central.iam.pii import mask_id_card
 
-                ext_enc = self.cipher.encrypt(item.external_key)
-                ext_masked = mask_id_card(item.external_key)
+                ext_enc = self.cipher.encrypt(ext_key)
+                ext_masked = mask_id_card(ext_key)
             else:  # a USCC or a system key is public business data: keep it readable
-                ext_masked = item.external_key
+                ext_masked = ext_key
         if item.phone is not None:
             phone_enc = self.cipher.encrypt(item.phone)
-        attrs = _dumps(item.attrs) if item.attrs else "{}"
+        attrs = item.attrs
         vf, vt = iso(item.valid_from), iso(item.valid_to)
-        ent = (eid, item.type, item.region, item.name, item.address, org, EXT_KIND[item.type] if bi else None,
-               bi, ext_enc, ext_masked, phone_enc, item.grid, vf, vt, attrs, "active", self.actor.name,
-               self.ts, self.ts)
-        link_rows = [(eid, rel, dst, cat, org, self.actor.name, self.ts) for rel, dst, cat in links]
-        alias = (org, item.local_id, eid, self.actor.name, self.ts) if item.local_id else None
-        feed: dict[str, Any] = {"type": item.type, "region": item.region, "name": item.name, "org": org}
-        for k, v in (("address", item.address), ("ext_kind", ent[6]), ("external_key", ext_masked),
-                     ("grid", item.grid), ("valid_from", vf), ("valid_to", vt), ("attrs", item.attrs),
-                     ("local_id", item.local_id)):
-            if v:  # the feed omits empty fields: it is most of the bulk write volume
-                feed[k] = v
+        ext_kind = EXT_KIND[etype] if bi else None
+        name, address, grid, local_id = item.name, item.address, item.grid, item.local_id
+        who, ts = self.actor.name, self.ts
+        ent = (eid, etype, region, name, address, org, ext_kind, bi, ext_enc, ext_masked, phone_enc, grid, vf, vt,
+               _dumps(attrs) if attrs else "{}", "active", who, ts, ts)
+        # the feed omits empty fields: it is most of the bulk write volume
+        feed: dict[str, Any] = {"type": etype, "region": region, "name": name, "org": org}
+        if address:
+            feed["address"] = address
+        if ext_kind:
+            feed["ext_kind"] = ext_kind
+        if ext_masked:
+            feed["external_key"] = ext_masked
+        if grid:
+            feed["grid"] = grid
+        if vf:
+            feed["valid_from"] = vf
+        if vt:
+            feed["valid_to"] = vt
+        if attrs:
+            feed["attrs"] = attrs
+        if local_id:
+            feed["local_id"] = local_id
         if links:
             feed["links"] = [{"rel": r, "dst": d} for r, d, _ in links]
-        self.pending.append(_Row(ent, link_rows, alias, feed))
-        self.new_types[eid] = item.type
+            self.link_rows.extend([(eid, rel, dst, cat, org, who, ts) for rel, dst, cat in links])
+        if local_id is not None:
+            self.alias_rows.append((org, local_id, eid, who, ts))
+            self.pending_alias[(org, local_id)] = eid
+        self.pending.append(ent)
+        self.feeds.append(feed)
+        self.new_types[eid] = etype
         if bi is not None:
             self.pending_ext[bi] = eid
-        if item.local_id is not None:
-            self.pending_alias[(org, item.local_id)] = eid
         return eid
+
+    def discard(self) -> None:
+        """Drop the queued rows (the caller rolled back to before them)."""
+        self.pending.clear()
+        self.feeds.clear()
+        self.link_rows.clear()
+        self.alias_rows.clear()
 
     def flush(self) -> int:
         """Write every queued row (entity, FTS, links, alias, feed, serial counters). Inside a tx."""
@@ -468,7 +494,7 @@ class Registrar:
             return 0
         c = self.conn
         high = c.execute("SELECT coalesce(max(rowid), 0) FROM registry_entities").fetchone()[0]
-        c.executemany(_INSERT_ENTITY, [r.entity for r in self.pending])
+        c.executemany(_INSERT_ENTITY, self.pending)
         # FTS kept in step here, not by triggers: a trigger opens a statement savepoint per row and FTS5
         # flushes its pending terms at every savepoint, which made bulk inserts ~7x slower.
         c.execute(
@@ -476,20 +502,19 @@ class Registrar:
             " SELECT rowid, name, address FROM registry_entities WHERE rowid > ?",
             (high,),
         )
-        links = [lk for r in self.pending for lk in r.links]
-        if links:
+        if self.link_rows:
             c.executemany(
                 "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                links,
+                self.link_rows,
             )
-        aliases = [r.alias for r in self.pending if r.alias]
-        if aliases:
-            c.executemany("INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)", aliases)
+        if self.alias_rows:
+            c.executemany("INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)", self.alias_rows)
+        ts = self.ts
         c.executemany(
             "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, 'entity.create', ?, ?, ?)",
             # pydantic-core's serializer: a third of json's cost, and feed data need no key order
-            [(self.ts, r.entity[0], r.entity[5], to_json(r.feed).decode()) for r in self.pending],
+            [(ts, e[0], e[5], to_json(f).decode()) for e, f in zip(self.pending, self.feeds, strict=True)],
         )
         c.executemany(
             "INSERT INTO registry_serials (type_code, region, next) VALUES (?, ?, ?)"
@@ -497,7 +522,7 @@ class Registrar:
             [(k[0], k[1], v) for k, v in self.counters.items()],
         )
         n = len(self.pending)
-        self.pending.clear()
+        self.discard()
         return n
 
 
@@ -623,7 +648,7 @@ def _rowwise(hub: Hub, actor: Actor, org: str | None, cipher: Any,
                 reg.flush()
             except (RegistryError, sqlite3.IntegrityError) as e:
                 db.conn.execute("ROLLBACK TO registry_row")
-                reg.pending.clear()
+                reg.discard()
                 err = e.to_dict() if isinstance(e, RegistryError) else {"field": "row", "error": str(e)}
                 report.errors.append({"row": line, **err})
             else:
@@ -673,7 +698,7 @@ def push(hub: Hub, actor: Actor, body: PushIn | dict[str, Any]) -> ImportReport:
                     _audit(db, actor, "registry.push", eid, _org_of(db, eid), {"source": body.source})
             except (RegistryError, sqlite3.IntegrityError) as e:
                 db.conn.execute("ROLLBACK TO registry_push")
-                reg.pending.clear()
+                reg.discard()
                 err = e.to_dict() if isinstance(e, RegistryError) else {"field": "row", "error": str(e)}
                 report.errors.append({"row": i, **err})
             db.conn.execute("RELEASE registry_push")
