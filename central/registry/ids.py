@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import lru_cache
 from typing import Literal
 
 ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -22,17 +23,26 @@ _ID_RE = re.compile(rf"^([PEOL])([0-9]{{6}})([0-9]{{{SERIAL_DIGITS}}})([0-9A-Z])
 REGION_RE = re.compile(r"^[0-9]{6}$")
 
 
+# The hybrid system is a state machine over p in 1..36: _STEP[p][ch] is the next p. A table lookup per char
+# instead of two modulos, and make_id starts from the cached state after its (type, region) prefix.
+_STEP: list[dict[str, int]] = [
+    {ch: (((p + v) % 36 or 36) * 2) % 37 for ch, v in _VAL.items()} if p else {} for p in range(37)
+]
+
+
+def _run(p: int, body: str) -> int:
+    step = _STEP
+    for ch in body:
+        p = step[p][ch]
+    return p
+
+
 def mod37_36_check(body: str) -> str:
     """ISO/IEC 7064 MOD 37,36 (hybrid system): one alphanumeric check char over an alphanumeric body.
 
     It catches every single-character substitution and every adjacent transposition, which is what
     a person retyping an id gets wrong."""
-    m = 36
-    p = m
-    for ch in body:
-        p = (p + _VAL[ch]) % m or m
-        p = (p * 2) % (m + 1)
-    return ALNUM[(m + 1 - p) % m]
+    return ALNUM[(37 - _run(36, body)) % 36]
 
 
 def mod37_36_valid(value: str) -> bool:
@@ -41,9 +51,15 @@ def mod37_36_valid(value: str) -> bool:
     return mod37_36_check(value[:-1]) == value[-1]
 
 
+@lru_cache(maxsize=1024)
+def _prefix_state(prefix: str) -> int:
+    return _run(36, prefix)
+
+
 def make_id(etype: str, region: str, serial: int) -> str:
-    body = f"{TYPE_CODE[etype]}{region}{serial:0{SERIAL_DIGITS}d}"
-    return body + mod37_36_check(body)
+    prefix = TYPE_CODE[etype] + region
+    digits = f"{serial:0{SERIAL_DIGITS}d}"
+    return prefix + digits + ALNUM[(37 - _run(_prefix_state(prefix), digits)) % 36]
 
 
 class IdError(ValueError):
