@@ -263,12 +263,13 @@ def _check_entity(item: EntityIn) -> None:
     if item.links and t in ("person", "enterprise"):
         raise RegistryError("links", f"a {t} is a link target, not a source")
     if t == "object":
-        missing = []
-        if not any(lk.rel in PHYSICAL for lk in item.links):
-            missing.append(f"a physical link ({'|'.join(PHYSICAL)}) to a parent object or place")
-        if not any(lk.rel in BUSINESS for lk in item.links):
-            missing.append(f"a business link ({'|'.join(BUSINESS)}) to an enterprise or person")
-        if missing:
+        rels = {lk.rel for lk in item.links}
+        if rels.isdisjoint(PHYSICAL) or rels.isdisjoint(BUSINESS):
+            missing = []
+            if rels.isdisjoint(PHYSICAL):
+                missing.append(f"a physical link ({'|'.join(PHYSICAL)}) to a parent object or place")
+            if rels.isdisjoint(BUSINESS):
+                missing.append(f"a business link ({'|'.join(BUSINESS)}) to an enterprise or person")
             raise RegistryError("links", "an object needs " + " and ".join(missing))
 
 
@@ -536,11 +537,14 @@ def ext_index(cipher: Any, etype: str, key: str | None) -> str | None:
     return cipher.blind_index(EXT_KIND[etype], key)
 
 
+_validate_entity = EntityIn.__pydantic_validator__.validate_python  # model_validate minus its Python wrapper
+
+
 def _parse(raw: dict[str, Any] | EntityIn) -> EntityIn:
     if isinstance(raw, EntityIn):
         return raw.model_copy()
     try:
-        return EntityIn.model_validate(raw)
+        return _validate_entity(raw)  # type: ignore[no-any-return]
     except ValidationError as e:
         raise _validation_error(e) from None
 
