@@ -220,7 +220,7 @@ def run_bare(work: Path, uas_port: int, calls: int, cps: float, hold_s: float, w
         out, err = p.communicate(timeout=120 + calls / cps + hold_s)
         line = next((x for x in out.splitlines() if x.startswith("RESULT")), None)
         if line is None:
-            raise RuntimeError(f"bare caller failed: {err[-1500:]}")
+            raise RuntimeError(f"bare caller failed (exit {p.returncode}): {err[-1500:]}")
         a, b = (int(x) for x in line.split()[1:3])
         peak, done = peak + a, done + b  # upper bound of the simultaneous peak (processes overlap)
     wall, cpu = time.monotonic() - t0, children_cpu() - cpu0
