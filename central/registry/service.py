@@ -308,12 +308,17 @@ class Registrar:
             self.known_ext.update(self.conn.execute(
                 f"SELECT ext_bi, id FROM registry_entities WHERE ext_bi IN ({','.join('?' * len(part))})", part))
         wanted: dict[str, set[str]] = {}
+        default = self.default_org or ""
         for item, _ in items:
-            org = item.org or self.default_org or ""
-            names = wanted.setdefault(org, set())
+            org = item.org or default
+            names = wanted.get(org)
+            if names is None:
+                names = wanted[org] = set()
             if item.local_id:
                 names.add(item.local_id)
-            names.update(lk.target[1:] for lk in item.links if lk.target.startswith("@"))
+            for lk in item.links:
+                if lk.target[0] == "@":
+                    names.add(lk.target[1:])
         self.known_alias = {}
         for org, names in wanted.items():
             lst = sorted(names)
