@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlite_utils
@@ -1128,6 +1129,9 @@ def _depth(depth: int) -> int:
     return depth
 
 
+_ORG_OF_ROW = itemgetter(3)
+
+
 def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
           type: str | None = None) -> dict[str, Any]:
     eid = _id_arg(eid)
@@ -1155,7 +1159,7 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
     show = _name_visibility(vis)
     # a walk returns thousands of rows from a handful of orgs: decide per org once, then build the items in
     # one comprehension (the per-row branch and call were a quarter of a 10k-row walk)
-    orgs = {r[3] for r in rows}
+    orgs = set(map(_ORG_OF_ROW, rows))
     named = {org for org in orgs if show(org)}
     if named == orgs:
         items = [{"id": i, "type": t, "depth": d, "org": o, "name": n} for i, t, n, o, d in rows]
