@@ -48,6 +48,7 @@ class Link:
         self._stop = threading.Event()
         self._resend = threading.Event()
         self._connected = threading.Event()
+        self._hb_now = threading.Event()
         self._started = time.monotonic()
         self._threads: list[threading.Thread] = []
         self.sent = 0
@@ -105,6 +106,7 @@ class Link:
         """Graceful: publish `offline` ourselves (the will only fires on an unclean drop)."""
         self._stop.set()
         self._wake.set()
+        self._hb_now.set()
         for t in self._threads:
             t.join(timeout=5)
         if graceful and self.connected:
@@ -174,6 +176,7 @@ class Link:
             client.subscribe(t, qos=1)
         self._resend.set()
         self._connected.set()
+        self._hb_now.set()
         self._wake.set()
         log.info("connected to %s:%s", self.cfg.mqtt.host, self.cfg.mqtt.port)
 
@@ -254,7 +257,12 @@ class Link:
         return last_id
 
     def _heartbeats(self) -> None:
-        while not self._stop.wait(self.cfg.heartbeat_s):
+        # One right after each (re)connect, then every heartbeat_s: the hub sees a box come back at once.
+        while not self._stop.is_set():
+            self._hb_now.wait(self.cfg.heartbeat_s)
+            self._hb_now.clear()
+            if self._stop.is_set():
+                return
             if self.connected:
                 hb = self.heartbeat()
                 self.client.publish(

@@ -16,6 +16,7 @@ import base64
 import binascii
 import collections
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,12 @@ class Incoming:
     qos: int
 
 
+def _transient(e: sqlite3.OperationalError) -> bool:
+    """Store trouble that goes away (a lock, a full or failing disk), as opposed to a bug in our SQL."""
+    msg = str(e).lower()
+    return any(w in msg for w in ("locked", "busy", "disk", "full", "i/o", "unable to open"))
+
+
 class Reject(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -63,7 +70,7 @@ class Bridge:
         self._connected = threading.Event()
         self._writer: threading.Thread | None = None
         self._known: set[str] = set()
-        self._known_at = 0.0
+        self._unknown: dict[str, float] = {}  # device id -> when last found unknown
         self._sub_mid: int | None = None
         self.client = self._make_client()
 
@@ -163,13 +170,26 @@ class Bridge:
                 batch.append(self._queue.popleft())
             try:
                 self.ingest(batch)
-            except Exception:  # never die: store message by message, reject what still fails
+            except Exception as e:
+                if isinstance(e, sqlite3.OperationalError) and _transient(e):
+                    # The store itself is unavailable (locked, disk full, I/O): keep the batch
+                    # unacknowledged and retry it, rather than turning accepted messages into rejects.
+                    log.error("store unavailable (%s); retrying %d message(s) in 1 s", e, len(batch))
+                    self._queue.extendleft(reversed(batch))
+                    self._stop.wait(1.0)
+                    if self._stop.is_set():
+                        return  # unacked: the broker redelivers them to the next session
+                    continue
+                # Never die: store message by message, reject what still fails.
                 log.exception("batch ingest failed; retrying one by one")
                 for m in batch:
                     try:
                         self.ingest([m])
-                    except Exception as e:
-                        self._store_rejects([(m.topic, "store_error", f"{type(e).__name__}: {e}")])
+                    except Exception as e1:
+                        try:
+                            self._store_rejects([(m.topic, "store_error", f"{type(e1).__name__}: {e1}")])
+                        except Exception:
+                            log.exception("could not even record the reject of %s", m.topic)
             for m in batch:
                 if m.qos > 0:
                     self.client.ack(m.mid, m.qos)
@@ -177,10 +197,19 @@ class Bridge:
     def _device_known(self, device_id: str) -> bool:
         if device_id in self._known:
             return True
-        if time.monotonic() - self._known_at > 1.0:  # refresh on a miss, at most once a second
-            self._known = devices_store.known_ids(self.hub.store.db)
-            self._known_at = time.monotonic()
-        return device_id in self._known
+        # A miss is looked up (a device provisioned a moment ago must not lose its first messages);
+        # a flood of unknown ids costs one lookup per id per second.
+        now = time.monotonic()
+        if now - self._unknown.get(device_id, -10.0) < 1.0:
+            return False
+        row = devices_store.get(self.hub.store.db, device_id)
+        if row is not None and not row.get("revoked"):
+            self._known.add(device_id)
+            return True
+        if len(self._unknown) > 10_000:
+            self._unknown.clear()
+        self._unknown[device_id] = now
+        return False
 
     def ingest(self, batch: list[Incoming]) -> None:
         now = datetime.now(UTC).isoformat()

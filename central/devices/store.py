@@ -61,10 +61,6 @@ def set_heartbeat(db: sqlite_utils.Database, device_id: str, at: str, hb_json: s
     )
 
 
-def known_ids(db: sqlite_utils.Database) -> set[str]:
-    return {r[0] for r in db.conn.execute("SELECT id FROM devices WHERE revoked = 0")}
-
-
 def record_command(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
     db["device_commands"].insert(row)
 
