@@ -231,3 +231,30 @@ def test_bad_input_classes_rejected_counted_bridge_survives(tmp_path: Path, brok
         c.loop_stop()
         hubc.loop_stop()
         bridge.stop()
+
+
+def test_store_unavailable_batch_is_retried_not_rejected(tmp_path: Path, broker: Broker, mqtt_hub: Hub) -> None:
+    import sqlite3
+
+    cfg = provision(mqtt_hub, tmp_path, "cam7")
+    failures = {"left": 2}
+
+    def flaky_store(db: Any, events: Any) -> None:  # the write fails like a locked database, twice
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+
+    mqtt_hub.hooks.on("events.ingested", flaky_store)
+    bridge = Bridge(mqtt_hub).start()
+    link = Link(parse_config(cfg)).start()
+    try:
+        assert bridge.wait_connected(10) and link.wait_connected(10)
+        for i in range(50):
+            link.publish_event(messages.Event(kind="fire", count=i))
+        assert link.flush(30)
+        wait_for(lambda: count_events(mqtt_hub) == 50, 30, "all 50 events after the store came back")
+        assert failures["left"] == 0
+        assert mqtt_hub.store.connect().execute("SELECT COUNT(*) FROM ingest_rejects").fetchone()[0] == 0
+    finally:
+        link.stop()
+        bridge.stop()
