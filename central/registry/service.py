@@ -283,7 +283,7 @@ class Registrar:
                  cipher: Any) -> None:
         self.hub, self.db, self.actor, self.default_org, self.cipher = hub, db, actor, default_org, cipher
         self.conn = db.conn
-        self.pending: list[tuple[Any, ...]] = []  # entity rows, and per row its feed record
+        self.pending: list[tuple[Any, ...]] = []  # queued entity rows; feeds[i] is pending[i]'s feed record
         self.feeds: list[dict[str, Any]] = []
         self.link_rows: list[tuple[Any, ...]] = []
         self.alias_rows: list[tuple[Any, ...]] = []

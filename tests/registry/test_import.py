@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from central.hub import Hub
 from central.registry import service as svc
 from central.registry.cli import app as cli_app
+from central.registry.ids import make_id
 from central.registry.importer import read_csv
 from central.settings import Settings
 from tests.registry.conftest import Api, id_card, uscc
@@ -135,3 +136,28 @@ def test_import_100k_rows_csv(tmp_path: Path, hub: Hub, admin_a: Api, city: dict
     assert {h["name"] for h in hits} == {f"消防栓 hydrant {i}" for i in range(100_000)
                                          if "4242" in str(i) and i % 1000 != 999}
     print(f"100k CSV import: {took:.1f}s wall, {cpu:.1f}s CPU ({report.created / took:.0f} rows/s wall)")
+
+
+def test_import_leaves_connection_and_gc_as_it_found_them(hub: Hub, city: dict[str, str]) -> None:
+    """The importer switches off cyclic GC and FK probes and enlarges the page cache for its duration only."""
+    import gc
+
+    conn = hub.store.conn
+    fk, cache = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("foreign_keys", "cache_size"))
+    rows: list[tuple[int, dict[str, object] | Exception]] = [
+        (1, {"type": "object", "region": "330106", "name": "lamp",
+             "links": [{"rel": "attached_to", "target": city["building"]},
+                       {"rel": "managed_by", "target": city["enterprise"]}]}),
+        (2, ValueError("broken row")),
+        (3, {"type": "object", "region": "330106", "name": "ghost parent",
+             "links": [{"rel": "attached_to", "target": make_id("place", "330106", 999_999)},
+                       {"rel": "managed_by", "target": city["enterprise"]}]}),
+    ]
+    report = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), rows, org="/city/district-a")
+    assert report.created == 1 and [e["row"] for e in report.errors] == [2, 3]
+    assert gc.isenabled()
+    assert fk == 1 and conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == cache
+    # with FK probes off, the registrar's own target check is what keeps links whole: none dangles
+    assert conn.execute("SELECT count(*) FROM registry_links l LEFT JOIN registry_entities e ON e.id = l.dst"
+                        " WHERE e.id IS NULL").fetchone()[0] == 0
