@@ -43,10 +43,10 @@ o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
 s=-
 c=IN IP[media_ip_type] [media_ip]
 t=0 0
-m=audio [media_port] RTP/AVP 0 101
+m=audio [media_port] RTP/AVP 0 {dtmf_pt}
 a=rtpmap:0 PCMU/8000
-a=rtpmap:101 telephone-event/8000
-a=fmtp:101 0-15
+a=rtpmap:{dtmf_pt} telephone-event/8000
+a=fmtp:{dtmf_pt} 0-15
 ]]></send>
   <recv request="ACK" optional="false" rrs="true"/>
   <pause milliseconds="{dtmf_after_ms}"/>
@@ -136,13 +136,41 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def start_uas(work: Path, dtmf_after_ms: int) -> tuple[subprocess.Popen[bytes], int]:
-    pcap = "/usr/share/sip-tester/dtmf_2833_1.pcap"
+# SIPp replays its pcap bytes verbatim (telephone-event as PT 101), but pjsua offers telephone-event/8000
+# on a dynamic PT that depends on the codec set: 120 with the engine's codec priorities, 121 with pjsua's
+# defaults (the bare caller). A receiver drops events on a PT it did not offer, so each run replays a copy
+# rewritten to the PT its caller offers (seen in the INVITEs with BENCH_DEBUG=1, which traces SIPp).
+ROBOT_DTMF_PT = 120
+BARE_DTMF_PT = 121
+
+
+def pcap_with_payload_type(src: Path, dst: Path, pt: int) -> Path:
+    """Copy a pcap (Ethernet/IPv4/UDP/RTP) with every RTP payload type set to `pt`, UDP checksum zeroed."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        pkt = off + 16
+        ip = pkt + 14
+        udp = ip + (data[ip] & 0x0F) * 4
+        data[udp + 6 : udp + 8] = b"\0\0"  # "no checksum" is valid for UDP over IPv4
+        rtp = udp + 8
+        data[rtp + 1] = (data[rtp + 1] & 0x80) | pt
+        off = pkt + incl
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def start_uas(work: Path, dtmf_after_ms: int, dtmf_pt: int) -> tuple[subprocess.Popen[bytes], int]:
+    pcap = pcap_with_payload_type(Path("/usr/share/sip-tester/dtmf_2833_1.pcap"), work / "dtmf_1.pcap", dtmf_pt)
     xml = work / "uas.xml"
-    xml.write_text(UAS_XML.format(dtmf_after_ms=dtmf_after_ms, pcap=pcap))
+    xml.write_text(UAS_XML.format(dtmf_after_ms=dtmf_after_ms, pcap=pcap, dtmf_pt=dtmf_pt))
     port = free_port()
     proc = subprocess.Popen(["sipp", "-sf", str(xml), "-i", "127.0.0.1", "-p", str(port), "-mp",
-                             str(free_port()), "-nostdin", "-max_socket", "2000"],
+                             str(free_port()), "-nostdin", "-max_socket", "2000",
+                             *(["-trace_msg"] if os.environ.get("BENCH_DEBUG") else [])],
                             cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     return proc, port
@@ -184,6 +212,8 @@ def run_robot(work: Path, uas_port: int, calls: int, cps: float, workers: int) -
     if proc.returncode != 0 or "Traceback" in proc.stderr:
         print(proc.stderr[-3000:], file=sys.stderr)
     rows = svc.cdrs(hub, tid)
+    if os.environ.get("BENCH_DEBUG"):
+        print("transcript:", rows[0].get("transcript"), rows[0].get("answers"))
     spans = [(datetime.fromisoformat(r["answered_at"]), datetime.fromisoformat(r["ended_at"])) for r in rows
              if r["answered_at"]]
     events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
@@ -237,16 +267,16 @@ def main() -> None:
     if shutil.which("sipp") is None:
         sys.exit("sipp (Debian package sip-tester) is required")
     with tempfile.TemporaryDirectory(prefix="dialer-bench-") as td:
-        work = Path(td)
+        work = Path(os.environ.get("BENCH_DEBUG_DIR") or td)
         (work / "robot").mkdir()
         (work / "bare").mkdir()
-        uas, port = start_uas(work / "robot", dtmf_after_ms=7500)
+        uas, port = start_uas(work / "robot", dtmf_after_ms=9500, dtmf_pt=ROBOT_DTMF_PT)
         try:
             robot = run_robot(work / "robot", port, args.calls, args.cps, args.workers)
         finally:
             stop_uas(uas)
         print(f"robot: {json.dumps({k: round(v, 3) for k, v in robot.items()})}")
-        uas, port = start_uas(work / "bare", dtmf_after_ms=7500)
+        uas, port = start_uas(work / "bare", dtmf_after_ms=9500, dtmf_pt=BARE_DTMF_PT)
         try:
             bare = run_bare(work / "bare", port, args.calls, args.cps, hold_s=robot["avg_call_s"] or 20.0,
                             workers=args.workers)
