@@ -49,6 +49,15 @@ def hash_password(passwd_file: Path, username: str, password: str) -> None:
                    capture_output=True)
 
 
+def set_user(passwd_file: Path, acl_file: Path, username: str, password: str, acl: str) -> None:
+    """Give `username` a password and exactly the ACL block `acl` (replacing any block it had)."""
+    hash_password(passwd_file, username, password)
+    text = acl_file.read_text() if acl_file.exists() else ""
+    blocks = [b for b in text.split("\n\n") if b.strip() and not b.startswith(f"user {username}\n")]
+    blocks.append(acl.strip() + "\n")
+    acl_file.write_text("\n".join(b.strip() + "\n" for b in blocks))
+
+
 def remove_password(passwd_file: Path, username: str) -> None:
     if passwd_file.exists():
         subprocess.run([MOSQUITTO_PASSWD, "-D", str(passwd_file), username], check=False, capture_output=True)
@@ -125,11 +134,7 @@ class BrokerConfig:
         return self.conf
 
     def add_user(self, username: str, password: str, acl: str) -> None:
-        hash_password(self.passwd, username, password)
-        text = self.acl.read_text() if self.acl.exists() else ""
-        blocks = [b for b in text.split("\n\n") if b.strip() and not b.startswith(f"user {username}\n")]
-        blocks.append(acl.strip() + "\n")
-        self.acl.write_text("\n\n".join(b.strip() + "\n" for b in blocks).replace("\n\n\n", "\n\n"))
+        set_user(self.passwd, self.acl, username, password, acl)
 
 
 class Broker:

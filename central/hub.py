@@ -48,9 +48,6 @@ class Hooks:
         for fn in self._fns.get(name, []):
             fn(*args, **kwargs)
 
-    def has(self, name: str) -> bool:
-        return bool(self._fns.get(name))
-
 
 class Hub:
     def __init__(self, settings: Settings, store: Store | None = None) -> None:

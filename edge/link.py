@@ -268,9 +268,3 @@ class Link:
                 self.client.publish(
                     topics.heartbeat(self.site, self.device), hb.model_dump_json().encode(), qos=0
                 )
-
-    def send_heartbeat_now(self) -> None:
-        if self.connected:
-            self.client.publish(
-                topics.heartbeat(self.site, self.device), self.heartbeat().model_dump_json().encode(), qos=0
-            )

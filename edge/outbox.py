@@ -100,11 +100,7 @@ class Outbox:
                 if self._count + 1 <= self.max_messages and self._bytes + size <= self.max_bytes:
                     break
         if dropped:
-            self.dropped += dropped
-            self._db.execute(
-                "INSERT INTO meta (k, v) VALUES ('dropped', ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
-                (self.dropped,),
-            )
+            self._bump_dropped(dropped)
         return self._bytes + size <= self.max_bytes
 
     def _bump_dropped(self, n: int) -> None:

@@ -76,10 +76,7 @@ class DeviceService:
         m = self.hub.settings.mqtt
         if m.passwd_file is None or m.acl_file is None:
             return
-        broker.hash_password(m.passwd_file, username, password)
-        text = m.acl_file.read_text() if m.acl_file.exists() else ""
-        text = text.rstrip("\n") + "\n\n" + broker.device_acl(username, site, device)
-        m.acl_file.write_text(text.lstrip("\n"))
+        broker.set_user(m.passwd_file, m.acl_file, username, password, broker.device_acl(username, site, device))
         if m.pid_file is not None:
             broker.reload_pid_file(m.pid_file)
 
