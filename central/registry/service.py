@@ -55,8 +55,14 @@ ENTITY_COLS = (
     "id", "type", "region", "name", "address", "org", "ext_kind", "ext_bi", "ext_enc", "ext_masked",
     "phone_enc", "grid", "valid_from", "valid_to", "attrs", "status", "created_by", "created_at", "updated_at",
 )
+# the rowid is given explicitly: links and the FTS index refer to entities by it
 _INSERT_ENTITY = (
-    f"INSERT INTO registry_entities ({', '.join(ENTITY_COLS)}) VALUES ({', '.join('?' * len(ENTITY_COLS))})"
+    f"INSERT INTO registry_entities (rowid, {', '.join(ENTITY_COLS)})"
+    f" VALUES ({', '.join('?' * (len(ENTITY_COLS) + 1))})"
+)
+_INSERT_LINK = (
+    "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at, src_rid, dst_rid)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 EXT_KIND = {"person": "id_card", "enterprise": "uscc", "object": "registry.source", "place": "registry.source"}
 MAX_DEPTH = 64
@@ -263,6 +269,12 @@ def _check_entity(item: EntityIn) -> None:
         raise RegistryError("valid_to", "must be after valid_from")
     if item.links and t in ("person", "enterprise"):
         raise RegistryError("links", f"a {t} is a link target, not a source")
+    if len(item.links) > 1:
+        seen: dict[tuple[str, str], int] = {}
+        for i, lk in enumerate(item.links):
+            j = seen.setdefault((lk.rel, lk.target), i)
+            if j != i:
+                raise RegistryError(f"links.{i}", f"repeats links.{j} ({lk.rel} {lk.target})")
     if t == "object":
         rels = {lk.rel for lk in item.links}
         if rels.isdisjoint(PHYSICAL) or rels.isdisjoint(BUSINESS):
@@ -290,6 +302,9 @@ class Registrar:
         self.counters: dict[tuple[str, str], int] = {}
         self.new_types: dict[str, str] = {}  # ids prepared in this batch -> type
         self.type_cache: dict[str, str | None] = {}
+        self.rids: dict[str, int] = {}  # entity id -> rowid, for link rows (stored and prepared entities)
+        self.next_rid = 0  # rowid of the next prepared entity (0: not read yet; we hold the write lock)
+        self.flushed_rid = 0
         self.pending_ext: dict[str, str] = {}
         self.pending_alias: dict[tuple[str, str], str] = {}
         self.allowed_orgs: dict[str, bool] = {}
@@ -352,9 +367,11 @@ class Registrar:
             return self.new_types[eid]
         if eid not in self.type_cache:
             r = self.conn.execute(
-                "SELECT type FROM registry_entities WHERE id = ? AND status = 'active'", (eid,)
+                "SELECT type, rowid FROM registry_entities WHERE id = ? AND status = 'active'", (eid,)
             ).fetchone()
             self.type_cache[eid] = r[0] if r else None
+            if r:
+                self.rids[eid] = r[1]
         return self.type_cache[eid]
 
     def alias_target(self, org: str, local_id: str) -> str | None:
@@ -439,6 +456,11 @@ class Registrar:
         serial = self.counters.get(key) or self.next_serial(*key)
         eid = make_id(etype, region, serial)
         self.counters[key] = serial + 1
+        rid = self.next_rid
+        if not rid:
+            rid = self.flushed_rid = self.conn.execute(
+                "SELECT coalesce(max(rowid), 0) + 1 FROM registry_entities").fetchone()[0]
+        self.next_rid = rid + 1
         ext_enc = ext_masked = phone_enc = None
         ext_key = item.external_key
         if ext_key is not None:
@@ -456,7 +478,7 @@ class Registrar:
         ext_kind = EXT_KIND[etype] if bi else None
         name, address, grid, local_id = item.name, item.address, item.grid, item.local_id
         who, ts = self.actor.name, self.ts
-        ent = (eid, etype, region, name, address, org, ext_kind, bi, ext_enc, ext_masked, phone_enc, grid, vf, vt,
+        ent = (rid, eid, etype, region, name, address, org, ext_kind, bi, ext_enc, ext_masked, phone_enc, grid, vf, vt,
                _dumps(attrs) if attrs else "{}", "active", who, ts, ts)
         # the feed omits empty fields: it is most of the bulk write volume
         feed: dict[str, Any] = {"type": etype, "region": region, "name": name, "org": org}
@@ -478,19 +500,33 @@ class Registrar:
             feed["local_id"] = local_id
         if links:
             feed["links"] = [{"rel": r, "dst": d} for r, d, _ in links]
-            self.link_rows.extend([(eid, rel, dst, cat, org, who, ts) for rel, dst, cat in links])
+            rids = self.rids
+            self.link_rows.extend([(eid, rel, dst, cat, org, who, ts, rid, rids[dst]) for rel, dst, cat in links])
         if local_id is not None:
             self.alias_rows.append((org, local_id, eid, who, ts))
             self.pending_alias[(org, local_id)] = eid
         self.pending.append(ent)
         self.feeds.append(feed)
         self.new_types[eid] = etype
+        self.rids[eid] = rid
         if bi is not None:
             self.pending_ext[bi] = eid
         return eid
 
     def discard(self) -> None:
-        """Drop the queued rows (the caller rolled back to before them)."""
+        """Drop the queued rows (the caller rolled back to before them): later rows must not find them."""
+        for e in self.pending:
+            eid, bi = e[1], e[8]
+            self.new_types.pop(eid, None)
+            self.rids.pop(eid, None)
+            if bi is not None and self.pending_ext.get(bi) == eid:
+                del self.pending_ext[bi]
+        for org, local_id, *_ in self.alias_rows:
+            self.pending_alias.pop((org, local_id), None)
+        self.next_rid = self.flushed_rid
+        self._clear()
+
+    def _clear(self) -> None:
         self.pending.clear()
         self.feeds.clear()
         self.link_rows.clear()
@@ -501,7 +537,7 @@ class Registrar:
         if not self.pending:
             return 0
         c = self.conn
-        high = c.execute("SELECT coalesce(max(rowid), 0) FROM registry_entities").fetchone()[0]
+        high = self.pending[0][0] - 1
         c.executemany(_INSERT_ENTITY, self.pending)
         # FTS kept in step here, not by triggers: a trigger opens a statement savepoint per row and FTS5
         # flushes its pending terms at every savepoint, which made bulk inserts ~7x slower.
@@ -511,18 +547,14 @@ class Registrar:
             (high,),
         )
         if self.link_rows:
-            c.executemany(
-                "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                self.link_rows,
-            )
+            c.executemany(_INSERT_LINK, self.link_rows)
         if self.alias_rows:
             c.executemany("INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)", self.alias_rows)
         ts = self.ts
         c.executemany(
             "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, 'entity.create', ?, ?, ?)",
             # pydantic-core's serializer: a third of json's cost, and feed data need no key order
-            [(ts, e[0], e[5], to_json(f).decode()) for e, f in zip(self.pending, self.feeds, strict=True)],
+            [(ts, e[1], e[6], to_json(f).decode()) for e, f in zip(self.pending, self.feeds, strict=True)],
         )
         c.executemany(
             "INSERT INTO registry_serials (type_code, region, next) VALUES (?, ?, ?)"
@@ -530,7 +562,8 @@ class Registrar:
             [(k[0], k[1], v) for k, v in self.counters.items()],
         )
         n = len(self.pending)
-        self.discard()
+        self.flushed_rid = self.next_rid
+        self._clear()
         return n
 
 
@@ -1057,8 +1090,8 @@ def add_link(hub: Hub, actor: Actor, src: str, rel: str, dst: str) -> dict[str, 
         raise _deny(hub, actor, "registry.write", src_org, src, "src")
     with hub.store.tx() as db:
         c = db.conn
-        s = c.execute("SELECT type, org FROM registry_entities WHERE id = ?", (src,)).fetchone()
-        d = c.execute("SELECT type FROM registry_entities WHERE id = ?", (dst,)).fetchone()
+        s = c.execute("SELECT type, org, rowid FROM registry_entities WHERE id = ?", (src,)).fetchone()
+        d = c.execute("SELECT type, rowid FROM registry_entities WHERE id = ?", (dst,)).fetchone()
         if d is None:
             raise NotFound("dst", f"{dst} is not registered")
         if s[0] not in ("object", "place"):
@@ -1072,19 +1105,15 @@ def add_link(hub: Hub, actor: Actor, src: str, rel: str, dst: str) -> dict[str, 
                 raise Conflict("dst", "an entity cannot be its own parent")
             # walk up from the new parent: meeting src there means the link would close a loop
             hit = c.execute(
-                "WITH RECURSIVE up(id) AS (SELECT ? UNION SELECT l.dst FROM registry_links l"
-                " JOIN up ON l.src = up.id WHERE l.rel IN ('attached_to', 'belongs_to', 'contained_in'))"
+                "WITH RECURSIVE up(id) AS (SELECT ? UNION SELECT l.dst_rid FROM registry_links l"
+                " JOIN up ON l.src_rid = up.id WHERE l.rel IN ('attached_to', 'belongs_to', 'contained_in'))"
                 " SELECT 1 FROM up WHERE id = ?",
-                (dst, src),
+                (d[1], s[2]),
             ).fetchone()
             if hit:
                 raise Conflict("dst", f"{dst} already lies under {src}: the link would make a cycle")
         try:
-            cur = c.execute(
-                "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (src, rel, dst, cat, s[1], actor.name, _now()),
-            )
+            cur = c.execute(_INSERT_LINK, (src, rel, dst, cat, s[1], actor.name, _now(), s[2], d[1]))
         except sqlite3.IntegrityError:
             raise Conflict("rel", f"{src} {rel} {dst} already exists") from None
         link = {"id": cur.lastrowid, "src": src, "rel": rel, "dst": dst, "category": cat}
@@ -1111,8 +1140,9 @@ def remove_link(hub: Hub, actor: Actor, link_id: int) -> dict[str, Any]:
         src, rel, dst, cat, org, stype = r
         if stype == "object":
             left = c.execute(
-                "SELECT count(*) FROM registry_links WHERE src = ? AND category = ? AND id != ?",
-                (src, cat, link_id),
+                "SELECT count(*) FROM registry_links WHERE src_rid = (SELECT src_rid FROM registry_links"
+                " WHERE id = ?) AND category = ? AND id != ?",
+                (link_id, cat, link_id),
             ).fetchone()[0]
             if left == 0:
                 raise Conflict("link_id", f"{src} would lose its last {cat} link (an object needs one)")
@@ -1139,10 +1169,11 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
     if not 1 <= limit <= 100000:
         raise RegistryError("limit", "1..100000")
     get_entity(hub, actor, eid)  # the start must exist and be visible
+    rid = _rid(hub, eid)
     vis = visibility(hub, actor)
     clause, args = org_clause("e.org", vis.orgs())
-    step, start = ("l.src", "l.dst") if down else ("l.dst", "l.src")
-    # down: (dst, category, src) index; up: UNIQUE(src, rel, dst) index, so filter on rel, not category
+    step, start = ("l.src_rid", "l.dst_rid") if down else ("l.dst_rid", "l.src_rid")
+    # down: (dst_rid, category, src_rid) index; up: UNIQUE(src_rid, rel, dst_rid), so filter on rel there
     cat = "l.category = 'physical'" if down else f"l.rel IN ({', '.join(repr(r) for r in PHYSICAL)})"
     tclause = " AND e.type = ?" if type else ""
     # UNION ALL: no dedupe b-tree per step (a third of the walk's cost). Physical links are acyclic, so the
@@ -1152,9 +1183,9 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
         f"WITH RECURSIVE w(id, depth) AS (SELECT ?, 0 UNION ALL SELECT {step}, w.depth + 1"
         f" FROM registry_links l JOIN w ON {start} = w.id WHERE {cat} AND w.depth < ? LIMIT {cap}),"
         f" m AS (SELECT id, min(depth) AS d FROM w WHERE depth > 0 GROUP BY id)"
-        f" SELECT e.id, e.type, e.name, e.org, m.d FROM m JOIN registry_entities e ON e.id = m.id"
+        f" SELECT e.id, e.type, e.name, e.org, m.d FROM m JOIN registry_entities e ON e.rowid = m.id"
         f" WHERE {clause}{tclause} ORDER BY m.d, e.id LIMIT ?",
-        (eid, depth, *args, *([type] if type else []), limit),
+        (rid, depth, *args, *([type] if type else []), limit),
     ).fetchall()
     show = _name_visibility(vis)
     # a walk returns thousands of rows from a handful of orgs: decide per org once, then build the items in
@@ -1167,6 +1198,13 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
         items = [{"id": i, "type": t, "depth": d, "org": o, "name": n} if o in named
                  else {"id": i, "type": t, "depth": d, "org": o} for i, t, n, o, d in rows]
     return {"id": eid, "depth": depth, "items": items, "truncated": len(items) == limit}
+
+
+def _rid(hub: Hub, eid: str) -> int:
+    r = hub.store.conn.execute("SELECT rowid FROM registry_entities WHERE id = ?", (eid,)).fetchone()
+    if r is None:
+        raise NotFound("id", f"{eid} is not registered")
+    return int(r[0])
 
 
 def _name_visibility(vis: Visibility) -> Callable[[str], bool]:
@@ -1195,12 +1233,14 @@ def links_of(hub: Hub, actor: Actor, eid: str) -> dict[str, Any]:
     """Direct links both ways (outgoing: this entity's parents/owners; incoming: its children/holdings)."""
     eid = _id_arg(eid)
     get_entity(hub, actor, eid)
+    rid = _rid(hub, eid)
     c = hub.store.conn
     cols = ("id", "src", "rel", "dst", "category")
     out = [dict(zip(cols, r, strict=True)) for r in c.execute(
-        "SELECT id, src, rel, dst, category FROM registry_links WHERE src = ? ORDER BY id", (eid,))]
+        "SELECT id, src, rel, dst, category FROM registry_links WHERE src_rid = ? ORDER BY id", (rid,))]
     inc = [dict(zip(cols, r, strict=True)) for r in c.execute(
-        "SELECT id, src, rel, dst, category FROM registry_links WHERE dst = ? ORDER BY id LIMIT 10000", (eid,))]
+        "SELECT id, src, rel, dst, category FROM registry_links WHERE dst_rid = ? ORDER BY id LIMIT 10000",
+        (rid,))]
     return {"id": eid, "outgoing": out, "incoming": inc}
 
 
@@ -1210,16 +1250,17 @@ def linked(hub: Hub, actor: Actor, eid: str, depth: int = 2, limit: int = 10000)
     eid = _id_arg(eid)
     _depth(depth)
     get_entity(hub, actor, eid)
+    rid = _rid(hub, eid)
     vis = visibility(hub, actor)
     clause, args = org_clause("e.org", vis.orgs())
     rows = hub.store.conn.execute(
         "WITH RECURSIVE w(id, depth, rel) AS ("
-        " SELECT src, 1, rel FROM registry_links WHERE dst = ? AND category = 'business'"
-        " UNION SELECT l.src, w.depth + 1, l.rel FROM registry_links l JOIN w ON l.dst = w.id"
+        " SELECT src_rid, 1, rel FROM registry_links WHERE dst_rid = ? AND category = 'business'"
+        " UNION SELECT l.src_rid, w.depth + 1, l.rel FROM registry_links l JOIN w ON l.dst_rid = w.id"
         " WHERE l.category = 'physical' AND w.depth < ?)"
         f" SELECT e.id, e.type, e.name, e.org, min(w.depth) AS d, w.rel FROM w"
-        f" JOIN registry_entities e ON e.id = w.id WHERE {clause} GROUP BY e.id ORDER BY d, e.id LIMIT ?",
-        (eid, depth, *args, limit),
+        f" JOIN registry_entities e ON e.rowid = w.id WHERE {clause} GROUP BY e.id ORDER BY d, e.id LIMIT ?",
+        (rid, depth, *args, limit),
     ).fetchall()
     show = _name_visibility(vis)
     items = []

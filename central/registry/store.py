@@ -116,4 +116,41 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.conn.execute("DROP INDEX registry_links_dst")
 
 
-MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3)]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Links keyed by entity rowid (`src_rid`, `dst_rid`): the walks join integers and reach each entity by
+    its rowid in one b-tree descent, where text ids took two (the id index, then the row); integer index
+    entries are also a third the size, so bulk link inserts touch fewer pages. The text ids stay in the row
+    (feed, API) but are no longer indexed. Entity rowids are stable: entities are never deleted, the hub
+    never VACUUMs, backups copy pages, and the FTS index already relies on the same rowids.
+
+    Also: the grid index becomes partial (most entities have no grid cell; a NULL entry per row cost every
+    insert a b-tree write for nothing; `grid >= ? AND grid < ?` implies NOT NULL, so queries still use it)."""
+    c = db.conn
+    c.execute("""
+        CREATE TABLE registry_links_v4 (
+            id INTEGER PRIMARY KEY,
+            src TEXT NOT NULL REFERENCES registry_entities(id),
+            rel TEXT NOT NULL,
+            dst TEXT NOT NULL REFERENCES registry_entities(id),
+            category TEXT NOT NULL,
+            org TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            src_rid INTEGER NOT NULL,
+            dst_rid INTEGER NOT NULL,
+            UNIQUE (src_rid, rel, dst_rid)
+        )""")
+    c.execute(
+        "INSERT INTO registry_links_v4 SELECT l.id, l.src, l.rel, l.dst, l.category, l.org, l.created_by,"
+        " l.created_at, s.rowid, d.rowid FROM registry_links l"
+        " JOIN registry_entities s ON s.id = l.src JOIN registry_entities d ON d.id = l.dst ORDER BY l.id"
+    )
+    c.execute("DROP TABLE registry_links")
+    c.execute("ALTER TABLE registry_links_v4 RENAME TO registry_links")
+    # down walks, incoming links and "what is linked to this enterprise": covering, read from the index only
+    c.execute("CREATE INDEX registry_links_down ON registry_links(dst_rid, category, src_rid)")
+    c.execute("DROP INDEX registry_entities_grid")
+    c.execute("CREATE INDEX registry_entities_grid ON registry_entities(grid) WHERE grid IS NOT NULL")
+
+
+MIGRATIONS = [(1, _v1), (2, _v2), (3, _v3), (4, _v4)]

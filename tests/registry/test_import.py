@@ -161,3 +161,47 @@ def test_import_leaves_connection_and_gc_as_it_found_them(hub: Hub, city: dict[s
     # with FK probes off, the registrar's own target check is what keeps links whole: none dangles
     assert conn.execute("SELECT count(*) FROM registry_links l LEFT JOIN registry_entities e ON e.id = l.dst"
                         " WHERE e.id IS NULL").fetchone()[0] == 0
+
+
+def test_links_carry_the_rowids_of_their_ends_and_repeats_are_refused(hub: Hub, city: dict[str, str]) -> None:
+    link = [{"rel": "contained_in", "target": city["building"]}, {"rel": "managed_by", "target": city["enterprise"]}]
+    rows: list[tuple[int, dict[str, object] | Exception]] = [
+        (1, {"type": "object", "region": "330106", "name": "floor", "local_id": "F1", "links": link}),
+        (2, {"type": "object", "region": "330106", "name": "room", "local_id": "R1",
+             "links": [{"rel": "contained_in", "target": "@F1"}, link[1]]}),
+        (3, {"type": "object", "region": "330106", "name": "twice", "links": [*link, link[0]]}),
+    ]
+    report = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), rows, org="/city/district-a")
+    assert report.created == 2
+    repeat = f"repeats links.0 (contained_in {city['building']})"
+    assert report.errors == [{"row": 3, "field": "links.2", "error": repeat}]
+    conn = hub.store.conn
+    assert conn.execute("SELECT count(*) FROM registry_links l JOIN registry_entities s ON s.id = l.src"
+                        " JOIN registry_entities d ON d.id = l.dst WHERE l.src_rid != s.rowid OR l.dst_rid != d.rowid"
+                        ).fetchone()[0] == 0
+    room = report.ids[1]["id"]
+    assert [i["id"] for i in svc.ancestors(hub, svc.SystemActor("t"), room)["items"]] == [
+        report.ids[0]["id"], city["building"]]
+
+
+def test_a_discarded_row_leaves_nothing_later_rows_can_find(hub: Hub, city: dict[str, str]) -> None:
+    """After a row is rolled back (the row-by-row fallback), neither its alias, its external key nor its id
+    may satisfy a later row: with FK probes off during imports, that would leave a dangling link."""
+    link = [{"rel": "contained_in", "target": city["building"]}, {"rel": "managed_by", "target": city["enterprise"]}]
+    with hub.store.tx() as db:
+        reg = svc.Registrar(hub, db, svc.SystemActor("t", "/city/district-a"), "/city/district-a", svc._cipher(hub))
+        first = svc._parse({"type": "object", "region": "330106", "name": "gone", "local_id": "G1",
+                            "external_key": "sys:G1", "links": link})
+        eid = reg.prepare(first)
+        reg.discard()
+        with pytest.raises(svc.RegistryError, match="no local id 'G1'"):
+            reg.prepare(svc._parse({"type": "object", "region": "330106", "name": "child",
+                                    "links": [{"rel": "contained_in", "target": "@G1"}, link[1]]}))
+        with pytest.raises(svc.NotFound, match="not registered"):
+            reg.prepare(svc._parse({"type": "object", "region": "330106", "name": "child",
+                                    "links": [{"rel": "contained_in", "target": eid}, link[1]]}))
+        again = reg.prepare(svc._parse({"type": "object", "region": "330106", "name": "back", "local_id": "G1",
+                                        "external_key": "sys:G1", "links": link}))
+        reg.flush()
+    row = hub.store.conn.execute("SELECT rowid FROM registry_entities WHERE id = ?", (again,)).fetchone()
+    assert row is not None
