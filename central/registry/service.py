@@ -666,7 +666,7 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[tuple[int, dict[str, Any]
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        with _bulk_pragmas(hub.store.conn):
+        with _bulk_pragmas(hub.store.conn), hub.store.background_checkpoints(hub.store.conn):
             for r in rows:
                 batch.append(r)
                 if len(batch) >= chunk:

@@ -7,6 +7,7 @@ Connections are per thread (FastAPI runs sync routes in a thread pool; SQLite ha
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
+
+log = logging.getLogger("citybrain.store")
 
 Migration = tuple[int, Callable[[sqlite_utils.Database], None]]
 
@@ -83,6 +86,41 @@ class Store:
             # Some DDL helpers (executescript, sqlite-utils' enable_fts) commit on their own.
             if db.conn.in_transaction:
                 db.conn.execute("COMMIT")
+
+    @contextmanager
+    def background_checkpoints(self, conn: sqlite3.Connection, interval: float = 0.2) -> Iterator[None]:
+        """For a long run of write transactions on `conn` (a bulk import): its commits stop checkpointing
+        the WAL themselves and a thread with its own connection does it (PASSIVE: never blocks the writer).
+        SQLite runs the checkpoint with the GIL released, so the copy-back to the database file overlaps the
+        writer on a second core instead of stalling every commit; a page rewritten by several commits is
+        copied back once. A last checkpoint runs before returning, so the caller leaves no backlog for the
+        next (small) commit of somebody else to pay."""
+        if str(self.path) == ":memory:" or conn.in_transaction:
+            yield
+            return
+        prev = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        stop = threading.Event()
+
+        def run() -> None:
+            c = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+            try:
+                while not stop.wait(interval):
+                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as e:  # the writer's own checkpoints resume afterwards: nothing is lost
+                log.warning("background checkpoint stopped: %s", e)
+            finally:
+                c.close()
+
+        t = threading.Thread(target=run, name="wal-checkpoint", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join()
+            conn.execute(f"PRAGMA wal_autocheckpoint = {int(prev)}")
 
     def migrate(self) -> list[str]:
         """Apply missing migrations of every capability; returns what was applied ("cap:version")."""
