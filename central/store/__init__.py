@@ -45,6 +45,7 @@ class Store:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.background_checkpoint_passes = 0
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
@@ -105,9 +106,12 @@ class Store:
         def run() -> None:
             c = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
             try:
-                while not stop.wait(interval):
+                while True:
+                    last = stop.wait(interval)
                     c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.background_checkpoint_passes += 1
+                    if last:
+                        break
             except sqlite3.Error as e:  # the writer's own checkpoints resume afterwards: nothing is lost
                 log.warning("background checkpoint stopped: %s", e)
             finally:

@@ -143,7 +143,8 @@ def test_import_leaves_connection_and_gc_as_it_found_them(hub: Hub, city: dict[s
     import gc
 
     conn = hub.store.conn
-    fk, cache = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("foreign_keys", "cache_size"))
+    fk, cache, ckpt = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                       for p in ("foreign_keys", "cache_size", "wal_autocheckpoint"))
     rows: list[tuple[int, dict[str, object] | Exception]] = [
         (1, {"type": "object", "region": "330106", "name": "lamp",
              "links": [{"rel": "attached_to", "target": city["building"]},
@@ -158,6 +159,9 @@ def test_import_leaves_connection_and_gc_as_it_found_them(hub: Hub, city: dict[s
     assert gc.isenabled()
     assert fk == 1 and conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA cache_size").fetchone()[0] == cache
+    assert ckpt == 1000 and conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == ckpt
+    # the background checkpointer ran (at least its closing pass), so no backlog is left to the next writer
+    assert hub.store.background_checkpoint_passes >= 1
     # with FK probes off, the registrar's own target check is what keeps links whole: none dangles
     assert conn.execute("SELECT count(*) FROM registry_links l LEFT JOIN registry_entities e ON e.id = l.dst"
                         " WHERE e.id IS NULL").fetchone()[0] == 0
