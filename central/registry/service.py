@@ -9,15 +9,19 @@ lies under its `registry.read` scopes, plus the owner orgs of approved, in-perio
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+import queue
 import re
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -313,6 +317,8 @@ class Registrar:
         self.known_ext: dict[str, str] | None = None
         self.known_alias: dict[tuple[str, str], str] | None = None
         self.ts = _now()
+        # wraps the chunk's one long SQLite call (the FTS insert): a bulk import lets its parser run there
+        self.window: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
     def prefetch(self, items: list[tuple[EntityIn, str | None]]) -> None:
         """Load, in a few IN-queries, the external keys and local ids a chunk refers to (a point query per
@@ -541,11 +547,12 @@ class Registrar:
         c.executemany(_INSERT_ENTITY, self.pending)
         # FTS kept in step here, not by triggers: a trigger opens a statement savepoint per row and FTS5
         # flushes its pending terms at every savepoint, which made bulk inserts ~7x slower.
-        c.execute(
-            "INSERT INTO registry_entities_fts (rowid, name, address)"
-            " SELECT rowid, name, address FROM registry_entities WHERE rowid > ?",
-            (high,),
-        )
+        with self.window():
+            c.execute(
+                "INSERT INTO registry_entities_fts (rowid, name, address)"
+                " SELECT rowid, name, address FROM registry_entities WHERE rowid > ?",
+                (high,),
+            )
         if self.link_rows:
             c.executemany(_INSERT_LINK, self.link_rows)
         if self.alias_rows:
@@ -611,54 +618,132 @@ def _org_of(db: sqlite_utils.Database, eid: str) -> str | None:
 Progress = Callable[[int], None]
 
 
-def import_rows(hub: Hub, actor: Actor, rows: Iterable[tuple[int, dict[str, Any] | Exception]], *,
-                org: str | None = None, chunk: int = 5000, progress: Progress | None = None) -> ImportReport:
+Parsed = tuple[int, EntityIn, str | None]
+Row = tuple[int, dict[str, Any] | Exception]
+
+
+def _parse_row(cipher: Any, line: int, raw: dict[str, Any] | Exception, parsed: list[Parsed],
+               errors: list[dict[str, Any]]) -> None:
+    """The database-free part of a row: shape, type rules, and the blind index (HMAC before the write lock,
+    so it does not hold other writers up)."""
+    try:
+        if isinstance(raw, Exception):
+            raise raw
+        item = _parse(raw)
+        _check_entity(item)
+        parsed.append((line, item, ext_index(cipher, item.type, item.external_key)))
+    except RegistryError as e:
+        errors.append({"row": line, **e.to_dict()})
+    except ValueError as e:
+        errors.append({"row": line, "field": "row", "error": str(e)})
+
+
+class _Parser(threading.Thread):
+    """Reads and parses the rows after the first chunk while the writer works on the chunk before.
+
+    Python threads share one GIL, so the parser may only run while the writer sits in a long SQLite call
+    that has released it (the FTS insert of a chunk, its COMMIT) or waits for the parser: `gate` is open
+    just then. Were the parser let loose during the writer's executemany, the writer would wait a whole
+    GIL switch interval (5 ms) after each row's step. The parser checks the gate before every row."""
+
+    def __init__(self, rows: Iterator[Row], chunk: int, cipher: Any) -> None:
+        super().__init__(name="registry-import-parser", daemon=True)
+        self.rows, self.chunk, self.cipher = rows, chunk, cipher
+        self.gate = threading.Event()
+        self.out: queue.Queue[tuple[int, list[Parsed], list[dict[str, Any]]] | BaseException | None] = (
+            queue.Queue(maxsize=1))
+        self.stopping = False
+
+    def run(self) -> None:
+        try:
+            gate = self.gate
+            while not self.stopping:
+                parsed: list[Parsed] = []
+                errors: list[dict[str, Any]] = []
+                n = 0
+                for line, raw in self.rows:
+                    if not gate.is_set():
+                        gate.wait()
+                    if self.stopping:
+                        return
+                    _parse_row(self.cipher, line, raw, parsed, errors)
+                    n += 1
+                    if n >= self.chunk:
+                        break
+                if n == 0:
+                    break
+                self.out.put((n, parsed, errors))
+            self.out.put(None)
+        except BaseException as e:  # the caller's row source failed: hand it to the writer, which raises it
+            self.out.put(e)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.gate.set()
+        while self.is_alive():
+            try:
+                self.out.get(timeout=0.05)  # unblock a pending put
+            except queue.Empty:
+                pass
+        self.join()
+
+
+def import_rows(hub: Hub, actor: Actor, rows: Iterable[Row], *, org: str | None = None, chunk: int = 5000,
+                progress: Progress | None = None) -> ImportReport:
     """Bulk registration. Each chunk of rows is validated first (per-row errors), then the valid rows are
     written in one transaction with executemany. Should the write still fail (a concurrent writer took an
     external key meanwhile), that chunk is redone row by row under SAVEPOINTs: valid rows land, a bad row
-    leaves nothing behind."""
+    leaves nothing behind. From the second chunk on, rows are parsed by a second thread while the writer
+    is inside SQLite (see `_Parser`)."""
     report = ImportReport()
     cipher = _cipher(hub)
-    batch: list[tuple[int, dict[str, Any] | Exception]] = []
+    parser: _Parser | None = None
 
-    def run(batch: list[tuple[int, dict[str, Any] | Exception]]) -> None:
-        parsed: list[tuple[int, EntityIn, str | None]] = []
-        for line, raw in batch:
-            report.total += 1
-            try:
-                if isinstance(raw, Exception):
-                    raise raw
-                item = _parse(raw)
-                _check_entity(item)
-                # blind index before taking the write lock: HMAC time should not hold other writers up
-                bi = ext_index(cipher, item.type, item.external_key)
-                parsed.append((line, item, bi))
-            except RegistryError as e:
-                report.errors.append({"row": line, **e.to_dict()})
-            except ValueError as e:
-                report.errors.append({"row": line, "field": "row", "error": str(e)})
+    @contextmanager
+    def window() -> Iterator[None]:
+        """Let the parser run while this thread is inside one long SQLite call."""
+        if parser is None:
+            yield
+            return
+        parser.gate.set()
         try:
-            with hub.store.tx() as db:
-                reg = Registrar(hub, db, actor, org, cipher)
-                reg.prefetch([(item, bi) for _, item, bi in parsed])
-                accepted: list[tuple[int, str]] = []
-                for line, item, bi in parsed:
-                    try:
-                        accepted.append((line, reg.prepare(item, bi, checked=True)))
-                    except RegistryError as e:
-                        report.errors.append({"row": line, **e.to_dict()})
-                reg.flush()
-                if accepted:
-                    _audit(db, actor, "registry.import", None, org,
-                           {"rows": len(accepted), "first": accepted[0][1], "last": accepted[-1][1]})
+            yield
+        finally:
+            parser.gate.clear()
+
+    def write(n: int, parsed: list[Parsed], errors: list[dict[str, Any]]) -> None:
+        report.total += n
+        report.errors.extend(errors)
+        accepted: list[tuple[int, str]] = []
+        try:
+            try:
+                with hub.store.tx() as db:
+                    reg = Registrar(hub, db, actor, org, cipher)
+                    reg.window = window
+                    reg.prefetch([(item, bi) for _, item, bi in parsed])
+                    for line, item, bi in parsed:
+                        try:
+                            accepted.append((line, reg.prepare(item, bi, checked=True)))
+                        except RegistryError as e:
+                            report.errors.append({"row": line, **e.to_dict()})
+                    reg.flush()
+                    if accepted:
+                        _audit(db, actor, "registry.import", None, org,
+                               {"rows": len(accepted), "first": accepted[0][1], "last": accepted[-1][1]})
+                    if parser is not None:
+                        parser.gate.set()  # the COMMIT as the `with` ends is the second long call
+            finally:
+                if parser is not None:
+                    parser.gate.clear()
         except sqlite3.IntegrityError as e:
             log.warning("bulk chunk failed (%s); redoing it row by row", e)
-            report.errors = [x for x in report.errors if x["row"] not in {p[0] for p in parsed}]
+            lines = {p[0] for p in parsed}
+            report.errors = [x for x in report.errors if x["row"] not in lines]
             accepted = _rowwise(hub, actor, org, cipher, parsed, report)
         report.created += len(accepted)
         report.ids.extend({"row": line, "id": eid, "created": True} for line, eid in accepted)
         if progress:
-            progress(len(batch))
+            progress(n)
 
     # No cyclic GC while importing: a chunk allocates ~10 container objects per row, and each gen-2 pass
     # rescans every live row, which made collection a quarter of the import's CPU. Rows form no cycles;
@@ -667,13 +752,31 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[tuple[int, dict[str, Any]
     gc.disable()
     try:
         with _bulk_pragmas(hub.store.conn), hub.store.background_checkpoints(hub.store.conn):
-            for r in rows:
-                batch.append(r)
-                if len(batch) >= chunk:
-                    run(batch)
-                    batch = []
-            if batch:
-                run(batch)
+            it = iter(rows)
+            first = list(islice(it, chunk))
+            parsed: list[Parsed] = []
+            errors: list[dict[str, Any]] = []
+            for line, raw in first:
+                _parse_row(cipher, line, raw, parsed, errors)
+            if len(first) == chunk:  # more may follow: parse them beside the writer
+                parser = _Parser(it, chunk, cipher)
+                parser.start()
+            try:
+                if first:
+                    write(len(first), parsed, errors)
+                del first, parsed, errors
+                while parser is not None:
+                    parser.gate.set()  # nothing to write: let it parse
+                    got = parser.out.get()
+                    parser.gate.clear()
+                    if got is None:
+                        break
+                    if isinstance(got, BaseException):
+                        raise got
+                    write(*got)
+            finally:
+                if parser is not None:
+                    parser.stop()
     finally:
         if gc_was_on:
             gc.enable()

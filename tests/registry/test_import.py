@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,59 @@ def test_a_discarded_row_leaves_nothing_later_rows_can_find(hub: Hub, city: dict
         reg.flush()
     row = hub.store.conn.execute("SELECT rowid FROM registry_entities WHERE id = ?", (again,)).fetchone()
     assert row is not None
+
+
+def _objects(city: dict[str, str], n: int, bad_every: int = 0) -> Iterator[tuple[int, dict[str, object] | Exception]]:
+    """Lamps, each hung on the previous good lamp by its local id (the first on the building)."""
+    link = [{"rel": "contained_in", "target": city["building"]}, {"rel": "managed_by", "target": city["enterprise"]}]
+    prev = None
+    for i in range(1, n + 1):
+        if bad_every and i % bad_every == 0:
+            yield i, {"type": "object", "region": "33010X", "name": f"bad {i}", "links": link}
+            continue
+        parent = link[0] if prev is None else {"rel": "attached_to", "target": f"@{prev}"}
+        yield i, {"type": "object", "region": "330106", "name": f"lamp {i}", "local_id": f"L{i}",
+                  "links": [parent, link[1]]}
+        prev = f"L{i}"
+
+
+def test_chunks_parsed_beside_the_writer_land_in_order(hub: Hub, city: dict[str, str]) -> None:
+    """From the second chunk on a parser thread reads ahead; rows must still see the ones before them
+    (each lamp hangs on the previous one by its local id, across chunk boundaries), errors keep their rows,
+    and the thread is gone afterwards."""
+    import threading
+
+    seen: list[int] = []
+    report = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), _objects(city, 1000, bad_every=97),
+                             org="/city/district-a", chunk=64, progress=seen.append)
+    bad = [i for i in range(1, 1001) if i % 97 == 0]
+    assert report.total == 1000 and sum(seen) == 1000 and len(seen) == 16
+    assert [e["row"] for e in report.errors] == bad and {e["field"] for e in report.errors} == {"region"}
+    assert report.created == 1000 - len(bad)
+    # every lamp found the one before it, parsed chunks ahead or not: the last lamp's chain reaches the building
+    chain = svc.ancestors(hub, svc.SystemActor("t"), report.ids[-1]["id"], depth=64, limit=1000)["items"]
+    assert len(chain) == 64  # the depth limit: the chain is longer
+    lamps = [r["id"] for r in report.ids]
+    tail = svc.ancestors(hub, svc.SystemActor("t"), lamps[40], depth=64)["items"]
+    assert [x["id"] for x in tail] == lamps[39::-1] + [city["building"]]
+    for k in (62, 63, 64, 126, 127, 128, 500, len(lamps) - 1):  # across chunk boundaries and bad rows
+        out = svc.links_of(hub, svc.SystemActor("t"), lamps[k])["outgoing"]
+        assert [(x["rel"], x["dst"]) for x in out if x["category"] == "physical"] == [("attached_to", lamps[k - 1])]
+    assert not [t for t in threading.enumerate() if t.name == "registry-import-parser"]
+
+
+def test_a_failing_row_source_stops_the_import_after_whole_chunks(hub: Hub, city: dict[str, str]) -> None:
+    def rows() -> Iterator[tuple[int, dict[str, object] | Exception]]:
+        yield from _objects(city, 150)
+        raise OSError("upload connection reset")
+
+    import threading
+
+    before = _counts(hub)
+    with pytest.raises(OSError, match="connection reset"):
+        svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), rows(), org="/city/district-a", chunk=64)
+    after = _counts(hub)
+    landed = after[0] - before[0]
+    assert landed in (64, 128)  # whole chunks only; the failure is raised, not swallowed
+    assert after[2] - before[2] == landed and after[3] - before[3] == landed  # alias + feed per entity
+    assert not [t for t in threading.enumerate() if t.name == "registry-import-parser"]
