@@ -1271,8 +1271,7 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
     _depth(depth)
     if not 1 <= limit <= 100000:
         raise RegistryError("limit", "1..100000")
-    get_entity(hub, actor, eid)  # the start must exist and be visible
-    rid = _rid(hub, eid)
+    rid = _visible_rid(hub, actor, eid)
     vis = visibility(hub, actor)
     clause, args = org_clause("e.org", vis.orgs())
     step, start = ("l.src_rid", "l.dst_rid") if down else ("l.dst_rid", "l.src_rid")
@@ -1303,11 +1302,10 @@ def _walk(hub: Hub, actor: Actor, eid: str, depth: int, limit: int, down: bool,
     return {"id": eid, "depth": depth, "items": items, "truncated": len(items) == limit}
 
 
-def _rid(hub: Hub, eid: str) -> int:
-    r = hub.store.conn.execute("SELECT rowid FROM registry_entities WHERE id = ?", (eid,)).fetchone()
-    if r is None:
-        raise NotFound("id", f"{eid} is not registered")
-    return int(r[0])
+def _visible_rid(hub: Hub, actor: Actor, eid: str) -> int:
+    """The rowid that links refer to, of an entity that must exist and be visible to the actor."""
+    get_entity(hub, actor, eid)
+    return int(hub.store.conn.execute("SELECT rowid FROM registry_entities WHERE id = ?", (eid,)).fetchone()[0])
 
 
 def _name_visibility(vis: Visibility) -> Callable[[str], bool]:
@@ -1335,8 +1333,7 @@ def descendants(hub: Hub, actor: Actor, eid: str, depth: int = 16, limit: int = 
 def links_of(hub: Hub, actor: Actor, eid: str) -> dict[str, Any]:
     """Direct links both ways (outgoing: this entity's parents/owners; incoming: its children/holdings)."""
     eid = _id_arg(eid)
-    get_entity(hub, actor, eid)
-    rid = _rid(hub, eid)
+    rid = _visible_rid(hub, actor, eid)
     c = hub.store.conn
     cols = ("id", "src", "rel", "dst", "category")
     out = [dict(zip(cols, r, strict=True)) for r in c.execute(
@@ -1352,8 +1349,7 @@ def linked(hub: Hub, actor: Actor, eid: str, depth: int = 2, limit: int = 10000)
     (depth 1) and, down to `depth`, what physically lies under those."""
     eid = _id_arg(eid)
     _depth(depth)
-    get_entity(hub, actor, eid)
-    rid = _rid(hub, eid)
+    rid = _visible_rid(hub, actor, eid)
     vis = visibility(hub, actor)
     clause, args = org_clause("e.org", vis.orgs())
     rows = hub.store.conn.execute(
