@@ -11,8 +11,9 @@ import base64
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -51,30 +52,31 @@ class _Alg(Protocol):
     def verify(self, public: bytes, data: bytes, sig: bytes) -> bool: ...
 
 
+K = TypeVar("K")
+
+
+class _KeyCache(Generic[K]):
+    """Loaded key objects by their raw bytes (loading costs as much as a signature); cleared when full."""
+
+    MAX = 4096
+
+    def __init__(self, load: Callable[[bytes], K]) -> None:
+        self._load = load
+        self._keys: dict[bytes, K] = {}
+
+    def get(self, raw: bytes) -> K:
+        key = self._keys.get(raw)
+        if key is None:
+            if len(self._keys) >= self.MAX:
+                self._keys.clear()
+            key = self._keys[raw] = self._load(raw)
+        return key
+
+
 class _Ed25519:
-    """Loaded key objects are cached by their raw bytes: loading costs as much as a signature."""
-
-    _CACHE_MAX = 4096
-
     def __init__(self) -> None:
-        self._priv: dict[bytes, Ed25519PrivateKey] = {}
-        self._pub: dict[bytes, Ed25519PublicKey] = {}
-
-    def _load_priv(self, raw: bytes) -> Ed25519PrivateKey:
-        key = self._priv.get(raw)
-        if key is None:
-            if len(self._priv) >= self._CACHE_MAX:
-                self._priv.clear()
-            key = self._priv[raw] = Ed25519PrivateKey.from_private_bytes(raw)
-        return key
-
-    def _load_pub(self, raw: bytes) -> Ed25519PublicKey:
-        key = self._pub.get(raw)
-        if key is None:
-            if len(self._pub) >= self._CACHE_MAX:
-                self._pub.clear()
-            key = self._pub[raw] = Ed25519PublicKey.from_public_bytes(raw)
-        return key
+        self._priv = _KeyCache(Ed25519PrivateKey.from_private_bytes)
+        self._pub = _KeyCache(Ed25519PublicKey.from_public_bytes)
 
     def generate(self) -> tuple[bytes, bytes]:
         key = Ed25519PrivateKey.generate()
@@ -85,11 +87,11 @@ class _Ed25519:
         return priv, pub
 
     def sign(self, private: bytes, data: bytes) -> bytes:
-        return self._load_priv(private).sign(data)
+        return self._priv.get(private).sign(data)
 
     def verify(self, public: bytes, data: bytes, sig: bytes) -> bool:
         try:
-            self._load_pub(public).verify(sig, data)
+            self._pub.get(public).verify(sig, data)
             return True
         except (InvalidSignature, ValueError):
             return False
