@@ -3,11 +3,18 @@ protocol.citycode.build (until the hub's issuing API is used directly)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from edge.config import DeviceConfig
+from edge.link import Link
+from edge.scanner.agent import run
 from protocol import citycode, signing
 from protocol.trust import RevocationList, TrustedKey, TrustList
 
@@ -65,3 +72,20 @@ def scanner_config(tmp_path: Path, city: City, **scanner: object) -> Path:
     path = tmp_path / "device.json"
     path.write_text(json.dumps(cfg))
     return path
+
+
+@contextmanager
+def running_terminal(cfg: DeviceConfig) -> Iterator[tuple[Link, Callable[[], dict[str, Any]]]]:
+    """A scan terminal: its agent on a thread over a started link that has connected. Yields the link and
+    a reader of the agent's stats; stops both on the way out."""
+    link = Link(cfg).start()
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg, link, stop), daemon=True)
+    t.start()
+    try:
+        assert link.wait_connected(10)
+        yield link, lambda: link.stats_provider() if link.stats_provider else {}
+    finally:
+        stop.set()
+        t.join(10)
+        link.stop()

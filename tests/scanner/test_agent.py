@@ -24,7 +24,7 @@ from edge.scanner.agent import run
 from protocol import signing, topics
 from protocol.messages import ScanBatch
 from tests.helpers import wait_for
-from tests.scanner.helpers import City, scanner_config
+from tests.scanner.helpers import City, running_terminal, scanner_config
 from tests.scanner.images import frame_with
 
 
@@ -94,13 +94,7 @@ def test_trust_sync_scan_log_and_offline_scans(broker: Broker, hub_side: HubSide
     cfg_path.write_text(json.dumps(raw))
     cfg = load_config(cfg_path)
 
-    link = Link(cfg).start()
-    stop = threading.Event()
-    t = threading.Thread(target=run, args=(cfg, link, stop), daemon=True)
-    t.start()
-    try:
-        assert link.wait_connected(10)
-        stats = lambda: link.stats_provider() if link.stats_provider else {}  # noqa: E731
+    with running_terminal(cfg) as (link, stats):
         wait_for(lambda: stats().get("revocation_version") == 1 and stats().get("trust_version") == 1,
                  what="retained lists applied")
         # Forged (other signer) and rolled-back lists arrive on the same topics: refused, v1 kept.
@@ -147,10 +141,6 @@ def test_trust_sync_scan_log_and_offline_scans(broker: Broker, hub_side: HubSide
         assert sorted(p.name for p in (drop / "done").iterdir()) == ["001.png", "002.png", "003.png", "004.png",
                                                                      "005.png"]
         assert not list(drop.glob("*.png"))
-    finally:
-        stop.set()
-        t.join(10)
-        link.stop()
 
 
 def test_citybrain_edge_scanner_process(broker: Broker, hub_side: HubSide, tmp_path: Path) -> None:

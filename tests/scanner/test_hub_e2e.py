@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,12 @@ from fastapi.testclient import TestClient
 from central.broker import Broker
 from central.hub import Hub
 from edge.config import load_config
-from edge.link import Link
-from edge.scanner.agent import run
 from edge.scanner.verify import Verifier, data_dir_for
 from protocol import citycode, signing, topics
 from tests.codes.conftest import City, register_entity
 from tests.conftest import make_settings
 from tests.helpers import wait_for
+from tests.scanner.helpers import running_terminal
 
 
 @pytest.fixture
@@ -65,13 +63,7 @@ def test_hub_issued_codes_verified_offline(live_hub: tuple[Hub, TestClient], bro
     cfg_path.write_text(json.dumps(dev))
     cfg = load_config(cfg_path)
 
-    link = Link(cfg).start()
-    stop = threading.Event()
-    t = threading.Thread(target=run, args=(cfg, link, stop), daemon=True)
-    t.start()
-    try:
-        assert link.wait_connected(10)
-        st = lambda: link.stats_provider() if link.stats_provider else {}  # noqa: E731
+    with running_terminal(cfg) as (link, st):
         wait_for(lambda: st().get("trust_version") and st().get("revocation_version"), what="hub lists synced")
 
         # Revoked after the terminal synced: the hub's new revocation list reaches it.
@@ -116,7 +108,3 @@ def test_hub_issued_codes_verified_offline(live_hub: tuple[Hub, TestClient], bro
         assert [v for _, v in scans_of(hub, doomed.serial)] == ["revoked"]
         row = hub.store.conn.execute("SELECT scans FROM codes_issued WHERE serial = ?", (good.serial,)).fetchone()
         assert row[0] == 1
-    finally:
-        stop.set()
-        t.join(10)
-        link.stop()
