@@ -13,22 +13,25 @@ import contextlib
 import gc
 import json
 import logging
-import queue
+import os
+import pickle
 import re
 import sqlite3
-import threading
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
 from operator import itemgetter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlite_utils
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+from central.registry.bulkwrite import ENTITY_COLS, Rows, audit_import, write_rows
 from central.registry.ids import (
     TYPE_CODE,
     IdError,
@@ -55,15 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("citybrain.registry")
 
-ENTITY_COLS = (
-    "id", "type", "region", "name", "address", "org", "ext_kind", "ext_bi", "ext_enc", "ext_masked",
-    "phone_enc", "grid", "valid_from", "valid_to", "attrs", "status", "created_by", "created_at", "updated_at",
-)
-# the rowid is given explicitly: links and the FTS index refer to entities by it
-_INSERT_ENTITY = (
-    f"INSERT INTO registry_entities (rowid, {', '.join(ENTITY_COLS)})"
-    f" VALUES ({', '.join('?' * (len(ENTITY_COLS) + 1))})"
-)
 _INSERT_LINK = (
     "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at, src_rid, dst_rid)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -290,35 +284,52 @@ def _check_entity(item: EntityIn) -> None:
             raise RegistryError("links", "an object needs " + " and ".join(missing))
 
 
+@dataclass
+class _Batch:
+    """Prepared rows of one chunk (`rows`, what the writer stores) and what the importer keeps about them."""
+
+    rows: Rows
+    ids: list[str]  # new base ids, in row order
+    exts: list[str]  # blind indexes of the rows that have an external key
+    alias_keys: list[tuple[str, str]]
+    accepted: list[tuple[int, str]] = field(default_factory=list)  # (row, id), for the import report
+    errors: list[dict[str, Any]] = field(default_factory=list)  # per-row errors (parsing and preparing)
+    read: int = 0  # input rows the chunk consumed
+    parsed: list[Parsed] = field(default_factory=list)
+    parse_errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class Registrar:
-    """Validates rows against the database and the rows accepted before them, then writes them in one
-    executemany per table. A row is either fully prepared (ids allocated, keys encrypted) or rejected
-    with an error; nothing is written until `flush`, which runs inside the caller's transaction."""
+    """Validates rows against the database and the rows accepted before them, then writes them with one
+    statement per table. A row is either fully prepared (id allocated, keys encrypted) or rejected with an
+    error; nothing is written until `flush` (inside the caller's transaction) or, in a bulk import, until
+    the writer thread takes the batch (`take`)."""
+
+    persist_serials = True  # the import's registrar reserves serial blocks up front instead
 
     def __init__(self, hub: Hub, db: sqlite_utils.Database, actor: Actor, default_org: str | None,
                  cipher: Any) -> None:
         self.hub, self.db, self.actor, self.default_org, self.cipher = hub, db, actor, default_org, cipher
         self.conn = db.conn
-        self.pending: list[tuple[Any, ...]] = []  # queued entity rows; feeds[i] is pending[i]'s feed record
-        self.feeds: list[dict[str, Any]] = []
+        self.pending: list[tuple[Any, ...]] = []  # queued entity rows (ENTITY_COLS order)
+        self.feeds: list[tuple[Any, ...]] = []
         self.link_rows: list[tuple[Any, ...]] = []
         self.alias_rows: list[tuple[Any, ...]] = []
         self.counters: dict[tuple[str, str], int] = {}
-        self.new_types: dict[str, str] = {}  # ids prepared in this batch -> type
+        self.new_types: dict[str, str] = {}  # ids prepared (and not yet known to be stored) -> type
         self.type_cache: dict[str, str | None] = {}
-        self.rids: dict[str, int] = {}  # entity id -> rowid, for link rows (stored and prepared entities)
-        self.next_rid = 0  # rowid of the next prepared entity (0: not read yet; we hold the write lock)
-        self.flushed_rid = 0
         self.pending_ext: dict[str, str] = {}
         self.pending_alias: dict[tuple[str, str], str] = {}
         self.allowed_orgs: dict[str, bool] = {}
         self.target_cache: dict[str, str] = {}  # link target text -> normalised id
-        # filled by prefetch(): inside the write transaction nobody else can add keys, so a miss is final
+        # filled by prefetch(): a miss there is final for this chunk (see import_rows on concurrent writers)
         self.known_ext: dict[str, str] | None = None
         self.known_alias: dict[tuple[str, str], str] | None = None
+        self.prefetch_orgs: set[str] = set()
         self.ts = _now()
-        # wraps the chunk's one long SQLite call (the FTS insert): a bulk import lets its parser run there
-        self.window: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
     def prefetch(self, items: list[tuple[EntityIn, str | None]]) -> None:
         """Load, in a few IN-queries, the external keys and local ids a chunk refers to (a point query per
@@ -373,11 +384,9 @@ class Registrar:
             return self.new_types[eid]
         if eid not in self.type_cache:
             r = self.conn.execute(
-                "SELECT type, rowid FROM registry_entities WHERE id = ? AND status = 'active'", (eid,)
+                "SELECT type FROM registry_entities WHERE id = ? AND status = 'active'", (eid,)
             ).fetchone()
             self.type_cache[eid] = r[0] if r else None
-            if r:
-                self.rids[eid] = r[1]
         return self.type_cache[eid]
 
     def alias_target(self, org: str, local_id: str) -> str | None:
@@ -399,14 +408,15 @@ class Registrar:
         r = self.conn.execute("SELECT id FROM registry_entities WHERE ext_bi = ?", (bi,)).fetchone()
         return r[0] if r else None
 
-    def next_serial(self, code: str, region: str) -> int:
-        key = (code, region)
-        if key not in self.counters:
+    def next_serial(self, key: tuple[str, str]) -> int:
+        """The next serial for (type code, region); the caller holds the write lock."""
+        n = self.counters.get(key)
+        if n is None:
             r = self.conn.execute(
                 "SELECT next FROM registry_serials WHERE type_code = ? AND region = ?", key
             ).fetchone()
-            self.counters[key] = r[0] if r else 1
-        return self.counters[key]
+            n = self.counters[key] = r[0] if r else 1
+        return n
 
     def ext_index(self, item: EntityIn) -> str | None:
         return ext_index(self.cipher, item.type, item.external_key)
@@ -459,14 +469,9 @@ class Registrar:
         # every check passed: allocate and queue (nothing above mutated batch state)
         etype, region = item.type, item.region
         key = (TYPE_CODE[etype], region)
-        serial = self.counters.get(key) or self.next_serial(*key)
+        serial = self.next_serial(key)
         eid = make_id(etype, region, serial)
         self.counters[key] = serial + 1
-        rid = self.next_rid
-        if not rid:
-            rid = self.flushed_rid = self.conn.execute(
-                "SELECT coalesce(max(rowid), 0) + 1 FROM registry_entities").fetchone()[0]
-        self.next_rid = rid + 1
         ext_enc = ext_masked = phone_enc = None
         ext_key = item.external_key
         if ext_key is not None:
@@ -484,8 +489,8 @@ class Registrar:
         ext_kind = EXT_KIND[etype] if bi else None
         name, address, grid, local_id = item.name, item.address, item.grid, item.local_id
         who, ts = self.actor.name, self.ts
-        ent = (rid, eid, etype, region, name, address, org, ext_kind, bi, ext_enc, ext_masked, phone_enc, grid, vf, vt,
-               _dumps(attrs) if attrs else "{}", "active", who, ts, ts)
+        self.pending.append((eid, etype, region, name, address, org, ext_kind, bi, ext_enc, ext_masked, phone_enc,
+                             grid, vf, vt, _dumps(attrs) if attrs else "{}", "active", who, ts, ts))
         # the feed omits empty fields: it is most of the bulk write volume
         feed: dict[str, Any] = {"type": etype, "region": region, "name": name, "org": org}
         if address:
@@ -506,72 +511,101 @@ class Registrar:
             feed["local_id"] = local_id
         if links:
             feed["links"] = [{"rel": r, "dst": d} for r, d, _ in links]
-            rids = self.rids
-            self.link_rows.extend([(eid, rel, dst, cat, org, who, ts, rid, rids[dst]) for rel, dst, cat in links])
+            self.link_rows.extend([(eid, rel, dst, cat, org, who, ts) for rel, dst, cat in links])
         if local_id is not None:
             self.alias_rows.append((org, local_id, eid, who, ts))
             self.pending_alias[(org, local_id)] = eid
-        self.pending.append(ent)
-        self.feeds.append(feed)
+        # pydantic-core's serializer: a third of json's cost, and feed data need no key order
+        self.feeds.append((ts, eid, org, to_json(feed).decode()))
         self.new_types[eid] = etype
-        self.rids[eid] = rid
         if bi is not None:
             self.pending_ext[bi] = eid
         return eid
 
     def discard(self) -> None:
         """Drop the queued rows (the caller rolled back to before them): later rows must not find them."""
-        for e in self.pending:
-            eid, bi = e[1], e[8]
-            self.new_types.pop(eid, None)
-            self.rids.pop(eid, None)
-            if bi is not None and self.pending_ext.get(bi) == eid:
-                del self.pending_ext[bi]
-        for org, local_id, *_ in self.alias_rows:
-            self.pending_alias.pop((org, local_id), None)
-        self.next_rid = self.flushed_rid
+        self.forget([e[0] for e in self.pending], [e[7] for e in self.pending if e[7] is not None],
+                    [(a[0], a[1]) for a in self.alias_rows])
         self._clear()
+
+    def forget(self, ids: Iterable[str], exts: Iterable[str], alias_keys: Iterable[tuple[str, str]]) -> None:
+        """Stop answering for these prepared rows from memory: they were rolled back, or they are committed
+        and the database now answers for them (a long import would otherwise hold every row's keys)."""
+        for eid in ids:
+            self.new_types.pop(eid, None)
+        for bi in exts:
+            self.pending_ext.pop(bi, None)
+        for k in alias_keys:
+            self.pending_alias.pop(k, None)
 
     def _clear(self) -> None:
-        self.pending.clear()
-        self.feeds.clear()
-        self.link_rows.clear()
-        self.alias_rows.clear()
+        self.pending = []
+        self.feeds = []
+        self.link_rows = []
+        self.alias_rows = []
+
+    def take(self) -> _Batch:
+        """Hand the queued rows over as one batch and start a new one."""
+        b = self._batch()
+        self._clear()
+        return b
+
+    def _batch(self) -> _Batch:
+        p = self.pending
+        rows = Rows(p, self.link_rows, self.alias_rows, self.feeds,
+                    [(k[0], k[1], v) for k, v in self.counters.items()] if self.persist_serials else [])
+        return _Batch(rows, [e[0] for e in p], [e[7] for e in p if e[7] is not None],
+                      [(a[0], a[1]) for a in self.alias_rows])
 
     def flush(self) -> int:
-        """Write every queued row (entity, FTS, links, alias, feed, serial counters). Inside a tx."""
+        """Write every queued row (entity, FTS, links, alias, feed, serial counters). Inside a tx. On an
+        error the rows stay queued, for `discard`."""
         if not self.pending:
             return 0
-        c = self.conn
-        high = self.pending[0][0] - 1
-        c.executemany(_INSERT_ENTITY, self.pending)
-        # FTS kept in step here, not by triggers: a trigger opens a statement savepoint per row and FTS5
-        # flushes its pending terms at every savepoint, which made bulk inserts ~7x slower.
-        with self.window():
-            c.execute(
-                "INSERT INTO registry_entities_fts (rowid, name, address)"
-                " SELECT rowid, name, address FROM registry_entities WHERE rowid > ?",
-                (high,),
-            )
-        if self.link_rows:
-            c.executemany(_INSERT_LINK, self.link_rows)
-        if self.alias_rows:
-            c.executemany("INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)", self.alias_rows)
-        ts = self.ts
-        c.executemany(
-            "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, 'entity.create', ?, ?, ?)",
-            # pydantic-core's serializer: a third of json's cost, and feed data need no key order
-            [(ts, e[1], e[6], to_json(f).decode()) for e, f in zip(self.pending, self.feeds, strict=True)],
-        )
-        c.executemany(
-            "INSERT INTO registry_serials (type_code, region, next) VALUES (?, ?, ?)"
-            " ON CONFLICT (type_code, region) DO UPDATE SET next = excluded.next",
-            [(k[0], k[1], v) for k, v in self.counters.items()],
-        )
-        n = len(self.pending)
-        self.flushed_rid = self.next_rid
+        b = self._batch()
+        write_rows(self.conn, b.rows)
         self._clear()
+        return len(b)
+
+
+class _ImportRegistrar(Registrar):
+    """The bulk import's registrar: it prepares chunk k+1 outside any transaction while the writer thread
+    stores chunk k, so it cannot read-and-bump serial counters under the write lock. It reserves blocks of
+    serials instead (a short transaction of its own; the block doubles each time, so a 1M-row import
+    reserves ~7 times) and gives back what it did not use when the import ends."""
+
+    persist_serials = False
+
+    def __init__(self, *a: Any, block: int) -> None:
+        super().__init__(*a)
+        self.block = block
+        self.limits: dict[tuple[str, str], int] = {}
+
+    def next_serial(self, key: tuple[str, str]) -> int:
+        n = self.counters.get(key)
+        if n is not None and n < self.limits[key]:
+            return n
+        size = self.block
+        self.block = min(self.block * 2, 1 << 20)
+        with self.hub.store.tx() as db:  # waits while the writer commits its chunk
+            r = db.conn.execute(
+                "SELECT next FROM registry_serials WHERE type_code = ? AND region = ?", key).fetchone()
+            n = r[0] if r else 1
+            db.conn.execute(
+                "INSERT INTO registry_serials (type_code, region, next) VALUES (?, ?, ?)"
+                " ON CONFLICT (type_code, region) DO UPDATE SET next = excluded.next", (*key, n + size))
+        self.counters[key], self.limits[key] = n, n + size
         return n
+
+    def release(self) -> None:
+        """Give back the unused end of each block, unless somebody reserved after it."""
+        if not self.limits:
+            return
+        with self.hub.store.tx() as db:
+            db.conn.executemany(
+                "UPDATE registry_serials SET next = ? WHERE type_code = ? AND region = ? AND next = ?",
+                [(self.counters[k], *k, lim) for k, lim in self.limits.items()])
+        self.limits.clear()
 
 
 def ext_index(cipher: Any, etype: str, key: str | None) -> str | None:
@@ -638,112 +672,136 @@ def _parse_row(cipher: Any, line: int, raw: dict[str, Any] | Exception, parsed: 
         errors.append({"row": line, "field": "row", "error": str(e)})
 
 
-class _Parser(threading.Thread):
-    """Reads and parses the rows after the first chunk while the writer works on the chunk before.
+class _LocalWriter:
+    """Stores a batch right away in this thread: an import of one chunk has nothing to overlap with."""
 
-    Python threads share one GIL, so the parser may only run while the writer sits in a long SQLite call
-    that has released it (the FTS insert of a chunk, its COMMIT) or waits for the parser: `gate` is open
-    just then. Were the parser let loose during the writer's executemany, the writer would wait a whole
-    GIL switch interval (5 ms) after each row's step. The parser checks the gate before every row."""
+    def __init__(self, hub: Hub, actor: Actor, org: str | None) -> None:
+        self.hub, self.actor, self.org = hub, actor, org
+        self.answers: list[BaseException | None] = []
 
-    def __init__(self, rows: Iterator[Row], chunk: int, cipher: Any) -> None:
-        super().__init__(name="registry-import-parser", daemon=True)
-        self.rows, self.chunk, self.cipher = rows, chunk, cipher
-        self.gate = threading.Event()
-        self.out: queue.Queue[tuple[int, list[Parsed], list[dict[str, Any]]] | BaseException | None] = (
-            queue.Queue(maxsize=1))
-        self.stopping = False
-
-    def run(self) -> None:
+    def write(self, b: _Batch) -> None:
         try:
-            gate = self.gate
-            while not self.stopping:
-                parsed: list[Parsed] = []
-                errors: list[dict[str, Any]] = []
-                n = 0
-                for line, raw in self.rows:
-                    if not gate.is_set():
-                        gate.wait()
-                    if self.stopping:
-                        return
-                    _parse_row(self.cipher, line, raw, parsed, errors)
-                    n += 1
-                    if n >= self.chunk:
-                        break
-                if n == 0:
-                    break
-                self.out.put((n, parsed, errors))
-            self.out.put(None)
-        except BaseException as e:  # the caller's row source failed: hand it to the writer, which raises it
-            self.out.put(e)
+            with self.hub.store.tx() as db:
+                write_rows(db.conn, b.rows)
+                if b.ids:
+                    audit_import(db, self.actor.name, self.org, b.ids)
+        except sqlite3.Error as e:
+            self.answers.append(e)
+        else:
+            self.answers.append(None)
+
+    def result(self) -> BaseException | None:
+        return self.answers.pop(0)
 
     def stop(self) -> None:
-        self.stopping = True
-        self.gate.set()
-        while self.is_alive():
-            try:
-                self.out.get(timeout=0.05)  # unblock a pending put
-            except queue.Empty:
-                pass
-        self.join()
+        pass
+
+
+class _WriterProcess:
+    """The writer stage of a multi-chunk import, as a child process (see `central.registry.bulkwrite`)."""
+
+    def __init__(self, hub: Hub, actor: Actor, org: str | None) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "central.registry.bulkwrite", str(Path(hub.store.path).resolve()),
+             actor.name, org or ""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.broken: BaseException | None = None
+
+    def write(self, b: _Batch) -> None:
+        assert self.proc.stdin is not None
+        try:
+            pickle.dump(b.rows, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+        except OSError as e:  # it died: result() says so
+            self.broken = e
+
+    def result(self) -> BaseException | None:
+        assert self.proc.stdout is not None
+        try:
+            answer = pickle.load(self.proc.stdout)
+        except EOFError:
+            return RuntimeError(f"the registry import writer exited with {self.proc.wait()} ({self.broken})")
+        if answer is None:
+            return None
+        return getattr(sqlite3, answer[0], sqlite3.Error)(answer[1])  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # end of input: it finishes its checkpoint and exits
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _chunks(rows: Iterable[Row], chunk: int) -> Iterator[list[Row]]:
+    it = iter(rows)
+    while part := list(islice(it, chunk)):
+        yield part
 
 
 def import_rows(hub: Hub, actor: Actor, rows: Iterable[Row], *, org: str | None = None, chunk: int = 5000,
                 progress: Progress | None = None) -> ImportReport:
-    """Bulk registration. Each chunk of rows is validated first (per-row errors), then the valid rows are
-    written in one transaction with executemany. Should the write still fail (a concurrent writer took an
-    external key meanwhile), that chunk is redone row by row under SAVEPOINTs: valid rows land, a bad row
-    leaves nothing behind. From the second chunk on, rows are parsed by a second thread while the writer
-    is inside SQLite (see `_Parser`)."""
+    """Bulk registration, as a two-stage pipeline: this process parses and prepares chunk k+1 (per-row
+    errors, ids, PII, links) while a writer process stores chunk k in one transaction (an import of one
+    chunk is written in place). See `central.registry.bulkwrite` for why a process.
+
+    Chunk k+1 is prepared on top of chunk k before k is committed: the registrar remembers k's ids, keys
+    and local ids until the writer confirms the commit, then lets the database answer for them. Should a
+    write still fail (a concurrent writer took an external key or a local id meanwhile), the writer rolls
+    that chunk back, this process redoes it row by row under SAVEPOINTs (valid rows land, a bad row leaves
+    nothing), and prepares the next chunk afresh. A failing row source raises after the chunks before it
+    have landed."""
+    if hub.store.conn.in_transaction:
+        raise RuntimeError("import_rows commits chunk by chunk: call it outside a transaction")
     report = ImportReport()
     cipher = _cipher(hub)
-    parser: _Parser | None = None
+    reg = _ImportRegistrar(hub, hub.store.db, actor, org, cipher, block=max(chunk, 1000))
+    writer: _LocalWriter | _WriterProcess | None = None
+    inflight: _Batch | None = None
 
-    @contextmanager
-    def window() -> Iterator[None]:
-        """Let the parser run while this thread is inside one long SQLite call."""
-        if parser is None:
-            yield
-            return
-        parser.gate.set()
-        try:
-            yield
-        finally:
-            parser.gate.clear()
-
-    def write(n: int, parsed: list[Parsed], errors: list[dict[str, Any]]) -> None:
-        report.total += n
-        report.errors.extend(errors)
+    def prepare(parsed: list[Parsed], parse_errors: list[dict[str, Any]], n: int) -> _Batch:
+        reg.ts = _now()
+        reg.type_cache = {k: v for k, v in reg.type_cache.items() if v is not None}  # misses may be stale
+        reg.prefetch([(item, bi) for _, item, bi in parsed])
         accepted: list[tuple[int, str]] = []
-        try:
+        errors = list(parse_errors)
+        for line, item, bi in parsed:
             try:
-                with hub.store.tx() as db:
-                    reg = Registrar(hub, db, actor, org, cipher)
-                    reg.window = window
-                    reg.prefetch([(item, bi) for _, item, bi in parsed])
-                    for line, item, bi in parsed:
-                        try:
-                            accepted.append((line, reg.prepare(item, bi, checked=True)))
-                        except RegistryError as e:
-                            report.errors.append({"row": line, **e.to_dict()})
-                    reg.flush()
-                    if accepted:
-                        _audit(db, actor, "registry.import", None, org,
-                               {"rows": len(accepted), "first": accepted[0][1], "last": accepted[-1][1]})
-                    if parser is not None:
-                        parser.gate.set()  # the COMMIT as the `with` ends is the second long call
-            finally:
-                if parser is not None:
-                    parser.gate.clear()
-        except sqlite3.IntegrityError as e:
-            log.warning("bulk chunk failed (%s); redoing it row by row", e)
-            lines = {p[0] for p in parsed}
-            report.errors = [x for x in report.errors if x["row"] not in lines]
-            accepted = _rowwise(hub, actor, org, cipher, parsed, report)
+                accepted.append((line, reg.prepare(item, bi, checked=True)))
+            except RegistryError as e:
+                errors.append({"row": line, **e.to_dict()})
+        b = reg.take()
+        b.accepted, b.errors, b.read, b.parsed, b.parse_errors = accepted, errors, n, parsed, parse_errors
+        return b
+
+    def settle() -> bool:
+        """Wait for the in-flight batch; True if it landed as prepared."""
+        nonlocal inflight
+        b, inflight = inflight, None
+        assert b is not None and writer is not None
+        err = writer.result()
+        reg.forget(b.ids, b.exts, b.alias_keys)  # stored (the database answers now) or rolled back
+        if isinstance(err, sqlite3.IntegrityError):
+            log.warning("bulk chunk failed (%s); redoing it row by row", err)
+            report.errors.extend(b.parse_errors)  # the redo finds the other rows' errors again
+            accepted = _rowwise(hub, actor, org, cipher, b.parsed, report)
+        elif err is not None:
+            raise err
+        else:
+            report.errors.extend(b.errors)
+            accepted = b.accepted
+        report.total += b.read
         report.created += len(accepted)
         report.ids.extend({"row": line, "id": eid, "created": True} for line, eid in accepted)
         if progress:
-            progress(n)
+            progress(b.read)
+        return err is None
 
     # No cyclic GC while importing: a chunk allocates ~10 container objects per row, and each gen-2 pass
     # rescans every live row, which made collection a quarter of the import's CPU. Rows form no cycles;
@@ -751,62 +809,35 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[Row], *, org: str | None 
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        with _bulk_pragmas(hub.store.conn), hub.store.background_checkpoints(hub.store.conn):
-            it = iter(rows)
-            first = list(islice(it, chunk))
+        for part in _chunks(rows, chunk):
+            if writer is None:  # more chunks may follow: start the writer process now, it takes ~0.3 s
+                writer = _WriterProcess(hub, actor, org) if len(part) == chunk else _LocalWriter(hub, actor, org)
             parsed: list[Parsed] = []
             errors: list[dict[str, Any]] = []
-            for line, raw in first:
+            for line, raw in part:
                 _parse_row(cipher, line, raw, parsed, errors)
-            if len(first) == chunk:  # more may follow: parse them beside the writer
-                parser = _Parser(it, chunk, cipher)
-                parser.start()
-            try:
-                if first:
-                    write(len(first), parsed, errors)
-                del first, parsed, errors
-                while parser is not None:
-                    parser.gate.set()  # nothing to write: let it parse
-                    got = parser.out.get()
-                    parser.gate.clear()
-                    if got is None:
-                        break
-                    if isinstance(got, BaseException):
-                        raise got
-                    write(*got)
-            finally:
-                if parser is not None:
-                    parser.stop()
+            b = prepare(parsed, errors, len(part))
+            del part
+            if inflight is not None and not settle():  # b was prepared on top of a chunk that failed
+                reg.forget(b.ids, b.exts, b.alias_keys)
+                b = prepare(b.parsed, b.parse_errors, b.read)
+            writer.write(b)
+            inflight = b
+        if inflight is not None:
+            settle()
     finally:
-        if gc_was_on:
-            gc.enable()
+        try:
+            if writer is not None:
+                if inflight is not None:  # the row source failed: let the chunk already handed over land
+                    with contextlib.suppress(BaseException):
+                        settle()
+                writer.stop()
+        finally:
+            reg.release()
+            if gc_was_on:
+                gc.enable()
     report.errors.sort(key=lambda x: x["row"])
     return report
-
-
-BULK_CACHE_KIB = 131072
-
-
-@contextmanager
-def _bulk_pragmas(conn: sqlite3.Connection) -> Iterator[None]:
-    """For the length of a bulk import on this thread's connection:
-    - a bigger page cache: the unique external-key index takes random inserts, which at 1M rows miss
-      SQLite's default 2 MB cache on nearly every row;
-    - no foreign-key checks: the Registrar has already found every link target (and alias base) in the
-      store or the batch, and entities are never deleted, so the two index probes SQLite would add per
-      link row re-check what is known. Only settable outside a transaction; inside one, left as is."""
-    if conn.in_transaction:
-        yield
-        return
-    fk = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-    cache = conn.execute("PRAGMA cache_size").fetchone()[0]
-    conn.execute("PRAGMA foreign_keys = OFF")
-    conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")  # pages are allocated as used, freed on restore
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA cache_size = {int(cache)}")
-        conn.execute(f"PRAGMA foreign_keys = {int(fk)}")
 
 
 def _rowwise(hub: Hub, actor: Actor, org: str | None, cipher: Any,
