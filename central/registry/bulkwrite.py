@@ -6,14 +6,15 @@ feeds SQLite with executemany, which takes the GIL back after every row, and wit
 beside it each of those waits out a switch interval (measured: 100-700 us a row, against ~50 us alone).
 Feeding SQLite one JSON array per statement instead keeps the GIL free but costs 1.6x the SQLite time
 (json_each on SQLite 3.40, measured). The writer process imports only this module, the store and the
-audit trail: `python -m central.registry.bulkwrite DB ACTOR ORG`, pickled batches on stdin, one pickled
-answer per batch on stdout.
+audit trail: `python -m central.registry.bulkwrite DB ACTOR ORG`, framed batches on stdin, one framed
+answer per batch on stdout. Frames are an 8-byte length and a `marshal` payload: both ends are the same
+interpreter, and marshal writes these plain tuples of str 3.5x faster than pickle (measured).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
+import marshal
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -57,6 +58,28 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.entities)
+
+    def wire(self) -> tuple[Any, ...]:
+        return (self.entities, self.links, self.aliases, self.feeds, self.serials)
+
+
+def send(out: BinaryIO, obj: Any) -> None:
+    data = marshal.dumps(obj)
+    out.write(len(data).to_bytes(8, "little"))
+    out.write(data)
+    out.flush()
+
+
+def receive(inp: BinaryIO) -> Any:
+    """The next frame's value; EOFError at the end of input (also mid-frame: the sender died)."""
+    head = inp.read(8)
+    if len(head) < 8:
+        raise EOFError
+    size = int.from_bytes(head, "little")
+    data = inp.read(size)
+    if len(data) < size:
+        raise EOFError
+    return marshal.loads(data)
 
 
 def write_rows(conn: sqlite3.Connection, r: Rows) -> None:
@@ -113,7 +136,7 @@ def audit_import(db: sqlite_utils.Database, actor: str, org: str | None, ids: li
 
 def serve(db_path: str, actor: str, org: str | None, inp: BinaryIO, out: BinaryIO) -> None:
     """The writer process's loop: each batch is one transaction with its audit record. Answers None
-    (committed) or (error class name, message) (rolled back); ends at a None batch or end of input."""
+    (committed) or (error class name, message) (rolled back); ends at the end of its input."""
     from central.store import Store
 
     store = Store(db_path)
@@ -121,11 +144,10 @@ def serve(db_path: str, actor: str, org: str | None, inp: BinaryIO, out: BinaryI
         with bulk_pragmas(store.conn), store.background_checkpoints(store.conn):
             while True:
                 try:
-                    batch: Rows | None = pickle.load(inp)
-                except EOFError:  # the importer died: nothing half-written, the open batch never began
+                    frame = receive(inp)
+                except EOFError:  # end of input, or the importer died: the open batch never began
                     break
-                if batch is None:
-                    break
+                batch = Rows(*frame)
                 answer: tuple[str, str] | None = None
                 try:
                     with store.tx() as db:
@@ -134,8 +156,7 @@ def serve(db_path: str, actor: str, org: str | None, inp: BinaryIO, out: BinaryI
                             audit_import(db, actor, org, [e[0] for e in batch.entities])
                 except sqlite3.Error as e:
                     answer = (type(e).__name__, str(e))
-                pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
-                out.flush()
+                send(out, answer)
     finally:
         store.close()
 

@@ -14,7 +14,6 @@ import gc
 import json
 import logging
 import os
-import pickle
 import re
 import sqlite3
 import subprocess
@@ -31,7 +30,7 @@ import sqlite_utils
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from central.registry.bulkwrite import ENTITY_COLS, Rows, audit_import, write_rows
+from central.registry.bulkwrite import ENTITY_COLS, Rows, audit_import, receive, send, write_rows
 from central.registry.ids import (
     TYPE_CODE,
     IdError,
@@ -711,15 +710,14 @@ class _WriterProcess:
     def write(self, b: _Batch) -> None:
         assert self.proc.stdin is not None
         try:
-            pickle.dump(b.rows, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self.proc.stdin.flush()
+            send(self.proc.stdin, b.rows.wire())
         except OSError as e:  # it died: result() says so
             self.broken = e
 
     def result(self) -> BaseException | None:
         assert self.proc.stdout is not None
         try:
-            answer = pickle.load(self.proc.stdout)
+            answer = receive(self.proc.stdout)
         except EOFError:
             return RuntimeError(f"the registry import writer exited with {self.proc.wait()} ({self.broken})")
         if answer is None:
