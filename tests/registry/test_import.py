@@ -320,3 +320,31 @@ def test_a_chunk_that_fails_in_the_writer_is_redone_row_by_row(hub: Hub, city: d
     assert c.execute("SELECT count(*) FROM registry_links l LEFT JOIN registry_entities e ON e.rowid = l.dst_rid"
                      " WHERE e.id IS NULL OR e.id != l.dst").fetchone()[0] == 0
     assert not _writer_processes()
+
+
+def test_an_import_whose_writer_dies_raises_and_keeps_the_chunks_it_stored(hub: Hub, city: dict[str, str]) -> None:
+    """The writer process is killed after chunk 1 landed: the import raises (it does not hang or report rows as
+    created), chunk 1 stays whole, chunk 2 left nothing behind, and a new import works again."""
+    import signal
+
+    killed: list[str] = []
+
+    def progress(n: int) -> None:
+        if not killed:
+            killed.extend(_writer_processes())
+            for pid in killed:
+                os.kill(int(pid), signal.SIGKILL)
+
+    before = _counts(hub)
+    with pytest.raises(RuntimeError, match="writer exited"):
+        svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), _objects(city, 200), org="/city/district-a",
+                        chunk=64, progress=progress)
+    assert len(killed) == 1
+    after = _counts(hub)
+    assert after[0] - before[0] == 64 and after[2] - before[2] == 64 and after[3] - before[3] == 64
+    assert not _writer_processes()
+    link = [{"rel": "contained_in", "target": city["building"]}, {"rel": "managed_by", "target": city["enterprise"]}]
+    fresh: list[tuple[int, dict[str, object] | Exception]] = [
+        (i, {"type": "object", "region": "330106", "name": f"again {i}", "links": link}) for i in range(1, 151)]
+    again = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), fresh, org="/city/district-a", chunk=64)
+    assert again.created == 150 and not again.errors
