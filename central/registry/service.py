@@ -809,7 +809,10 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[Row], *, org: str | None 
     try:
         for part in _chunks(rows, chunk):
             if writer is None:  # more chunks may follow: start the writer process now, it takes ~0.3 s
-                writer = _WriterProcess(hub, actor, org) if len(part) == chunk else _LocalWriter(hub, actor, org)
+                # (an in-memory store exists in this process only: it is written in place)
+                on_disk = str(hub.store.path) != ":memory:"
+                writer = (_WriterProcess(hub, actor, org) if len(part) == chunk and on_disk
+                          else _LocalWriter(hub, actor, org))
             parsed: list[Parsed] = []
             errors: list[dict[str, Any]] = []
             for line, raw in part:
