@@ -28,12 +28,13 @@ ENTITY_COLS = (
     "id", "type", "region", "name", "address", "org", "ext_kind", "ext_bi", "ext_enc", "ext_masked",
     "phone_enc", "grid", "valid_from", "valid_to", "attrs", "status", "created_by", "created_at", "updated_at",
 )
-# rowids are SQLite's own: links find theirs through the id index, FTS takes the rows above the old max
+# Rowids are SQLite's own: FTS takes the rows above the old max, and links get theirs from a map of the
+# batch's rowids (consecutive: one writer, each new rowid is max + 1) plus one IN-query for older targets,
+# where looking each end up through the id index cost two probes per link (~6 % of a bulk write).
 INSERT_ENTITY = f"INSERT INTO registry_entities ({', '.join(ENTITY_COLS)}) VALUES ({', '.join('?' * 19)})"
-INSERT_LINK_BY_ID = (
+INSERT_LINK = (
     "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at, src_rid, dst_rid)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, (SELECT rowid FROM registry_entities WHERE id = ?1),"
-    " (SELECT rowid FROM registry_entities WHERE id = ?3))"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_ALIAS = "INSERT INTO registry_aliases VALUES (?, ?, ?, ?, ?)"
 INSERT_FEED = "INSERT INTO registry_feed (ts, kind, entity_id, org, data) VALUES (?, 'entity.create', ?, ?, ?)"
@@ -96,7 +97,17 @@ def write_rows(conn: sqlite3.Connection, r: Rows) -> None:
         (high,),
     )
     if r.links:
-        conn.executemany(INSERT_LINK_BY_ID, r.links)
+        n = len(r.entities)
+        if conn.execute("SELECT max(rowid) FROM registry_entities").fetchone()[0] != high + n:
+            raise sqlite3.IntegrityError("the batch's rowids are not consecutive")  # the caller redoes it by row
+        rid = {e[0]: high + 1 + i for i, e in enumerate(r.entities)}
+        older = sorted({x for lk in r.links for x in (lk[0], lk[2]) if x not in rid})
+        for i in range(0, len(older), 500):
+            part = older[i:i + 500]
+            rid.update(conn.execute(
+                f"SELECT id, rowid FROM registry_entities WHERE id IN ({','.join('?' * len(part))})", part))
+        get = rid.get  # an unknown id gives NULL, which NOT NULL refuses: the batch fails whole
+        conn.executemany(INSERT_LINK, [(*lk, get(lk[0]), get(lk[2])) for lk in r.links])
     if r.aliases:
         conn.executemany(INSERT_ALIAS, r.aliases)
     conn.executemany(INSERT_FEED, r.feeds)

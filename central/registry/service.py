@@ -30,7 +30,7 @@ import sqlite_utils
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from central.registry.bulkwrite import ENTITY_COLS, Rows, audit_import, receive, send, write_rows
+from central.registry.bulkwrite import ENTITY_COLS, INSERT_LINK, Rows, audit_import, receive, send, write_rows
 from central.registry.ids import (
     TYPE_CODE,
     IdError,
@@ -57,10 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("citybrain.registry")
 
-_INSERT_LINK = (
-    "INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at, src_rid, dst_rid)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 EXT_KIND = {"person": "id_card", "enterprise": "uscc", "object": "registry.source", "place": "registry.source"}
 MAX_DEPTH = 64
 # one encoder instance: json.dumps with non-default options builds a new encoder on every call
@@ -1248,7 +1244,7 @@ def add_link(hub: Hub, actor: Actor, src: str, rel: str, dst: str) -> dict[str, 
             if hit:
                 raise Conflict("dst", f"{dst} already lies under {src}: the link would make a cycle")
         try:
-            cur = c.execute(_INSERT_LINK, (src, rel, dst, cat, s[1], actor.name, _now(), s[2], d[1]))
+            cur = c.execute(INSERT_LINK, (src, rel, dst, cat, s[1], actor.name, _now(), s[2], d[1]))
         except sqlite3.IntegrityError:
             raise Conflict("rel", f"{src} {rel} {dst} already exists") from None
         link = {"id": cur.lastrowid, "src": src, "rel": rel, "dst": dst, "category": cat}

@@ -348,3 +348,34 @@ def test_an_import_whose_writer_dies_raises_and_keeps_the_chunks_it_stored(hub: 
         (i, {"type": "object", "region": "330106", "name": f"again {i}", "links": link}) for i in range(1, 151)]
     again = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), fresh, org="/city/district-a", chunk=64)
     assert again.created == 150 and not again.errors
+
+
+def test_a_batch_linking_to_an_unknown_id_fails_whole_even_without_fk_probes(hub: Hub, city: dict[str, str]) -> None:
+    """The writer process runs with FK probes off; a link whose end it cannot map to a rowid must still fail
+    the whole batch (NOT NULL on src_rid/dst_rid), not land a dangling link."""
+    import sqlite3
+
+    from central.registry.bulkwrite import Rows, write_rows
+
+    conn = hub.store.connect()
+    conn.execute("PRAGMA foreign_keys = OFF")
+    before = _counts(hub)
+    eid, ts = make_id("object", "330106", 900_001), "2026-11-25T00:00:00+00:00"
+    ent = (eid, "object", "330106", "orphan", None, "/city/district-a", None, None, None, None, None, None, None, None,
+           "{}", "active", "t", ts, ts)
+    links = [(eid, "contained_in", make_id("place", "330106", 999_999), "physical", "/city/district-a", "t", ts),
+             (eid, "managed_by", city["enterprise"], "business", "/city/district-a", "t", ts)]
+    rows = Rows([ent], links, [], [(ts, eid, "/city/district-a", "{}")], [])
+    conn.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.IntegrityError, match="src_rid|dst_rid"):
+        write_rows(conn, rows)
+    conn.execute("ROLLBACK")
+    assert _counts(hub) == before
+    # the same batch with a real parent lands, its links on the right rowids
+    links[0] = (eid, "contained_in", city["building"], "physical", "/city/district-a", "t", ts)
+    conn.execute("BEGIN IMMEDIATE")
+    write_rows(conn, Rows([ent], links, [], [(ts, eid, "/city/district-a", "{}")], []))
+    conn.execute("COMMIT")
+    assert conn.execute("SELECT count(*) FROM registry_links l JOIN registry_entities s ON s.rowid = l.src_rid"
+                        " JOIN registry_entities d ON d.rowid = l.dst_rid WHERE s.id = ? AND d.id = l.dst",
+                        (eid,)).fetchone()[0] == 2
