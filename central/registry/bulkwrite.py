@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import marshal
+import queue
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,19 +147,41 @@ def audit_import(db: sqlite_utils.Database, actor: str, org: str | None, ids: li
            detail={"rows": len(ids), "first": ids[0], "last": ids[-1]})
 
 
+RESUME = "resume"  # after a failed batch the writer skips batches until this frame (see serve)
+SKIPPED = ("Skipped", "")
+
+
+def _read_ahead(inp: BinaryIO, frames: queue.Queue[Any]) -> None:
+    """Reads and decodes the next batch while the writer stores the one before (the pipe read is GIL-free)."""
+    try:
+        while True:
+            frames.put(receive(inp))
+    except EOFError:
+        frames.put(EOFError)
+
+
 def serve(db_path: str, actor: str, org: str | None, inp: BinaryIO, out: BinaryIO) -> None:
     """The writer process's loop: each batch is one transaction with its audit record. Answers None
-    (committed) or (error class name, message) (rolled back); ends at the end of its input."""
+    (committed) or (error class name, message) (rolled back), in order; ends at the end of its input.
+
+    The importer sends batch k+1 before it has k's answer, so that k+1 is read while k is written. If k
+    fails, k+1 was prepared on top of rows that are not there: every batch after a failure is answered
+    SKIPPED, unwritten, until the importer (having redone k row by row) sends RESUME."""
     from central.store import Store
 
     store = Store(db_path)
+    frames: queue.Queue[Any] = queue.Queue(maxsize=2)
+    threading.Thread(target=_read_ahead, args=(inp, frames), name="bulkwrite-reader", daemon=True).start()
+    failed = False
     try:
         with bulk_pragmas(store.conn), store.background_checkpoints(store.conn):
-            while True:
-                try:
-                    frame = receive(inp)
-                except EOFError:  # end of input, or the importer died: the open batch never began
-                    break
+            while (frame := frames.get()) is not EOFError:  # end of input, or the importer died
+                if frame == RESUME:
+                    failed = False
+                    continue
+                if failed:
+                    send(out, SKIPPED)
+                    continue
                 batch = Rows(*frame)
                 answer: tuple[str, str] | None = None
                 try:
@@ -166,7 +190,7 @@ def serve(db_path: str, actor: str, org: str | None, inp: BinaryIO, out: BinaryI
                         if batch.entities:
                             audit_import(db, actor, org, [e[0] for e in batch.entities])
                 except sqlite3.Error as e:
-                    answer = (type(e).__name__, str(e))
+                    answer, failed = (type(e).__name__, str(e)), True
                 send(out, answer)
     finally:
         store.close()

@@ -30,7 +30,17 @@ import sqlite_utils
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from central.registry.bulkwrite import ENTITY_COLS, INSERT_LINK, Rows, audit_import, receive, send, write_rows
+from central.registry.bulkwrite import (
+    ENTITY_COLS,
+    INSERT_LINK,
+    RESUME,
+    SKIPPED,
+    Rows,
+    audit_import,
+    receive,
+    send,
+    write_rows,
+)
 from central.registry.ids import (
     TYPE_CODE,
     IdError,
@@ -667,14 +677,26 @@ def _parse_row(cipher: Any, line: int, raw: dict[str, Any] | Exception, parsed: 
         errors.append({"row": line, "field": "row", "error": str(e)})
 
 
+class _Skipped(Exception):
+    """The writer left a batch alone: it came after a failed one (see bulkwrite.serve)."""
+
+
 class _LocalWriter:
-    """Stores a batch right away in this thread: an import of one chunk has nothing to overlap with."""
+    """Stores a batch right away in this thread: an import of one chunk has nothing to overlap with.
+    Answers like the writer process, skipping after a failure until `resume`."""
 
     def __init__(self, hub: Hub, actor: Actor, org: str | None) -> None:
         self.hub, self.actor, self.org = hub, actor, org
         self.answers: list[BaseException | None] = []
+        self.failed = False
+
+    def resume(self) -> None:
+        self.failed = False
 
     def write(self, b: _Batch) -> None:
+        if self.failed:
+            self.answers.append(_Skipped())
+            return
         try:
             with self.hub.store.tx() as db:
                 write_rows(db.conn, b.rows)
@@ -682,6 +704,7 @@ class _LocalWriter:
                     audit_import(db, self.actor.name, self.org, b.ids)
         except sqlite3.Error as e:
             self.answers.append(e)
+            self.failed = True
         else:
             self.answers.append(None)
 
@@ -704,9 +727,15 @@ class _WriterProcess:
         self.broken: BaseException | None = None
 
     def write(self, b: _Batch) -> None:
+        self._send(b.rows.wire())
+
+    def resume(self) -> None:
+        self._send(RESUME)
+
+    def _send(self, frame: Any) -> None:
         assert self.proc.stdin is not None
         try:
-            send(self.proc.stdin, b.rows.wire())
+            send(self.proc.stdin, frame)
         except OSError as e:  # it died: result() says so
             self.broken = e
 
@@ -718,6 +747,8 @@ class _WriterProcess:
             return RuntimeError(f"the registry import writer exited with {self.proc.wait()} ({self.broken})")
         if answer is None:
             return None
+        if tuple(answer) == SKIPPED:
+            return _Skipped()
         return getattr(sqlite3, answer[0], sqlite3.Error)(answer[1])  # type: ignore[no-any-return]
 
     def stop(self) -> None:
@@ -815,10 +846,15 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[Row], *, org: str | None 
                 _parse_row(cipher, line, raw, parsed, errors)
             b = prepare(parsed, errors, len(part))
             del part
-            if inflight is not None and not settle():  # b was prepared on top of a chunk that failed
+            writer.write(b)  # queued behind the batch in flight: the writer goes on to it without a gap
+            if inflight is not None and not settle():
+                # b was prepared on top of the chunk that failed, so the writer skipped it: prepare it again
+                skipped = writer.result()
+                assert isinstance(skipped, _Skipped), skipped
                 reg.forget(b.ids, b.exts, b.alias_keys)
                 b = prepare(b.parsed, b.parse_errors, b.read)
-            writer.write(b)
+                writer.resume()
+                writer.write(b)
             inflight = b
         if inflight is not None:
             settle()
