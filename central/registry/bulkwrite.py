@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 
 import sqlite_utils
 
+from central.store import Store
+
 ENTITY_COLS = (
     "id", "type", "region", "name", "address", "org", "ext_kind", "ext_bi", "ext_enc", "ext_masked",
     "phone_enc", "grid", "valid_from", "valid_to", "attrs", "status", "created_by", "created_at", "updated_at",
@@ -56,9 +58,6 @@ class Rows:
     aliases: list[tuple[Any, ...]]
     feeds: list[tuple[Any, ...]]
     serials: list[tuple[str, str, int]]  # counters to persist (none when the importer reserved blocks)
-
-    def __len__(self) -> int:
-        return len(self.entities)
 
     def wire(self) -> tuple[Any, ...]:
         return (self.entities, self.links, self.aliases, self.feeds, self.serials)
@@ -138,13 +137,6 @@ def bulk_pragmas(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute(f"PRAGMA foreign_keys = {int(fk)}")
 
 
-def audit_import(db: sqlite_utils.Database, actor: str, org: str | None, ids: list[str]) -> None:
-    from central.iam.audit import record
-
-    record(db, actor=actor, action="registry.import", target=None, org=org,
-           detail={"rows": len(ids), "first": ids[0], "last": ids[-1]})
-
-
 RESUME = "resume"  # after a failed batch the writer skips batches until this frame (see serve)
 SKIPPED = ("Skipped", "")
 
@@ -158,38 +150,57 @@ def _read_ahead(inp: BinaryIO, frames: queue.Queue[Any]) -> None:
         frames.put(EOFError)
 
 
+Answer = tuple[str, str] | None
+
+
+class BatchWriter:
+    """Stores batches, one transaction each with its audit record, and answers None (committed) or (error
+    class name, message) (rolled back). After a failure it answers SKIPPED, writing nothing, until `resume`:
+    the importer sends batch k+1 before it has k's answer, so a batch after a failed one was prepared on top
+    of rows that are not there (the importer redoes the failed one row by row, then resumes)."""
+
+    def __init__(self, store: Store, actor: str, org: str | None) -> None:
+        self.store, self.actor, self.org = store, actor, org
+        self.failed = False
+
+    def resume(self) -> None:
+        self.failed = False
+
+    def write(self, r: Rows) -> Answer:
+        if self.failed:
+            return SKIPPED
+        try:
+            with self.store.tx() as db:
+                write_rows(db.conn, r)
+                if r.entities:
+                    _audit_import(db, self.actor, self.org, [e[0] for e in r.entities])
+        except sqlite3.Error as e:
+            self.failed = True
+            return (type(e).__name__, str(e))
+        return None
+
+
+def _audit_import(db: sqlite_utils.Database, actor: str, org: str | None, ids: list[str]) -> None:
+    from central.iam.audit import record
+
+    record(db, actor=actor, action="registry.import", target=None, org=org,
+           detail={"rows": len(ids), "first": ids[0], "last": ids[-1]})
+
+
 def serve(db_path: str, actor: str, org: str | None, inp: BinaryIO, out: BinaryIO) -> None:
-    """The writer process's loop: each batch is one transaction with its audit record. Answers None
-    (committed) or (error class name, message) (rolled back), in order; ends at the end of its input.
-
-    The importer sends batch k+1 before it has k's answer, so that k+1 is read while k is written. If k
-    fails, k+1 was prepared on top of rows that are not there: every batch after a failure is answered
-    SKIPPED, unwritten, until the importer (having redone k row by row) sends RESUME."""
-    from central.store import Store
-
+    """The writer process's loop: a `BatchWriter` answering each batch in order, reading the next batch on a
+    thread while it stores the one before; ends at the end of its input."""
     store = Store(db_path)
     frames: queue.Queue[Any] = queue.Queue(maxsize=2)
     threading.Thread(target=_read_ahead, args=(inp, frames), name="bulkwrite-reader", daemon=True).start()
-    failed = False
+    writer = BatchWriter(store, actor, org)
     try:
         with bulk_pragmas(store.conn), store.background_checkpoints(store.conn):
             while (frame := frames.get()) is not EOFError:  # end of input, or the importer died
                 if frame == RESUME:
-                    failed = False
-                    continue
-                if failed:
-                    send(out, SKIPPED)
-                    continue
-                batch = Rows(*frame)
-                answer: tuple[str, str] | None = None
-                try:
-                    with store.tx() as db:
-                        write_rows(db.conn, batch)
-                        if batch.entities:
-                            audit_import(db, actor, org, [e[0] for e in batch.entities])
-                except sqlite3.Error as e:
-                    answer, failed = (type(e).__name__, str(e)), True
-                send(out, answer)
+                    writer.resume()
+                else:
+                    send(out, writer.write(Rows(*frame)))
     finally:
         store.close()
 

@@ -35,8 +35,10 @@ from central.registry.bulkwrite import (
     INSERT_LINK,
     RESUME,
     SKIPPED,
+    UPSERT_SERIAL,
+    Answer,
+    BatchWriter,
     Rows,
-    audit_import,
     receive,
     send,
     write_rows,
@@ -307,11 +309,17 @@ class _Batch:
         return len(self.ids)
 
 
+def _stored_serial(conn: sqlite3.Connection, key: tuple[str, str]) -> int:
+    """The next unused serial for (type code, region) as stored."""
+    r = conn.execute("SELECT next FROM registry_serials WHERE type_code = ? AND region = ?", key).fetchone()
+    return r[0] if r else 1
+
+
 class Registrar:
     """Validates rows against the database and the rows accepted before them, then writes them with one
     statement per table. A row is either fully prepared (id allocated, keys encrypted) or rejected with an
     error; nothing is written until `flush` (inside the caller's transaction) or, in a bulk import, until
-    the writer thread takes the batch (`take`)."""
+    the writer process takes the batch (`take`)."""
 
     persist_serials = True  # the import's registrar reserves serial blocks up front instead
 
@@ -417,10 +425,7 @@ class Registrar:
         """The next serial for (type code, region); the caller holds the write lock."""
         n = self.counters.get(key)
         if n is None:
-            r = self.conn.execute(
-                "SELECT next FROM registry_serials WHERE type_code = ? AND region = ?", key
-            ).fetchone()
-            n = self.counters[key] = r[0] if r else 1
+            n = self.counters[key] = _stored_serial(self.conn, key)
         return n
 
     def ext_index(self, item: EntityIn) -> str | None:
@@ -529,9 +534,8 @@ class Registrar:
 
     def discard(self) -> None:
         """Drop the queued rows (the caller rolled back to before them): later rows must not find them."""
-        self.forget([e[0] for e in self.pending], [e[7] for e in self.pending if e[7] is not None],
-                    [(a[0], a[1]) for a in self.alias_rows])
-        self._clear()
+        b = self.take()
+        self.forget(b.ids, b.exts, b.alias_keys)
 
     def forget(self, ids: Iterable[str], exts: Iterable[str], alias_keys: Iterable[tuple[str, str]]) -> None:
         """Stop answering for these prepared rows from memory: they were rolled back, or they are committed
@@ -574,7 +578,7 @@ class Registrar:
 
 
 class _ImportRegistrar(Registrar):
-    """The bulk import's registrar: it prepares chunk k+1 outside any transaction while the writer thread
+    """The bulk import's registrar: it prepares chunk k+1 outside any transaction while the writer process
     stores chunk k, so it cannot read-and-bump serial counters under the write lock. It reserves blocks of
     serials instead (a short transaction of its own; the block doubles each time, so a 1M-row import
     reserves ~7 times) and gives back what it did not use when the import ends."""
@@ -593,12 +597,8 @@ class _ImportRegistrar(Registrar):
         size = self.block
         self.block = min(self.block * 2, 1 << 20)
         with self.hub.store.tx() as db:  # waits while the writer commits its chunk
-            r = db.conn.execute(
-                "SELECT next FROM registry_serials WHERE type_code = ? AND region = ?", key).fetchone()
-            n = r[0] if r else 1
-            db.conn.execute(
-                "INSERT INTO registry_serials (type_code, region, next) VALUES (?, ?, ?)"
-                " ON CONFLICT (type_code, region) DO UPDATE SET next = excluded.next", (*key, n + size))
+            n = _stored_serial(db.conn, key)
+            db.conn.execute(UPSERT_SERIAL, (*key, n + size))
         self.counters[key], self.limits[key] = n, n + size
         return n
 
@@ -681,35 +681,30 @@ class _Skipped(Exception):
     """The writer left a batch alone: it came after a failed one (see bulkwrite.serve)."""
 
 
+def _as_error(answer: Answer) -> BaseException | None:
+    """A writer's answer for a batch: None if it landed, else why not."""
+    if answer is None:
+        return None
+    if tuple(answer) == SKIPPED:
+        return _Skipped()
+    return getattr(sqlite3, answer[0], sqlite3.Error)(answer[1])  # type: ignore[no-any-return]
+
+
 class _LocalWriter:
-    """Stores a batch right away in this thread: an import of one chunk has nothing to overlap with.
-    Answers like the writer process, skipping after a failure until `resume`."""
+    """Stores a batch right away in this thread: an import of one chunk has nothing to overlap with."""
 
     def __init__(self, hub: Hub, actor: Actor, org: str | None) -> None:
-        self.hub, self.actor, self.org = hub, actor, org
-        self.answers: list[BaseException | None] = []
-        self.failed = False
+        self.writer = BatchWriter(hub.store, actor.name, org)
+        self.answers: list[Answer] = []
 
     def resume(self) -> None:
-        self.failed = False
+        self.writer.resume()
 
     def write(self, b: _Batch) -> None:
-        if self.failed:
-            self.answers.append(_Skipped())
-            return
-        try:
-            with self.hub.store.tx() as db:
-                write_rows(db.conn, b.rows)
-                if b.ids:
-                    audit_import(db, self.actor.name, self.org, b.ids)
-        except sqlite3.Error as e:
-            self.answers.append(e)
-            self.failed = True
-        else:
-            self.answers.append(None)
+        self.answers.append(self.writer.write(b.rows))
 
     def result(self) -> BaseException | None:
-        return self.answers.pop(0)
+        return _as_error(self.answers.pop(0))
 
     def stop(self) -> None:
         pass
@@ -745,11 +740,7 @@ class _WriterProcess:
             answer = receive(self.proc.stdout)
         except EOFError:
             return RuntimeError(f"the registry import writer exited with {self.proc.wait()} ({self.broken})")
-        if answer is None:
-            return None
-        if tuple(answer) == SKIPPED:
-            return _Skipped()
-        return getattr(sqlite3, answer[0], sqlite3.Error)(answer[1])  # type: ignore[no-any-return]
+        return _as_error(answer)
 
     def stop(self) -> None:
         assert self.proc.stdin is not None
