@@ -33,18 +33,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bridge = None
-        hub.hooks.emit("hub.started")
-        if run_bridge:
-            from central.bridge.service import Bridge
-
-            bridge = Bridge(hub)
-            bridge.start()
+        # The hub owns its workers: started here, stopped and joined before the app (and its store) go.
+        hub.start(bridge=run_bridge)
         try:
             yield
         finally:
-            if bridge is not None:
-                bridge.stop()
+            hub.stop()
 
     app = FastAPI(
         title="City Brain hub",

@@ -55,7 +55,7 @@ def hub(settings: Settings) -> Iterator[Hub]:
 
     h = build_hub(settings)
     yield h
-    h.store.close()
+    h.close()
 
 
 @pytest.fixture

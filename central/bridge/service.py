@@ -60,6 +60,8 @@ class Reject(Exception):
 
 
 class Bridge:
+    name = "mqtt-bridge"  # a hub worker (central.hub.Worker): Hub.start(bridge=True) runs it
+
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.settings = hub.settings.mqtt
@@ -68,6 +70,7 @@ class Bridge:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._connected = threading.Event()
+        self._announcer: threading.Thread | None = None
         self._writer: threading.Thread | None = None
         self._known: set[str] = set()
         self._unknown: dict[str, float] = {}  # device id -> when last found unknown
@@ -115,13 +118,15 @@ class Bridge:
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self._connected.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()
         if self._writer is not None:
-            self._writer.join(timeout=10)
+            self._writer.join(timeout=timeout)
         self.client.disconnect()
         self.client.loop_stop()
+        if self._announcer is not None and self._announcer is not threading.current_thread():
+            self._announcer.join(timeout=timeout)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -140,7 +145,8 @@ class Bridge:
         if mid != self._sub_mid:
             return
         self._connected.set()
-        threading.Thread(target=self._announce_connected, name="bridge-connected", daemon=True).start()
+        self._announcer = threading.Thread(target=self._announce_connected, name="bridge-connected", daemon=True)
+        self._announcer.start()
 
     def _announce_connected(self) -> None:
         # Off the network thread: hook handlers may touch the store and publish.

@@ -21,6 +21,10 @@ log = logging.getLogger("citybrain.store")
 
 Migration = tuple[int, Callable[[sqlite_utils.Database], None]]
 
+
+class StoreClosed(RuntimeError):
+    """The store was closed: new work is refused here instead of touching freed SQLite handles."""
+
 # Capabilities are migrated in this order (later ones may reference earlier tables); others follow A-Z.
 ORDER = ["devices", "bridge", "iam", "registry", "codes", "video", "dialer"]
 
@@ -43,22 +47,38 @@ class Store:
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Every connection with the thread that made it: close() closes a connection only from its own
+        # thread or once that thread is gone, never while another thread may be inside sqlite3_step().
+        self._all: list[tuple[sqlite3.Connection, threading.Thread]] = []
         self._lock = threading.Lock()
+        self._closed = False
+        self._active = 0  # write transactions under way
+        self._idle = threading.Condition(self._lock)
         self.background_checkpoint_passes = 0
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def connect(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreClosed(f"store {self.path} is closed")
         conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=30000")
         with self._lock:
-            self._all.append(conn)
+            if self._closed:
+                conn.close()
+                raise StoreClosed(f"store {self.path} is closed")
+            self._all.append((conn, threading.current_thread()))
         return conn
 
     @property
     def db(self) -> sqlite_utils.Database:
+        if self._closed:
+            raise StoreClosed(f"store {self.path} is closed")
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite_utils.Database(self.connect())
@@ -76,17 +96,26 @@ class Store:
         if db.conn.in_transaction:  # nested: join the outer transaction
             yield db
             return
-        db.conn.execute("BEGIN IMMEDIATE")
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"store {self.path} is closed")
+            self._active += 1
         try:
-            yield db
-        except BaseException:
-            if db.conn.in_transaction:
-                db.conn.execute("ROLLBACK")
-            raise
-        else:
-            # Some DDL helpers (executescript, sqlite-utils' enable_fts) commit on their own.
-            if db.conn.in_transaction:
-                db.conn.execute("COMMIT")
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.conn.in_transaction:
+                    db.conn.execute("ROLLBACK")
+                raise
+            else:
+                # Some DDL helpers (executescript, sqlite-utils' enable_fts) commit on their own.
+                if db.conn.in_transaction:
+                    db.conn.execute("COMMIT")
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._idle.notify_all()
 
     @contextmanager
     def background_checkpoints(self, conn: sqlite3.Connection, interval: float = 0.2) -> Iterator[None]:
@@ -161,14 +190,22 @@ class Store:
         finally:
             dst.close()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Refuse new work, let write transactions under way finish (up to `timeout`), then close every
+        connection whose thread is this one or has ended. A connection of a thread still alive is only
+        dropped: it is closed when that thread lets go of it, so no handle is freed under a running query.
+        Stop the threads first (`Hub.close()` stops the hub's workers before it closes the store)."""
+        me = threading.current_thread()
         with self._lock:
-            for c in self._all:
+            self._closed = True
+            self._idle.wait_for(lambda: self._active == 0, timeout)
+            conns, self._all = self._all, []
+        for c, owner in conns:
+            if owner is me or not owner.is_alive():
                 try:
                     c.close()
                 except sqlite3.Error:
                     pass
-            self._all.clear()
         self._local = threading.local()
 
 

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from typing import Any
 import httpx
 import sqlite_utils
 
-from central.hub import Hub
+from central.hub import Hub, LoopWorker
 from central.iam.audit import record
 from protocol import topics
 from protocol.messages import Event
@@ -64,11 +65,14 @@ class VideoService:
     def __init__(self, hub: Hub, window_s: float = 600.0) -> None:
         self.hub = hub
         self.window_s = window_s
-        self._threads: list[threading.Thread] = []
-        self._worker: threading.Thread | None = None
-        self._worker_lock = threading.Lock()
         self._process_lock = threading.Lock()
-        self._wake = threading.Event()
+        # Hub-owned workers (registered by setup(), run by Hub.start()): the correlator over the stored
+        # events, and the alert sender, fed from a queue so a dispatch never waits for a webhook.
+        self.correlator = LoopWorker("video-correlator", lambda: self.process_pending() > 0, interval_s=0.5)
+        self._alerts: queue.Queue[tuple[int, str, str, bytes, str | None]] = queue.Queue()
+        self._alerts_busy = 0
+        self._alerts_cv = threading.Condition()
+        self.alert_sender = LoopWorker("video-alerts", self._send_queued, interval_s=0.5)
 
     # --- ingest: a correlator thread consumes the bridge's `events` table from a durable cursor --------
     def on_events(self, db: sqlite_utils.Database, events: list[tuple[str, str, Event]]) -> None:
@@ -77,28 +81,8 @@ class VideoService:
         self.kick()
 
     def kick(self) -> None:
-        with self._worker_lock:
-            self._wake.set()
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._correlate_loop, name="video-correlator", daemon=True)
-                self._worker.start()
-
-    def _correlate_loop(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            self._wake.wait(0.5)
-            self._wake.clear()
-            try:
-                while self.process_pending():
-                    idle_since = time.monotonic()
-            except Exception:
-                log.exception("video correlator failed; retrying")
-                time.sleep(1.0)
-            if time.monotonic() - idle_since > 10.0:  # park when idle; the next kick restarts it
-                with self._worker_lock:
-                    if not self._wake.is_set():  # a kick that raced with parking is not lost
-                        self._worker = None
-                        return
+        """Wake the correlator (it runs only while the hub is started; a stopped hub's events wait)."""
+        self.correlator.kick()
 
     def run_forever(self, stop: threading.Event, idle_s: float = 0.2) -> None:
         """The correlator as its own process: poll the cursor until `stop` is set."""
@@ -601,16 +585,39 @@ class VideoService:
         return (int(cur.lastrowid or 0), channel, target, body, secret)
 
     def _send_async(self, alerts: list[tuple[int, str, str, bytes, str | None]]) -> None:
-        if not alerts:
-            return
-        th = threading.Thread(target=self._send_all, args=(alerts,), name="video-alerts", daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [th]
-        th.start()
+        for a in alerts:
+            self._alerts.put(a)
+        self.alert_sender.kick()
+
+    def _send_queued(self) -> bool:
+        batch: list[tuple[int, str, str, bytes, str | None]] = []
+        with self._alerts_cv:
+            while True:
+                try:
+                    batch.append(self._alerts.get_nowait())
+                except queue.Empty:
+                    break
+            self._alerts_busy += len(batch)
+        try:
+            if batch:
+                self._send_all(batch)
+        finally:
+            with self._alerts_cv:
+                self._alerts_busy -= len(batch)
+                self._alerts_cv.notify_all()
+        return bool(batch)
 
     def wait_alerts(self, timeout: float = 10.0) -> None:
-        """Wait for in-flight alert deliveries (tests, graceful shutdown)."""
-        for th in list(self._threads):
-            th.join(timeout)
+        """Wait for queued alert deliveries (tests, graceful shutdown); sends them here when the hub is
+        not running, so nothing queued is left behind."""
+        if not self.alert_sender.alive:
+            while self._send_queued():
+                pass
+            return
+        deadline = time.monotonic() + timeout
+        with self._alerts_cv:
+            while (self._alerts_busy or not self._alerts.empty()) and time.monotonic() < deadline:
+                self._alerts_cv.wait(0.05)
 
     def _send_all(self, alerts: list[tuple[int, str, str, bytes, str | None]]) -> None:
         for alert_id, channel, target, body, secret in alerts:
@@ -658,9 +665,10 @@ def _snapshot_bytes(b64: str | None) -> bytes | None:
 def setup(hub: Hub) -> None:
     svc = VideoService(hub)
     hub.services["video"] = svc
+    hub.add_worker(svc.alert_sender)
     if hub.settings.inline_consumers:
+        hub.add_worker(svc.correlator)  # its first pass catches up on events stored before a crash
         hub.hooks.on("events.ingested", svc.on_events)
-        hub.hooks.on("hub.started", svc.kick)  # catch up on events stored before a crash
 
 
 def service_of(hub: Hub) -> VideoService:

@@ -29,7 +29,7 @@ SERVICE = "10.60.1.10"
 def chub(tmp_path: Path) -> Iterator[Hub]:
     h = make_hub(tmp_path)
     yield h
-    h.store.close()
+    h.close()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ def profile(request: pytest.FixtureRequest) -> str:
 def chub(tmp_path: Path, profile: str) -> Iterator[Hub]:
     h = make_hub(tmp_path, profile)
     yield h
-    h.store.close()
+    h.close()
 
 
 @pytest.fixture

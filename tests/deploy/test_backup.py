@@ -47,7 +47,7 @@ def test_backup_then_restore(tmp_path: Path) -> None:
     with hub.store.tx() as db:
         db.conn.execute("DELETE FROM devices")
         db.conn.execute("DELETE FROM iam_bindings")
-    hub.store.close()
+    hub.close()
     assert snapshot(hub.settings.database) != before
 
     r = runner.invoke(app, ["hub", "restore", str(target), "--config", str(cfg)])
@@ -59,7 +59,7 @@ def test_backup_then_restore(tmp_path: Path) -> None:
 
     assert verify(hub2.store.db).ok
     assert hub2.services["devices"].get("site-1/cam-1")["org_path"] == "/city/district-a"
-    hub2.store.close()
+    hub2.close()
 
     r = runner.invoke(app, ["hub", "restore", str(tmp_path / "missing.db"), "--config", str(cfg)])
     assert r.exit_code == 2 and "does not exist" in r.output

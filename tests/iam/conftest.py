@@ -55,7 +55,7 @@ def ihub(tmp_path: Path, clock: Clock) -> Iterator[Hub]:
     h = make_hub(tmp_path)
     h.services["iam"].now = clock
     yield h
-    h.store.close()
+    h.close()
 
 
 @pytest.fixture

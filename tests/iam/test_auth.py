@@ -95,7 +95,7 @@ def test_login_rate_limit(tmp_path: Path) -> None:
     with TestClient(create_app(hub=hub, start_bridge=False)) as c:
         codes = [_login(c, "nobody", "Whatever-123")[0] for _ in range(5)]
     assert codes == [401, 401, 401, 429, 429]
-    hub.store.close()
+    hub.close()
 
 
 def test_unauthenticated_and_malformed_credentials(iclient: TestClient) -> None:

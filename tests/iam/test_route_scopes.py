@@ -135,7 +135,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     app = create_app(hub=hub, start_bridge=False)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield World(hub, app, c)
-    hub.store.close()
+    hub.close()
 
 
 def test_every_route_declares_auth_or_public(world: World) -> None:

@@ -41,7 +41,7 @@ def test_cors_only_for_listed_origins(tmp_path: Path) -> None:
         bad = c.options("/api/v1/iam/login", headers={"Origin": "https://evil.example",
                                                        "Access-Control-Request-Method": "POST"})
         assert bad.headers.get("access-control-allow-origin") != "https://evil.example"
-    hub.store.close()
+    hub.close()
 
 
 def test_request_body_limit(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_request_body_limit(tmp_path: Path) -> None:
         assert r.status_code == 413
         assert c.post("/api/v1/iam/roles", headers=auth(tok),
                       json={"name": "small", "patterns": ["x.read"]}).status_code == 201
-    hub.store.close()
+    hub.close()
 
 
 def test_gen_certs_serves_https(tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_gen_certs_serves_https(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         t.join(10)
-        hub.store.close()
+        hub.close()
 
 
 def test_mosquitto_tls_listener_with_generated_certs(tmp_path: Path) -> None:

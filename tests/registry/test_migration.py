@@ -41,7 +41,7 @@ def test_v4_rekeys_existing_links_by_rowid(tmp_path: Path, monkeypatch: pytest.M
                                    (2, "owned_by", 1, "business"), (3, "managed_by", 1, "business")]:
             db.conn.execute("INSERT INTO registry_links (src, rel, dst, category, org, created_by, created_at)"
                             " VALUES (?, ?, ?, ?, ?, 't', 'x')", (rows[src][0], rel, rows[dst][0], cat, ORG))
-    hub.store.close()
+    hub.close()
 
     monkeypatch.undo()
     hub = build_hub(settings)  # applies v4
@@ -61,4 +61,4 @@ def test_v4_rekeys_existing_links_by_rowid(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(svc.Conflict, match="cycle"):
             svc.add_link(hub, actor, tower, "contained_in", hydrant)
     finally:
-        hub.store.close()
+        hub.close()

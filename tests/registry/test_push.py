@@ -75,4 +75,4 @@ def test_mqtt_push_through_real_broker(tmp_path: Path, broker: Broker) -> None:
     finally:
         pub.loop_stop()
         bridge.stop()
-        hub.store.close()
+        hub.close()

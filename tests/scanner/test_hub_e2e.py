@@ -32,7 +32,7 @@ def live_hub(tmp_path: Path, broker: Broker) -> Iterator[tuple[Hub, TestClient]]
     with TestClient(create_app(hub=hub, start_bridge=True)) as c:
         assert hub.publisher.wait_connected(10)  # type: ignore[attr-defined]
         yield hub, c
-    hub.store.close()
+    hub.close()
 
 
 def scans_of(hub: Hub, serial: str) -> list[tuple[str, str]]:

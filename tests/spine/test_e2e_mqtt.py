@@ -43,7 +43,7 @@ def count_events(hub: Hub) -> int:
 def mqtt_hub(tmp_path: Path, broker: Broker) -> Iterator[Hub]:
     hub = build_hub(make_settings(tmp_path, broker))
     yield hub
-    hub.store.close()
+    hub.close()
 
 
 def provision(hub: Hub, tmp_path: Path, name: str, kind: str = "camera", site: str = "site1") -> dict[str, Any]:
@@ -160,7 +160,7 @@ def test_hub_killed_mid_ingest_nothing_lost_nothing_doubled(tmp_path: Path, brok
     finally:
         link.stop()
         proc.kill()
-        hub.store.close()
+        hub.close()
 
 
 def test_acl_refuses_publishing_under_another_device(tmp_path: Path, broker: Broker, mqtt_hub: Hub) -> None:

@@ -34,7 +34,9 @@ def test_clip_to_case_through_broker_outage(tmp_path: Path, broker: Broker) -> N
     cfg["heartbeat_s"] = 0.5
     cfg["camera"] = {"cameras": [{"id": "cam1", "url": clip, "realtime": False, "max_fps": 5}], "rules": RULES}
     dev = parse_config(cfg)
-    bridge = Bridge(hub).start()
+    hub.start(bridge=True)  # the bridge and the correlator are hub workers
+    bridge = hub.worker("mqtt-bridge")
+    assert isinstance(bridge, Bridge)
     link = Link(dev).start()
     try:
         assert bridge.wait_connected(10) and link.wait_connected(10)
@@ -58,8 +60,7 @@ def test_clip_to_case_through_broker_outage(tmp_path: Path, broker: Broker) -> N
         assert hb.fps_in is not None and hb.frames_dropped is not None
     finally:
         link.stop()
-        bridge.stop()
-        hub.store.close()
+        hub.close()
 
 
 def test_capture_reconnects_with_backoff(tmp_path: Path) -> None:
