@@ -4,6 +4,9 @@ temporary SQLite file, and a FastAPI TestClient over it."""
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +16,33 @@ from fastapi.testclient import TestClient
 from central.broker import HUB_ACL, Broker, BrokerConfig
 from central.hub import Hub
 from central.settings import MqttSettings, Settings
+
+
+BRIDGE_THREADS = {"bridge-writer", "bridge-connected"}
+
+
+@pytest.fixture(autouse=True)
+def hubs_stop_with_their_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No hub worker outlives the test that started it: a hub a test left running is stopped here, and a
+    worker thread still alive after its hub stopped fails the test (it would outlive its store)."""
+    made: weakref.WeakSet[Hub] = weakref.WeakSet()
+    init = Hub.__init__
+
+    def recording_init(self: Hub, *a: object, **kw: object) -> None:
+        init(self, *a, **kw)  # type: ignore[arg-type]
+        made.add(self)
+
+    monkeypatch.setattr(Hub, "__init__", recording_init)
+    yield
+    names = set(BRIDGE_THREADS)
+    for h in list(made):
+        names |= {w.name for w in h.workers} | {"mqtt-bridge"}
+        if h.running:
+            h.stop()
+    deadline = time.monotonic() + 5
+    while (left := [t.name for t in threading.enumerate() if t.name in names]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"hub worker threads outlived their hub: {left}"
 
 
 @pytest.fixture
