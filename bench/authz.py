@@ -87,7 +87,7 @@ def main() -> None:
     dict_s = min(run_dict() for _ in range(3))
     rate, base = CHECKS / check_s, CHECKS / dict_s
     print(f"{CHECKS} checks ({allowed_count} allowed): {rate:,.0f} checks/s; dict lookup {base:,.0f}/s")
-    hub.store.close()
+    hub.close()
     print(json.dumps({"metric": "authz_checks_per_s", "value": round(rate), "unit": "checks/s", "target": TARGET,
                       "baseline": round(base), "ratio": round(rate / base, 3)}))
 

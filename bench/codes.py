@@ -97,7 +97,7 @@ def setup_hub(data_dir: Path, total: int, probes: int) -> tuple[list[str], str, 
     for t in texts[:5]:
         svc.revoke_code("bench", t.rsplit("/", 1)[1].split(".")[3], "bench")
     hub.store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    hub.store.close()
+    hub.close()
     step = max(len(texts) // probes, 1)
     return texts[::step][:probes], key, figures
 

@@ -171,7 +171,7 @@ def main() -> None:
     # - the loader freed ~1.5 GB of row objects, and the fragmented heap it leaves behind makes every later
     #   allocation slower (+20-50 % on a 10k-item walk, measured) in this process only.
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    hub.store.close()
+    hub.close()
     os.sync()
     sys.stdout.flush()
     subprocess.run([sys.executable, __file__, "--query-only", "--dir", str(work), "--count", str(args.count),
@@ -235,7 +235,7 @@ def query(args: argparse.Namespace, work: Path) -> None:
     assert len(res["items"]) == args.children, len(res["items"])
     emit("registry_descendants_10k_p99", pct(lat, 99), "ms", 50.0, p50=round(statistics.median(lat), 3),
          items=len(res["items"]))
-    hub.store.close()
+    hub.close()
 
 
 if __name__ == "__main__":

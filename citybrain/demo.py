@@ -152,7 +152,7 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
             path.chmod(0o600)
         configs[kind] = path
     lines += _seed_capabilities(hub, demo_dir)
-    hub.store.close()
+    hub.close()
     broker.reload()
 
     exe = [sys.executable, "-m", "citybrain.cli"]
