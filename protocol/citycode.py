@@ -4,18 +4,25 @@ The QR content is a URL so any phone opens the city's service page, while a scan
 with no network. Three segments (see /work/shared/ARCHITECTURE.md, "City code"):
 
     {guide URL}/{city-managed segment}/{department segment}
-    https://code.city.example/c/1.HC.A7K2.SY0.P3101ABC0001X/PASS.SIZJ6O.T2E4XS.K7Q2M9PZ4R8WXNCF.ED1A2B.<sig>
+    v2: https://code.city.example/c/2.HC.A7K2.SY0.P3101ABC0001X/PASS.K7Q2M9PZ4R8WXNCF.ED1A2B.<174 digits>
+    v1: https://code.city.example/c/1.HC.A7K2.SY0.P3101ABC0001X/PASS.SIZJ6O.T2E4XS.K7Q2M9PZ4R8WXNCF.ED1A2B.<sig>
 
 1. guide segment: the filed resolver base URL (only filed and audited URLs may appear);
 2. city-managed segment, assigned by the city: format version, code-system id, authorization id (the
    approved issuance application), attribute id (3 chars: S/D static|dynamic, validity class, 0/1
    single-use) and identity id (the entity's unified base identifier);
-3. department segment: short department data, issue time and expiry (base36 epoch seconds), serial,
-   key id and the signature (RFC 4648 base32, no padding) over everything before it.
+3. department segment: short department data, serial, key id, then one fixed-width decimal run: issue
+   time (10 digits, epoch s), lifetime (9 digits, s) and the 64-byte signature as a 155-digit big-endian
+   integer, signed over everything before the run. (v1, still verified: issue time and expiry in base36,
+   serial, key id, signature in RFC 4648 base32 without padding.)
 
-Every character after the guide URL is in the QR alphanumeric set (0-9 A-Z . -) and URL-safe, so an
-encoder in optimized mode packs it at 5.5 bits/char and a typical code fits QR version <= 10 at EC
-level M even with 64-byte Ed25519/SM2 signatures.
+Why decimal: a QR encoder packs digits at 3.33 bits each against 5.5 bits per alphanumeric char, so the
+v2 tail costs ~55 bits less than v1's, which keeps a code with a 38-char guide URL and 24 chars of
+department data inside QR version 11 at error-correction level Q (v1 needed version 12).
+
+Canonical encoding: `parse` re-renders what it parsed and refuses any text that differs (base32 trailing
+bits, base36 leading zeros, case, whitespace, ...), so one code has exactly one accepted spelling and the
+terminal (offline) and the hub (online) see the same text and give the same verdict.
 """
 
 from __future__ import annotations
@@ -32,7 +39,15 @@ from typing import Literal
 from protocol import signing
 from protocol.trust import RevocationList, TrustedKey, TrustList
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # what `build` writes; parse also reads LEGACY_VERSIONS
+LEGACY_VERSIONS = ("1",)
+SIG_BYTES = 64  # Ed25519 and SM2 (raw r||s) both
+_ISSUED_DIGITS, _LIFE_DIGITS, _SIG_DIGITS = 10, 9, 155  # 10**155 > 2**512
+_TAIL_DIGITS = _ISSUED_DIGITS + _LIFE_DIGITS + _SIG_DIGITS
+# Data bits of a QR symbol at version 11, error-correction level Q (ISO/IEC 18004 table 7): `build` refuses
+# a code that needs more, so every code keeps Q's ~25 % damage margin at <= 61x61 modules.
+QR_MAX_VERSION, QR_MAX_BITS = 11, 1440
+_QR_ALNUM = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:")
 MAX_TEXT = 1024  # longer than any code we build; refuse before doing any work
 # Domain separation: a code signature can never be replayed as some other signed object.
 _SIG_CONTEXT = b"citycode/v1\n"
@@ -58,6 +73,7 @@ _TIME = re.compile(r"^[0-9A-Z]{1,8}$")
 _SERIAL = re.compile(r"^[0-9A-Z]{4,32}$")
 _KID = re.compile(r"^[0-9A-Z-]{4,32}$")
 _SIG = re.compile(r"^[A-Z2-7]{8,400}$")
+_TAIL = re.compile(rf"^[0-9]{{{_TAIL_DIGITS}}}$")
 _ATTR = re.compile(r"^[SD][A-Z][01]$")
 _GUIDE = re.compile(r"^[Hh][Tt][Tt][Pp][Ss]?://[!-~]{1,200}$")  # printable ASCII, no spaces
 
@@ -128,15 +144,19 @@ class CityCode:
     serial: str
     kid: str  # uppercase in the code; matched case-insensitively against the trust list
     signature: bytes = field(default=b"", repr=False)
+    version: str = FORMAT_VERSION
 
     @property
     def city_segment(self) -> str:
-        return ".".join([FORMAT_VERSION, self.code_system, self.auth_id, self.attribute.code(), self.identity_id])
+        return ".".join([self.version, self.code_system, self.auth_id, self.attribute.code(), self.identity_id])
 
     @cached_property
     def unsigned_text(self) -> str:
-        dept = ".".join([self.dept_data, _b36(self.issued_at), _b36(self.expires_at), self.serial, self.kid])
-        return f"{self.guide_url}/{self.city_segment}/{dept}"
+        if self.version == "1":
+            dept = ".".join([self.dept_data, _b36(self.issued_at), _b36(self.expires_at), self.serial, self.kid])
+            return f"{self.guide_url}/{self.city_segment}/{dept}"
+        times = f"{self.issued_at:0{_ISSUED_DIGITS}d}{self.expires_at - self.issued_at:0{_LIFE_DIGITS}d}"
+        return f"{self.guide_url}/{self.city_segment}/{self.dept_data}.{self.serial}.{self.kid}.{times}"
 
     def signed_bytes(self) -> bytes:
         """What the department key signs: segments 1-3 up to (not including) the signature."""
@@ -144,8 +164,10 @@ class CityCode:
 
     @cached_property
     def text(self) -> str:
-        """The QR content."""
-        return f"{self.unsigned_text}.{_b32e(self.signature)}"
+        """The QR content (the one canonical spelling of this code)."""
+        if self.version == "1":
+            return f"{self.unsigned_text}.{_b32e(self.signature)}"
+        return f"{self.unsigned_text}{int.from_bytes(self.signature, 'big'):0{_SIG_DIGITS}d}"
 
     @property
     def resolver_path(self) -> str:
@@ -157,6 +179,21 @@ def _check(pattern: re.Pattern[str], name: str, value: str) -> str:
     if not isinstance(value, str) or not pattern.match(value):
         raise CityCodeError(name, f"{value!r} must match {pattern.pattern}")
     return value
+
+
+def qr_bits(code: CityCode) -> int:
+    """Data bits an optimizing QR encoder needs for `code.text` (versions 10-26 header sizes): the guide URL
+    in byte mode (alphanumeric if it is all upper case), the rest alphanumeric, v2's digit tail numeric."""
+    def alnum(n: int) -> int:
+        return 4 + 11 + 11 * (n // 2) + 6 * (n % 2)
+
+    guide = code.guide_url + "/"
+    bits = alnum(len(guide)) if set(guide) <= _QR_ALNUM else 4 + 16 + 8 * len(guide.encode())
+    rest = len(code.text) - len(guide)
+    if code.version == "1":
+        return bits + alnum(rest)
+    n = _TAIL_DIGITS
+    return bits + alnum(rest - n) + 4 + 12 + 10 * (n // 3) + (0, 4, 7)[n % 3]
 
 
 def check_guide_url(url: str) -> str:
@@ -182,8 +219,12 @@ def build(
     issued_at: int,
     expires_at: int,
     dept_data: str = "",
+    version: str = FORMAT_VERSION,
 ) -> CityCode:
-    """Build and sign a code; raises CityCodeError naming the bad field (never produces an unparsable code)."""
+    """Build and sign a code; raises CityCodeError naming the bad field (never produces an unparsable code).
+    `version` "1" writes the legacy layout (kept for tests of codes issued before v2)."""
+    if version not in (FORMAT_VERSION, *LEGACY_VERSIONS):
+        raise CityCodeError("version", f"unknown format version {version!r}")
     attr = attribute if isinstance(attribute, Attribute) else Attribute.parse(attribute)
     Attribute.parse(attr.code())  # validates a hand-built Attribute too
     check_guide_url(guide_url)
@@ -198,14 +239,24 @@ def build(
         raise CityCodeError("expires_at", "must be after issued_at (and both non-negative)")
     if expires_at - issued_at > attr.max_lifetime_s:
         raise CityCodeError("expires_at", f"lifetime exceeds validity class {attr.validity!r}")
-    if expires_at >= 36**8:
+    if expires_at >= 36**8 or (version != "1" and issued_at >= 10**_ISSUED_DIGITS):
         raise CityCodeError("expires_at", "too far in the future")
-    code = CityCode(guide_url, code_system, auth_id, attr, identity_id, dept_data, issued_at, expires_at, serial, kid)
-    return replace(code, signature=key.sign(code.signed_bytes()))
+    code = CityCode(guide_url, code_system, auth_id, attr, identity_id, dept_data, issued_at, expires_at, serial, kid,
+                    version=version)
+    sig = key.sign(code.signed_bytes())
+    if len(sig) != SIG_BYTES:  # the fixed-width v2 tail holds exactly 64 bytes
+        raise CityCodeError("signature", f"{len(sig)}-byte signature; codes carry {SIG_BYTES}-byte signatures")
+    code = replace(code, signature=sig)
+    if version == FORMAT_VERSION and (bits := qr_bits(code)) > QR_MAX_BITS:
+        raise CityCodeError("dept_data" if dept_data else "guide_url",
+                            f"code needs {bits} QR data bits, version {QR_MAX_VERSION} at level Q holds {QR_MAX_BITS}:"
+                            " shorten the department data or the guide URL")
+    return code
 
 
 def parse(text: str | bytes) -> CityCode:
-    """Parse QR content; raises CityCodeError (field + detail) for anything malformed. Does not verify."""
+    """Parse QR content; raises CityCodeError (field + detail) for anything malformed or not in its one
+    canonical spelling. Does not verify."""
     if isinstance(text, bytes | bytearray):
         try:
             text = bytes(text).decode("utf-8")
@@ -213,9 +264,10 @@ def parse(text: str | bytes) -> CityCode:
             raise CityCodeError("text", "not UTF-8") from None
     if not isinstance(text, str):
         raise CityCodeError("text", "must be a string")
-    text = text.strip()
     if len(text) > MAX_TEXT:
         raise CityCodeError("text", f"longer than {MAX_TEXT} characters")
+    if text != text.strip():
+        raise CityCodeError("text", "leading or trailing whitespace")
     parts = text.rsplit("/", 2)
     if len(parts) != 3:
         raise CityCodeError("text", "expected {guide URL}/{city segment}/{department segment}")
@@ -224,37 +276,93 @@ def parse(text: str | bytes) -> CityCode:
     cf = city.split(".")
     if len(cf) != 5:
         raise CityCodeError("city_segment", f"expected 5 '.'-separated fields, got {len(cf)}")
-    if cf[0] != FORMAT_VERSION:
-        raise CityCodeError("version", f"unsupported format version {cf[0][:8]!r}")
-    df = dept.split(".")
-    if len(df) != 6:
-        raise CityCodeError("dept_segment", f"expected 6 '.'-separated fields, got {len(df)}")
+    version = cf[0]
+    if version not in (FORMAT_VERSION, *LEGACY_VERSIONS):
+        raise CityCodeError("version", f"unsupported format version {version[:8]!r}")
     attr = Attribute.parse(cf[3])
-    _check(_TIME, "issued_at", df[1])
-    _check(_TIME, "expires_at", df[2])
-    _check(_SIG, "signature", df[5])
-    try:
-        sig = _b32d(df[5])
-    except ValueError:
-        raise CityCodeError("signature", "not valid base32") from None
+    df = dept.split(".")
+    if version == "1":
+        if len(df) != 6:
+            raise CityCodeError("dept_segment", f"expected 6 '.'-separated fields, got {len(df)}")
+        data, serial, kid = df[0], df[3], df[4]
+        _check(_TIME, "issued_at", df[1])
+        _check(_TIME, "expires_at", df[2])
+        issued, expires = int(df[1], 36), int(df[2], 36)
+        _check(_SIG, "signature", df[5])
+        try:
+            sig = _b32d(df[5])
+        except ValueError:
+            raise CityCodeError("signature", "not valid base32") from None
+    else:
+        if len(df) != 4:
+            raise CityCodeError("dept_segment", f"expected 4 '.'-separated fields, got {len(df)}")
+        data, serial, kid, tail = df
+        if not _TAIL.match(tail):
+            raise CityCodeError("signature", f"expected {_TAIL_DIGITS} digits (issue time, lifetime, signature)")
+        issued = int(tail[:_ISSUED_DIGITS])
+        life = int(tail[_ISSUED_DIGITS : _ISSUED_DIGITS + _LIFE_DIGITS])
+        if life < 1:
+            raise CityCodeError("expires_at", "lifetime must be at least 1 s")
+        expires = issued + life
+        n = int(tail[_ISSUED_DIGITS + _LIFE_DIGITS :])
+        if n >= 1 << (8 * SIG_BYTES):
+            raise CityCodeError("signature", f"larger than {SIG_BYTES} bytes")
+        sig = n.to_bytes(SIG_BYTES, "big")
     code = CityCode(
         guide_url=guide,
         code_system=_check(_CODE_SYSTEM, "code_system", cf[1]),
         auth_id=_check(_AUTH, "auth_id", cf[2]),
         attribute=attr,
         identity_id=_check(_IDENTITY, "identity_id", cf[4]),
-        dept_data=_check(_DATA, "dept_data", df[0]),
-        issued_at=int(df[1], 36),
-        expires_at=int(df[2], 36),
-        serial=_check(_SERIAL, "serial", df[3]),
-        kid=_check(_KID, "kid", df[4]),
+        dept_data=_check(_DATA, "dept_data", data),
+        issued_at=issued,
+        expires_at=expires,
+        serial=_check(_SERIAL, "serial", serial),
+        kid=_check(_KID, "kid", kid),
         signature=sig,
+        version=version,
     )
-    # Verify exactly the bytes that were scanned (no re-serialization: a padded time field or other
-    # non-canonical variant then fails the signature instead of passing as the canonical code).
-    code.__dict__["text"] = text
-    code.__dict__["unsigned_text"] = text[: text.rindex(".")]
+    # One code, one spelling: what was scanned must be exactly what this code renders to. This refuses the
+    # whole class of alternative encodings of the same values (base32 trailing bits, base36 leading
+    # zeros, ...) that would otherwise verify offline while the hub, matching its stored text, said forged.
+    if code.text != text:
+        field_name = _first_difference(code, text)
+        raise CityCodeError(field_name, "not in canonical encoding")
     return code
+
+
+def _first_difference(code: CityCode, text: str) -> str:
+    """Name the field where `text` departs from the canonical rendering (for the error message)."""
+    canon = code.text
+    i = next((k for k, (a, b) in enumerate(zip(canon, text, strict=False)) if a != b), min(len(canon), len(text)))
+    city_start = len(code.guide_url) + 1
+    dept_start = city_start + len(code.city_segment) + 1
+    if i < city_start:
+        return "guide_url"
+    if i < dept_start:
+        return ["version", "code_system", "auth_id", "attribute", "identity_id"][min(canon[city_start:i].count("."), 4)]
+    if code.version == "1":
+        names = ["dept_data", "issued_at", "expires_at", "serial", "kid", "signature"]
+        return names[min(canon[dept_start:i].count("."), 5)]
+    k = canon[dept_start:i].count(".")
+    if k < 3:
+        return ["dept_data", "serial", "kid"][k]
+    tail = i - (len(code.unsigned_text) - _ISSUED_DIGITS - _LIFE_DIGITS)
+    if tail < _ISSUED_DIGITS:
+        return "issued_at"
+    return "expires_at" if tail < _ISSUED_DIGITS + _LIFE_DIGITS else "signature"
+
+
+def serial_of(city_segment: str, dept_segment: str) -> str:
+    """The serial in a resolver path's segments ("" when they are not a city code's), for a record lookup
+    before full verification."""
+    version = city_segment.split(".", 1)[0]
+    fields = dept_segment.split(".")
+    if version == "1" and len(fields) == 6:
+        return fields[3].upper()
+    if version == FORMAT_VERSION and len(fields) == 4:
+        return fields[1].upper()
+    return ""
 
 
 # ---- offline verification ----------------------------------------------------------------------

@@ -376,13 +376,14 @@ Image = Literal["none", "png", "svg"]
 
 
 def qr_image(text: str, fmt: Image) -> dict[str, str]:
-    """QR at error-correction level M, optimized segments (the code body packs in alphanumeric mode)."""
+    """QR at error-correction level Q (~25 % damage margin), optimized segments (alphanumeric body, numeric
+    tail); protocol.citycode keeps every code within version 11 at Q."""
     if fmt == "none":
         return {}
     import qrcode
     import qrcode.image.svg
 
-    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=6, border=4)
+    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_Q, box_size=6, border=4)
     qr.add_data(text, optimize=20)
     qr.make(fit=True)
     buf = io.BytesIO()
@@ -663,7 +664,9 @@ def resolve(city_seg: str, dept_seg: str, request: Request, hub: Hub = Depends(g
     """The city's universal service page for a scanned code. Anonymous: scene and validity. An officer
     holding codes.read over the issuing department: also department, entity, serial, times, scans."""
     svc = service_of(hub)
-    serial = dept_seg.split(".")[3].upper() if dept_seg.count(".") == 5 else ""
+    from protocol.citycode import serial_of  # v1 and v2 codes keep the serial in different places
+
+    serial = serial_of(city_seg, dept_seg)
     rec = svc.code_record(serial) if serial else None
     if rec is None or not rec["text"].endswith(f"/{city_seg}/{dept_seg}"):
         # Unknown serial, or a known serial with altered segments: never verify what we did not issue.

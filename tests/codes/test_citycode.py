@@ -1,10 +1,13 @@
-"""protocol.citycode: build/parse round trip, QR size, every offline verdict, and a no-crash fuzz."""
+"""protocol.citycode: build/parse round trip, QR size, every offline verdict, canonical encodings only
+(v2 and legacy v1), a no-crash fuzz, and a property test that the offline verifier and the hub's online
+verify give the same verdict on every mutation of real issued codes."""
 
 from __future__ import annotations
 
 import io
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import qrcode
@@ -64,7 +67,7 @@ def test_round_trip_and_verdicts(keys: tuple[signing.PrivateKey, signing.Private
     rev = RevocationList(version=1)
     code = _code(dept)
     assert parse(code.text) == code
-    assert code.text.startswith(GUIDE + "/1.HC.A0001.SY0.")
+    assert code.text.startswith(GUIDE + "/2.HC.A0001.SY0.")
     # everything after the guide URL is QR-alphanumeric and URL-safe
     assert set(code.resolver_path) <= set("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ./-")
 
@@ -140,17 +143,79 @@ def test_build_refuses_bad_fields() -> None:
 
 
 @pytest.mark.parametrize("profile", ["intl", "gm"])
-def test_fits_qr_version_10_at_level_m_and_decodes(profile: str) -> None:
+def test_fits_qr_version_11_at_level_q_and_decodes(profile: str) -> None:
     key = signing.generate_for_profile(profile)  # type: ignore[arg-type]
-    code = _code(key, guide_url="https://code.city-hub.example.gov.cn/c", dept_data="GATE-12-NORTH")
-    qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M)
-    qr.add_data(code.text, optimize=20)
-    qr.make(fit=True)
-    assert qr.version <= 10, (qr.version, len(code.text))
-    buf = io.BytesIO()
-    qr.make_image().save(buf, format="PNG")
-    decoded = zbar_decode(Image.open(io.BytesIO(buf.getvalue())))
-    assert decoded[0].data.decode() == code.text
+    # The largest department data with a 36-char lower-case guide URL still fits version 11 at level Q.
+    for guide, data in [("https://code.city-hub.example.gov.cn/c", "GATE-12-NORTH"),
+                        ("https://code.city-hub.example.gov/c", "X" * 24), ("http://127.0.0.1:8080/c", "")]:
+        code = _code(key, guide_url=guide, dept_data=data, identity_id="P3101010123456789K")
+        assert citycode.qr_bits(code) <= citycode.QR_MAX_BITS
+        qr = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_Q)
+        qr.add_data(code.text, optimize=20)
+        qr.make(fit=True)
+        assert qr.version <= 11, (qr.version, len(code.text))
+        buf = io.BytesIO()
+        qr.make_image().save(buf, format="PNG")
+        decoded = zbar_decode(Image.open(io.BytesIO(buf.getvalue())))
+        assert decoded[0].data.decode() == code.text
+    # A code that would need version 12 is refused at issue, naming what to shorten.
+    with pytest.raises(CityCodeError) as e:
+        _code(key, guide_url="https://code.city-hub.example.gov.cn/c", dept_data="X" * 24)
+    assert e.value.field == "dept_data" and "version 11" in e.value.detail
+
+
+def test_legacy_v1_codes_still_verify() -> None:
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    old = _code(dept, version="1")
+    assert old.text.startswith(GUIDE + "/1.HC.A0001.SY0.") and old.text.count(".") > _code(dept).text.count(".")
+    assert parse(old.text) == old
+    assert verify_offline(old.text, trust, None, NOW, 60)[0] == "valid"
+    assert citycode.serial_of(*old.resolver_path.split("/")) == old.serial
+    assert citycode.serial_of(*_code(dept).resolver_path.split("/")) == old.serial
+    assert citycode.serial_of("garbage", "x") == ""
+
+
+_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+def test_v1_base32_trailing_bits_refused() -> None:
+    """The reported hole: a 64-byte signature is 103 base32 chars whose last char carries 2 bits, so 7 other
+    chars decode to the same bytes. Only the canonical one may parse; the others are malformed."""
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    old = _code(dept, version="1")
+    head, last = old.text[:-1], old.text[-1]
+    same_bytes = [c for c in _B32 if citycode._b32d(old.text.rsplit(".", 1)[1][:-1] + c) == old.signature]
+    assert len(same_bytes) == 8 and last in same_bytes
+    for c in same_bytes:
+        v, reason, _ = verify_offline(head + c, trust, None, NOW, 60)
+        assert (v == "valid") == (c == last), (c, v, reason)
+        if c != last:
+            assert v == "malformed" and reason.startswith("signature: not in canonical encoding")
+
+
+def test_every_non_canonical_spelling_refused() -> None:
+    dept, root = signing.generate("ed25519"), signing.generate("ed25519")
+    trust = _trust(dept, root)
+    old, new = _code(dept, version="1"), _code(dept)
+    iat = old.text.split("/")[-1].split(".")[1]
+    variants = {
+        "issued_at": old.text.replace(f".{iat}.", f".0{iat}."),  # base36 with a leading zero
+        "text": new.text + "\n",
+        "signature": new.text[: -citycode._SIG_DIGITS] + str(2**512 + 5),  # 155 digits, above 2**512
+    }
+    for field_name, text in variants.items():
+        with pytest.raises(CityCodeError) as e:
+            parse(text)
+        assert e.value.field == field_name, (field_name, str(e.value))
+        assert verify_offline(text, trust, None, NOW, 60)[0] == "malformed"
+    with pytest.raises(CityCodeError):
+        parse(" " + new.text)
+    with pytest.raises(CityCodeError):  # lower-case base32
+        parse(old.text[:-5] + old.text[-5:].lower())
+    zero_life = new.text[: -citycode._SIG_DIGITS - citycode._LIFE_DIGITS] + "0" * 9 + new.text[-citycode._SIG_DIGITS:]
+    assert verify_offline(zero_life, trust, None, NOW, 60)[0] == "malformed"
 
 
 def test_verify_is_fast_with_cached_keys() -> None:
@@ -179,7 +244,7 @@ def test_fuzz_bytes_never_crash(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=len(_VALID) - 1), st.sampled_from(list("0AZ.-/7~ \x00é")))
+@given(st.integers(min_value=0, max_value=len(_VALID) - 1), st.sampled_from(list("0AZ.-/79~ \x00é")))
 def test_fuzz_single_char_mutation(pos: int, ch: str) -> None:
     mutated = _VALID[:pos] + ch + _VALID[pos + 1 :]
     v, _, _ = verify_offline(mutated, _TRUST, None, NOW, 60)
@@ -197,3 +262,67 @@ def test_datetime_now_accepted() -> None:
     code = _code(dept)
     now = datetime.fromtimestamp(NOW, UTC) + timedelta(minutes=1)
     assert verify_offline(code.text, trust, None, now, 60)[0] == "valid"
+
+
+# ---- offline and online agree ---------------------------------------------------------------------
+
+_MUT_CHARS = list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ234567abcz.-/:=_ \t\n\x00é")
+
+
+def _mutations() -> st.SearchStrategy[tuple[str, int, str]]:
+    # Negative positions count from the end: the signature's encoding is where unused bits hide.
+    pos = st.one_of(st.integers(min_value=0, max_value=10**6), st.integers(min_value=-12, max_value=-1))
+    return st.tuples(st.sampled_from(["sub", "ins", "del", "case"]), pos, st.sampled_from(_MUT_CHARS))
+
+
+def _mutate(text: str, op: str, pos: int, ch: str) -> str:
+    i = pos % (len(text) + (op == "ins"))  # Python's modulo maps -1 to the last position
+    if op == "sub":
+        return text[:i] + ch + text[i + 1 :]
+    if op == "ins":
+        return text[:i] + ch + text[i:]
+    if op == "del":
+        return text[:i] + text[i + 1 :]
+    return text[:i] + text[i].swapcase() + text[i + 1 :]
+
+
+def test_offline_and_online_verdicts_agree_on_mutations(city: Any, tmp_path: Any) -> None:
+    """Real codes issued by the hub, mutated (substitution, insertion, deletion, case flip): the terminal's
+    offline verdict (edge Verifier over protocol.citycode, with the hub's signed lists) equals the hub's
+    online verdict (POST /codes/verify) on every input, and only the unmutated code is valid."""
+    from edge.scanner.trust_store import TrustStore
+    from edge.scanner.verify import Verifier
+    from tests.codes.conftest import register_entity
+
+    app_id = city.approved_scene()
+    texts = [city.ok(city.issue(app_id, register_entity(city.hub), image="none"), 201)["text"] for _ in range(2)]
+    texts.append(city.ok(city.issue(app_id, register_entity(city.hub), image="none", dept_data="WARD-3"), 201)["text"])
+    root = signing.PublicKey.from_dict(city.ok(city.c.get("/api/v1/codes/root")))
+    store = TrustStore(root, tmp_path / "terminal")
+    for kind in ("trust", "revocations"):
+        ok, why = store.apply_bytes(kind, city.c.get(f"/api/v1/codes/{kind}").content)  # type: ignore[arg-type]
+        assert ok, why
+    terminal = Verifier(store, None)
+
+    def both(text: str) -> tuple[str, str]:
+        return terminal.verify(text).verdict, city.verify(text)["verdict"]
+
+    for t in texts:
+        assert both(t) == ("valid", "valid")
+    # Exhaustively: every substitution in the last 6 characters (where a base32 tail hid 7 twins of a code).
+    t = texts[0]
+    for i in range(len(t) - 6, len(t)):
+        for ch in _MUT_CHARS[:42]:
+            mutated = t[:i] + ch + t[i + 1 :]
+            offline, online = both(mutated)
+            assert offline == online and (offline == "valid") == (mutated == t), (i, ch, offline, online)
+
+    @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.sampled_from(texts), _mutations())
+    def check(text: str, mutation: tuple[str, int, str]) -> None:
+        mutated = _mutate(text, *mutation)
+        offline, online = both(mutated)
+        assert offline == online, (mutation, mutated, offline, online)
+        assert (offline == "valid") == (mutated == text), (mutation, mutated, offline)
+
+    check()

@@ -69,7 +69,7 @@ def test_url_filing_and_svg(city: City) -> None:
     )  # the city audits, not the department
     city.ok(city.c.post(f"/api/v1/codes/urls/{filed['id']}/decision", headers=city.admin, json={"approve": True}))
     out = city.ok(city.issue(app_id, person, guide_url=url, image="svg"), 201)
-    assert out["text"].startswith(url + "/1.HC.") and out["svg"].lstrip().startswith("<")
+    assert out["text"].startswith(url + "/2.HC.") and out["svg"].lstrip().startswith("<")
     assert city.verify(out["text"])["verdict"] == "valid"
     bad = city.c.post("/api/v1/codes/urls", headers=city.issuer, json={"dept_id": "HEALTH", "url": "ftp://x"})
     assert bad.status_code == 422 and "url" in bad.json()["detail"]
