@@ -148,19 +148,39 @@ def current_principal(principal: Principal = Depends(authenticated)) -> Principa
     return principal
 
 
-def _deny(request: Request, hub: Hub, principal: Principal, perm: str, org: str | None) -> None:
+NOT_FOUND = "not found"  # one body for "no such object" and "not yours": existence is not an oracle
+
+
+def read_perm(perm: str) -> str:
+    """The permission that lets one *see* what `perm` acts on: `iam.users.write` -> `iam.users.read`,
+    `codes.approve` -> `codes.read`. Out of that scope an object does not exist for the caller."""
+    head = perm.rpartition(".")[0]
+    return head + ".read" if head else perm
+
+
+def _audit_denial(request: Request, hub: Hub, principal: Principal, perm: str, org: str | None) -> None:
     from central.iam.audit import record
 
     record(hub.store.db, actor=principal.name, action="denied", target=f"{request.method} {request.url.path}",
            org=org, detail={"permission": perm})
-    where = f" on {org}" if org else ""
-    raise HTTPException(403, f"forbidden: {principal.name} lacks '{perm}'{where}")
+
+
+def _deny(request: Request, hub: Hub, principal: Principal, perm: str, org: str | None) -> None:
+    """Audited refusal that tells the caller nothing about the object: 404 when it may not even see it,
+    else 403 naming only the missing permission (never the object's org)."""
+    _audit_denial(request, hub, principal, perm, org)
+    # Holding the permission somewhere but not seeing this object: it is outside the caller's scope.
+    if org is not None and principal.has(perm) and not principal.allowed(read_perm(perm), org):
+        raise HTTPException(404, NOT_FOUND)
+    raise HTTPException(403, f"forbidden: {principal.name} lacks '{perm}'" + (" here" if org else ""))
 
 
 def require(perm: str, org_of: Callable[..., Any] | None = None) -> Callable[..., Principal]:
     """Dependency: the principal, if it holds `perm` — over the resource's org path when `org_of` (a
-    FastAPI dependency returning that path) is given, else anywhere (the service then filters by
-    `principal.scopes(perm)`). 401 without credentials, 403 (audited) without the permission."""
+    FastAPI dependency returning that path, or None when there is no such object) is given, else anywhere
+    (the service then filters by `principal.scopes(perm)`). 401 without credentials; 404 (audited) for an
+    object outside what the caller may see, the same answer as for a missing one; 403 (audited) without
+    the permission."""
     if org_of is None:
         def dep(request: Request, hub: Hub = Depends(get_hub),
                 principal: Principal = Depends(current_principal)) -> Principal:
@@ -172,7 +192,7 @@ def require(perm: str, org_of: Callable[..., Any] | None = None) -> Callable[...
                 principal: Principal = Depends(current_principal),
                 org: str | None = Depends(org_of)) -> Principal:
             if org is None:
-                raise HTTPException(404, "not found")
+                raise HTTPException(404, NOT_FOUND)
             if not principal.allowed(perm, str(org)):
                 _deny(request, hub, principal, perm, str(org))
             return principal

@@ -64,6 +64,8 @@ class RoleIn(_In):
     name: str = Field(min_length=2, max_length=64)
     description: str = Field(default="", max_length=256)
     patterns: list[str] = Field(min_length=1, max_length=200)
+    scope: str | None = Field(default=None, min_length=2, max_length=512,
+                              description="org path the role applies in (default: your one role-writing scope)")
 
 
 class BindingIn(_In):
@@ -223,16 +225,24 @@ def reset_password(username: str, body: ResetIn,
     return {"ok": True}
 
 
+@router.post("/users/{username}/unlock")
+def unlock_user(username: str, p: Principal = Depends(require("iam.users.write", org_of=org_of_user)),
+                s: IamService = Depends(svc)) -> dict[str, bool]:
+    """End a lockout after failed logins (the same rule as reset: only over accounts you dominate)."""
+    s.unlock(p, username)
+    return {"ok": True}
+
+
 # --- roles --------------------------------------------------------------------------------
 @router.get("/roles")
 def list_roles(p: Principal = Depends(require("iam.roles.read")), s: IamService = Depends(svc)) -> list[dict[str, Any]]:
-    return s.list_roles()
+    return s.list_roles(p)
 
 
 @router.post("/roles", status_code=201)
 def create_role(body: RoleIn, p: Principal = Depends(require("iam.roles.write")),
                 s: IamService = Depends(svc)) -> dict[str, Any]:
-    return s.create_role(p, body.name, body.description, body.patterns)
+    return s.create_role(p, body.name, body.description, body.patterns, body.scope)
 
 
 # --- bindings (delegation) ----------------------------------------------------------------
@@ -281,7 +291,7 @@ def audit(after: int = Query(default=0, ge=0), limit: int = Query(default=100, g
           p: Principal = Depends(require("audit.read")), hub: Hub = Depends(get_hub)) -> list[dict[str, Any]]:
     """Rows after `seq`, those whose org lies in the caller's audit scope (org-less rows: city scope only)."""
     if org is not None and not p.allowed("audit.read", org):
-        raise Forbidden(f"forbidden: no 'audit.read' on {org}")
+        raise Forbidden("forbidden: no 'audit.read' there", "org")
     cols = ["seq", "ts", "actor", "action", "target", "org", "detail", "alg", "prev_hash", "hash"]
     out: list[dict[str, Any]] = []
     cur = hub.store.db.conn.execute(f"SELECT {', '.join(cols)} FROM iam_audit WHERE seq > ? ORDER BY seq", (after,))  # noqa: S608
@@ -307,7 +317,7 @@ def install(app: FastAPI, hub: Hub) -> None:
 
     @app.exception_handler(IamError)
     async def iam_error(request: Request, exc: IamError) -> JSONResponse:
-        if exc.status == 403:
+        if exc.status == 403 or exc.denied:
             p = getattr(request.state, "principal", None)
             record(hub.store.db, actor=p.name if p else "?", action="denied",
                    target=f"{request.method} {request.url.path}", detail={"why": exc.message})

@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from central.hub import Hub
 from central.iam import BUILTIN_ROLES, all_permissions, expand
 from central.iam.audit import record, set_profile
-from central.iam.deps import Principal, minimal, under
+from central.iam.deps import Principal, minimal, read_perm, under
 from central.iam.pii import pii_cipher
 
 # OWASP's argon2id floor (19 MiB, t=2, p=1): ~25 ms per hash here, so logins stay cheap but GPU-hostile.
@@ -37,6 +37,7 @@ APIKEY_PREFIX = "cbk_"
 
 class IamError(Exception):
     status = 400
+    denied = False  # a refusal on scope (audited as "denied" even when answered 404)
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
@@ -91,6 +92,39 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def out_of_scope(actor: Principal, perm: str, org: str, field: str = "org") -> IamError:
+    """The refusal for acting on `org` without `perm`: "not found" (the same answer as for a missing
+    object) when the caller may not even see it, else a 403 naming only the permission."""
+    known = any(under(s, org) for s in actor.scopes(perm))  # an ancestor of one's own scope is no secret
+    if known or not actor.has(perm) or actor.allowed(read_perm(perm), org) or actor.allowed("iam.orgs.read", org):
+        return Forbidden(f"forbidden: no '{perm}' there", field)
+    e = NotFound(f"{field}: not found", field)
+    e.denied = True
+    return e
+
+
+# ---- separation of duties (MLPS level 3: maker-checker) ----------------------------------------------
+def note_maker(db: Any, obj: str, actor: str, act: str) -> None:
+    """Remember that `actor` filed or edited `obj` (e.g. "codes.application:7"); call it inside the write's
+    transaction. Such an actor may never decide `obj` (see `maker_refusal`)."""
+    db.conn.execute("INSERT OR IGNORE INTO iam_makers(object, actor, act, at) VALUES (?,?,?,?)",
+                    (obj, actor, act, time.time()))
+
+
+def maker_refusal(db: Any, obj: str, actor: str, filer: str | None = None) -> str | None:
+    """Why `actor` may not approve or reject `obj` (it filed or edited it), or None. `filer` covers rows
+    filed before makers were recorded."""
+    acts = [r[0] for r in db.conn.execute("SELECT act FROM iam_makers WHERE object = ? AND actor = ?",
+                                          (obj, actor))]
+    if filer == actor and "file" not in acts:
+        acts.append("file")
+    if not acts:
+        return None
+    did = "filed" if "file" in acts else "edited"
+    return (f"separation of duties: {actor} {did} this and may not decide it; another approver must "
+            "(MLPS level 3)")
+
+
 def check_org_path(path: str, field: str = "org") -> str:
     if not isinstance(path, str) or not ORG_PATH.match(path):
         raise Invalid(f"{field}: org path like '/city/district-a' expected (lower-case segments)", field)
@@ -103,6 +137,7 @@ class IamService:
         self.now: Callable[[], float] = time.time
         self._lock = threading.Lock()
         self._roles: dict[str, list[str]] | None = None
+        self._role_scope: dict[str, str | None] = {}
         self._expanded: dict[str, set[str]] = {}
         self._universe: dict[str, str] | None = None
         self._attempts: dict[str, deque[float]] = {}
@@ -123,7 +158,8 @@ class IamService:
 
     def roles(self) -> dict[str, list[str]]:
         if self._roles is None:
-            rows = self.db.conn.execute("SELECT name, patterns FROM iam_roles").fetchall()
+            rows = self.db.conn.execute("SELECT name, patterns, scope FROM iam_roles").fetchall()
+            self._role_scope = {r[0]: r[2] for r in rows}
             self._roles = {r[0]: json.loads(r[1]) for r in rows}
             self._expanded = {}
         return self._roles
@@ -133,6 +169,11 @@ class IamService:
         if role not in self._expanded:
             self._expanded[role] = expand(roles.get(role, []), self.universe())
         return self._expanded[role]
+
+    def role_scope(self, role: str) -> str | None:
+        """Where a custom role applies (its creation scope); None for built-ins (anywhere)."""
+        self.roles()
+        return self._role_scope.get(role)
 
     def _invalidate_roles(self) -> None:
         self._roles = None
@@ -158,7 +199,9 @@ class IamService:
             (value, self.now()),
         ).fetchall()
         roles = self.roles()
-        return [(roles.get(role, []), org, bid, role) for bid, role, org in rows]
+        # A binding of a scoped role outside its scope grants nothing (grant() refuses to make one).
+        return [(roles.get(role, []), org, bid, role) for bid, role, org in rows
+                if (sc := self._role_scope.get(role)) is None or under(org, sc)]
 
     def build_principal(self, pid: str, name: str, bindings: list[tuple[list[str], str, int, str]],
                         **kw: Any) -> Principal:
@@ -237,9 +280,9 @@ class IamService:
         if not ORG_SEGMENT.match(slug or ""):
             raise Invalid("slug: lower-case letters, digits, '-' or '_' (max 63)", "slug")
         if not actor.allowed("iam.orgs.write", parent):
-            raise Forbidden(f"forbidden: no 'iam.orgs.write' on {parent}")
+            raise out_of_scope(actor, "iam.orgs.write", parent, "parent")
         if self.org(parent) is None:
-            raise NotFound(f"parent: org {parent} does not exist", "parent")
+            raise NotFound("parent: not found", "parent")
         path = f"{parent}/{slug}"
         with self.hub.store.tx() as db:
             if self.org(path) is not None:
@@ -313,7 +356,7 @@ class IamService:
             raise Invalid("username: 2-64 letters, digits, '_', '.', '@', '-'", "username")
         check_org_path(org)
         if actor is not None and not actor.allowed("iam.users.write", org):
-            raise Forbidden(f"forbidden: no 'iam.users.write' on {org}")
+            raise out_of_scope(actor, "iam.users.write", org)
         if self.org(org) is None:
             raise NotFound(f"org: {org} does not exist", "org")
         problem = password_problem(password, username)
@@ -328,13 +371,43 @@ class IamService:
                    detail={"must_change": must_change})
         return uid
 
-    def _user_for_admin(self, actor: Principal, username: str) -> dict[str, Any]:
+    # ---- who may administer whom --------------------------------------------------------
+    def held(self, column: str, value: int) -> list[tuple[str, str]]:
+        """(role, org) of every active binding of a user (`user_id`) or an API key (`apikey_id`)."""
+        return [(role, org) for _p, org, _b, role in self._active_bindings(column, value)]
+
+    def dominates(self, actor: Principal, held: list[tuple[str, str]], perm: str) -> bool:
+        """True when every binding lies where `actor` holds `perm` and grants nothing `actor` does not
+        hold there. Managing an account (reset, disable, unlock, bind, unbind) is taking its powers, so
+        only someone who already holds all of them may do it."""
+        for role, org in held:
+            if not actor.allowed(perm, org):
+                return False
+            if any(not actor.allowed(q, org) for q in self.role_perms(role)):
+                return False
+        return True
+
+    def _user_for_admin(self, actor: Principal, username: str, perm: str = "iam.users.write") -> dict[str, Any]:
+        """The account `actor` may manage: visible (else "not found"), homed where `actor` holds `perm`,
+        and dominated by `actor` (every binding it holds lies within `actor`'s scope and is covered)."""
         u = self.user(username)
         if u is None or not actor.allowed("iam.users.read", u["org"]):
-            raise NotFound(f"user {username} not found")
-        if not actor.allowed("iam.users.write", u["org"]):
-            raise Forbidden(f"forbidden: no 'iam.users.write' on {u['org']}")
+            e = NotFound(f"user {username} not found")
+            e.denied = u is not None
+            raise e
+        if not actor.allowed(perm, u["org"]):
+            raise Forbidden(f"forbidden: no '{perm}' over this user")
+        if not self.dominates(actor, self.held("user_id", u["id"]), perm):
+            raise Forbidden(f"forbidden: {username} holds access beyond yours; only an admin who holds all of it "
+                            "may manage this account")
         return u
+
+    def unlock(self, actor: Principal, username: str) -> None:
+        u = self._user_for_admin(actor, username)
+        with self.hub.store.tx() as db:
+            db.conn.execute("UPDATE iam_users SET failed = 0, first_failed_at = NULL, locked_until = NULL"
+                            " WHERE id = ?", (u["id"],))
+            record(db, actor=actor.name, action="user.unlock", target=username, org=u["org"], detail={})
 
     def set_disabled(self, actor: Principal, username: str, disabled: bool) -> None:
         u = self._user_for_admin(actor, username)
@@ -385,6 +458,8 @@ class IamService:
             return True
 
     def login(self, username: str, password: str, client: str = "") -> dict[str, Any]:
+        """A known and an unknown name are indistinguishable: both cost one argon2 verify (a dummy hash for
+        unknown names), both count failures and lock after `lockout_failures`, with the same answers."""
         if not self._rate_ok(f"ip:{client}") or not self._rate_ok(f"user:{username}"):
             record(self.db, actor=username or "?", action="login.rate_limited", target=username,
                    detail={"client": client})
@@ -394,23 +469,22 @@ class IamService:
             "SELECT id, org, pw_hash, must_change, failed, first_failed_at, locked_until, disabled"
             " FROM iam_users WHERE username = ?", (username,)).fetchone()
         if row is None:
-            try:  # same work as a real check, so response time does not reveal which usernames exist
-                _HASHER.verify(_DUMMY_HASH, password)
-            except (VerificationError, InvalidHashError):
-                pass
-            record(self.db, actor=username or "?", action="login.failed", target=username,
-                   detail={"client": client, "why": "unknown user"})
-            raise Unauthorized("wrong username or password")
-        uid, org, pw_hash, must_change, failed, first_failed, locked_until, disabled = row
+            ghost = self.db.conn.execute("SELECT failed, first_failed_at, locked_until FROM iam_login_failures"
+                                         " WHERE username = ?", (username,)).fetchone()
+            uid, org, pw_hash, must_change, disabled = None, None, _DUMMY_HASH, 0, 0
+            failed, first_failed, locked_until = ghost or (0, None, None)
+        else:
+            uid, org, pw_hash, must_change, failed, first_failed, locked_until, disabled = row
+        # Verify before looking at the lock, so a locked account answers as slowly as any other.
+        try:
+            ok = _HASHER.verify(pw_hash, password) and uid is not None
+        except (VerificationError, InvalidHashError):
+            ok = False
         if locked_until is not None and locked_until > now:
-            record(self.db, actor=username, action="login.locked", target=username, org=org,
+            record(self.db, actor=username or "?", action="login.locked", target=username, org=org,
                    detail={"client": client, "until": locked_until})
             raise Locked(f"account locked after {self.sec.lockout_failures} failures; try again in "
                          f"{int((locked_until - now) // 60) + 1} min")
-        try:
-            ok = _HASHER.verify(pw_hash, password)
-        except (VerificationError, InvalidHashError):
-            ok = False
         if not ok or disabled:
             window = self.sec.lockout_minutes * 60
             if first_failed is None or now - first_failed > window or (locked_until and locked_until <= now):
@@ -418,11 +492,21 @@ class IamService:
             failed += 1
             lock = now + window if failed >= self.sec.lockout_failures else None
             with self.hub.store.tx() as db:
-                db.conn.execute("UPDATE iam_users SET failed = ?, first_failed_at = ?, locked_until = ? WHERE id = ?",
-                                (failed, first_failed, lock, uid))
-                record(db, actor=username, action="login.failed", target=username, org=org,
-                       detail={"client": client, "failures": failed, "locked": lock is not None,
-                               "why": "disabled" if disabled and ok else "bad password"})
+                if uid is not None:
+                    db.conn.execute("UPDATE iam_users SET failed = ?, first_failed_at = ?, locked_until = ?"
+                                    " WHERE id = ?", (failed, first_failed, lock, uid))
+                    why = "disabled" if disabled and ok else "bad password"
+                else:
+                    # Forget names whose window has passed: spraying random names cannot grow the table.
+                    db.conn.execute("DELETE FROM iam_login_failures WHERE max(first_failed_at + ?,"
+                                    " coalesce(locked_until, 0)) < ?", (window, now))
+                    db.conn.execute("INSERT INTO iam_login_failures(username, failed, first_failed_at, locked_until)"
+                                    " VALUES (?,?,?,?) ON CONFLICT(username) DO UPDATE SET failed = excluded.failed,"
+                                    " first_failed_at = excluded.first_failed_at, locked_until = excluded.locked_until",
+                                    (username, failed, first_failed, lock))
+                    why = "unknown user"
+                record(db, actor=username or "?", action="login.failed", target=username, org=org,
+                       detail={"client": client, "failures": failed, "locked": lock is not None, "why": why})
             raise Unauthorized("wrong username or password")
         token = secrets.token_urlsafe(32)
         with self.hub.store.tx() as db:
@@ -479,12 +563,23 @@ class IamService:
             record(db, actor=principal.name, action="password.change", target=principal.name, org=row[1], detail={})
 
     # ---- roles ---------------------------------------------------------------------------
-    def list_roles(self) -> list[dict[str, Any]]:
-        rows = self.db.conn.execute("SELECT name, description, patterns, builtin FROM iam_roles ORDER BY name")
-        return [{"name": r[0], "description": r[1], "patterns": json.loads(r[2]), "builtin": bool(r[3]),
-                 "permissions": sorted(self.role_perms(r[0]))} for r in rows.fetchall()]
+    def list_roles(self, actor: Principal | None = None) -> list[dict[str, Any]]:
+        """Built-ins plus the custom roles that apply where `actor` reads roles (scoped at or above one of
+        its scopes) or that were made inside its scopes."""
+        reach = actor.scopes("iam.roles.read") if actor is not None else None
+        rows = self.db.conn.execute("SELECT name, description, patterns, builtin, scope FROM iam_roles ORDER BY name")
+        out = []
+        for name, desc, pats, builtin, scope in rows.fetchall():
+            if scope is not None and reach is not None and not any(under(scope, r) or under(r, scope) for r in reach):
+                continue
+            out.append({"name": name, "description": desc, "patterns": json.loads(pats), "builtin": bool(builtin),
+                        "scope": scope, "permissions": sorted(self.role_perms(name))})
+        return out
 
-    def create_role(self, actor: Principal, name: str, description: str, patterns: list[str]) -> dict[str, Any]:
+    def create_role(self, actor: Principal, name: str, description: str, patterns: list[str],
+                    scope: str | None = None) -> dict[str, Any]:
+        """A custom role applies only inside `scope` (default: the creator's one role-writing scope) and
+        grants nothing its creator does not hold there."""
         if not ROLE_NAME.match(name or ""):
             raise Invalid("name: lower-case letters, digits and '_' (2-64), starting with a letter", "name")
         if not actor.has("iam.roles.write"):
@@ -492,12 +587,28 @@ class IamService:
         if not patterns or any(not isinstance(p, str) or not re.match(r"^!?[a-z0-9_.*?]+$", p) for p in patterns):
             raise Invalid("patterns: non-empty list of permission patterns like 'registry.*' or '!pii.read'",
                           "patterns")
+        if scope is None:
+            mine = actor.scopes("iam.roles.write")
+            if len(mine) != 1:
+                raise Invalid("scope: say where the role applies (you write roles in several scopes)", "scope")
+            scope = mine[0]
+        check_org_path(scope, "scope")
+        if not actor.allowed("iam.roles.write", scope):
+            raise out_of_scope(actor, "iam.roles.write", scope, "scope")
+        if self.org(scope) is None:
+            raise NotFound("scope: not found", "scope")
+        beyond = sorted(q for q in expand(patterns, self.universe()) if not actor.allowed(q, scope))
+        if beyond:
+            raise Forbidden("patterns: a role cannot grant what its creator does not hold in its scope: "
+                            + ", ".join(beyond[:20]), "patterns")
         with self.hub.store.tx() as db:
             if db.conn.execute("SELECT 1 FROM iam_roles WHERE name = ?", (name,)).fetchone():
                 raise Conflict(f"name: role {name} exists", "name")
-            db.conn.execute("INSERT INTO iam_roles(name, description, patterns, builtin, created_by, created_at)"
-                            " VALUES (?,?,?,0,?,?)", (name, description, json.dumps(patterns), actor.name, self.now()))
-            record(db, actor=actor.name, action="role.create", target=name, detail={"patterns": patterns})
+            db.conn.execute("INSERT INTO iam_roles(name, description, patterns, builtin, created_by, created_at, scope)"
+                            " VALUES (?,?,?,0,?,?,?)",
+                            (name, description, json.dumps(patterns), actor.name, self.now(), scope))
+            record(db, actor=actor.name, action="role.create", target=name, org=scope,
+                   detail={"patterns": patterns, "scope": scope})
         self._invalidate_roles()
         return next(r for r in self.list_roles() if r["name"] == name)
 
@@ -521,10 +632,15 @@ class IamService:
         check_org_path(org)
         if role not in self.roles():
             raise NotFound(f"role: {role} does not exist", "role")
-        if self.org(org) is None:
-            raise NotFound(f"org: {org} does not exist", "org")
         if not actor.allowed(perm, org):
-            raise Forbidden(f"forbidden: no '{perm}' on {org} (outside your subtree)")
+            raise out_of_scope(actor, perm, org)
+        if self.org(org) is None:
+            raise NotFound("org: not found", "org")
+        scope = self.role_scope(role)
+        if scope is not None and not under(org, scope):
+            if not actor.allowed("iam.roles.read", scope):  # another scope's role: as if it did not exist
+                raise NotFound(f"role: {role} does not exist", "role")
+            raise Forbidden(f"org: role {role} applies only inside the scope it was created in", "org")
         if expires_at is not None and expires_at <= self.now():
             raise Invalid("expires_at: must be in the future", "expires_at")
         parent, parent_exp = self._parent_binding(actor, role, org)
@@ -538,6 +654,9 @@ class IamService:
         if u is None or not (actor.allowed("iam.users.read", u["org"]) or actor.allowed("iam.bindings.write", org)):
             raise NotFound(f"username: user {username} not found", "username")
         parent, expires_at = self._check_grant(actor, role, org, expires_at, "iam.bindings.write")
+        if not self.dominates(actor, self.held("user_id", u["id"]), "iam.bindings.write"):
+            raise Forbidden(f"username: {username} holds access beyond yours; only an admin who holds all of it "
+                            "may change its bindings", "username")
         with self.hub.store.tx() as db:
             cur = db.conn.execute(
                 "INSERT INTO iam_bindings(user_id, role, org, parent_id, granted_by, expires_at, created_at)"
@@ -551,6 +670,9 @@ class IamService:
         """A binding with no parent (bootstrap of the first admin, test helpers)."""
         if role not in self.roles():
             raise NotFound(f"role: {role} does not exist", "role")
+        scope = self.role_scope(role)
+        if scope is not None and not under(org, scope):
+            raise Invalid(f"org: role {role} applies only inside {scope}", "org")
         self.ensure_org_chain(org, actor)
         with self.hub.store.tx() as db:
             cur = db.conn.execute(
@@ -586,7 +708,12 @@ class IamService:
         if b is None or not actor.allowed("iam.bindings.read", b["org"]):
             raise NotFound(f"binding {bid} not found")
         if not actor.allowed("iam.bindings.write", b["org"]):
-            raise Forbidden(f"forbidden: no 'iam.bindings.write' on {b['org']}")
+            raise Forbidden("forbidden: no 'iam.bindings.write' over this binding")
+        row = self.db.conn.execute("SELECT user_id, apikey_id FROM iam_bindings WHERE id = ?", (bid,)).fetchone()
+        held = self.held("user_id", row[0]) if row[0] is not None else self.held("apikey_id", row[1])
+        if not self.dominates(actor, [*held, (b["role"], b["org"])], "iam.bindings.write"):
+            raise Forbidden("forbidden: its holder has access beyond yours; only an admin who holds all of it "
+                            "may change its bindings")
         return self._revoke_tree(actor.name, bid)
 
     def _revoke_tree(self, actor: str, bid: int) -> list[int]:
@@ -629,12 +756,14 @@ class IamService:
         return [dict(zip(keys, r, strict=True)) for r in rows if actor.allowed("iam.apikeys.read", r[3])]
 
     def revoke_apikey(self, actor: Principal, kid: int) -> None:
-        row = self.db.conn.execute("SELECT b.org, k.revoked_at FROM iam_apikeys k JOIN iam_bindings b"
+        row = self.db.conn.execute("SELECT b.org, k.revoked_at, b.role FROM iam_apikeys k JOIN iam_bindings b"
                                    " ON b.apikey_id = k.id WHERE k.id = ?", (kid,)).fetchone()
         if row is None or not actor.allowed("iam.apikeys.read", row[0]):
             raise NotFound(f"API key {kid} not found")
         if not actor.allowed("iam.apikeys.write", row[0]):
-            raise Forbidden(f"forbidden: no 'iam.apikeys.write' on {row[0]}")
+            raise Forbidden("forbidden: no 'iam.apikeys.write' over this key")
+        if not self.dominates(actor, [*self.held("apikey_id", kid), (row[2], row[0])], "iam.apikeys.write"):
+            raise Forbidden("forbidden: this key holds access beyond yours")
         with self.hub.store.tx() as db:
             db.conn.execute("UPDATE iam_apikeys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                             (self.now(), kid))
@@ -678,6 +807,9 @@ def service_of(hub: Hub) -> IamService:
 
 def setup(hub: Hub) -> None:
     service_of(hub)
+    from central.iam import checkpoints  # keyed audit chain + its checkpoint worker (issue 14 point 5)
+
+    checkpoints.setup(hub)
 
 
 __all__ = ["IamService", "IamError", "minimal", "service_of", "setup"]

@@ -65,4 +65,28 @@ def _v1(db: sqlite_utils.Database) -> None:
             db.conn.execute(stmt)
 
 
-MIGRATIONS = [(1, _v1)]
+_V3 = """
+        -- A custom role applies only inside the org subtree it was created in (NULL: built-in, anywhere).
+        ALTER TABLE iam_roles ADD COLUMN scope TEXT;
+        -- Separation of duties: everyone who filed or edited an object (an application, a URL filing):
+        -- none of them may decide it.
+        CREATE TABLE iam_makers (
+            object TEXT NOT NULL, actor TEXT NOT NULL, act TEXT NOT NULL, at REAL NOT NULL,
+            PRIMARY KEY (object, actor, act)
+        );
+        -- Failed logins of names that are no account: counted and locked like real ones, so the answers
+        -- (401, then 423 after the fifth failure) never tell which names exist.
+        CREATE TABLE iam_login_failures (
+            username TEXT PRIMARY KEY, failed INTEGER NOT NULL, first_failed_at REAL NOT NULL, locked_until REAL
+        );
+"""
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    for stmt in _V3.split(";\n"):
+        if "CREATE" in stmt or "ALTER" in stmt:
+            db.conn.execute(stmt)
+
+
+# Version 2 belongs to the audit chain (keyed hashes, checkpoints).
+MIGRATIONS = [(1, _v1), (3, _v3)]

@@ -2,7 +2,8 @@
 
 1. statically, each route carries `require(...)`, `authenticated`, or an explicit `public(...)` marker;
 2. without credentials every non-public route answers 401;
-3. a district-A admin asking for district-B things gets 403 (org / known iam ids in the path), never a 2xx
+3. a district-A admin asking for district-B things gets 404 (org / known iam ids in the path: out of scope
+   means "not found"), never a 2xx
    for a write whose body names district B, and never sees district B in a list it may read.
 Path parameters are filled from their names (org/path -> district B, username/binding_id/key_id -> seeded
 district-B iam objects) or from their schema type, so a new router is covered with no edit here.
@@ -178,8 +179,8 @@ def test_district_a_admin_cannot_touch_district_b(world: World) -> None:
             wrong.append(f"{m} {url} -> {r.status_code} (server error)")
         elif path_is_b:
             checked_b += 1
-            if r.status_code != 403:
-                wrong.append(f"{m} {url} -> {r.status_code}, expected 403")
+            if r.status_code != 404:
+                wrong.append(f"{m} {url} -> {r.status_code}, expected 404")
         elif body_is_b:
             checked_b += 1
             if r.is_success:
@@ -189,7 +190,7 @@ def test_district_a_admin_cannot_touch_district_b(world: World) -> None:
             wrong.append(f"GET {url} leaks district-B data")
     assert checked_b >= 12
     assert not wrong, "\n".join(wrong)
-    # The same requests by district B's own admin are not refused: the 403s above are about scope.
+    # The same requests by district B's own admin are not refused: the 404s above are about scope.
     b = token_for(world.hub, "admin-b", "district_admin", B)
     assert world.client.get("/api/v1/iam/users/bob-b", headers=auth(b)).status_code == 200
     assert world.client.get("/api/v1/iam/orgs/city/district-b", headers=auth(b)).status_code == 200
