@@ -35,7 +35,7 @@ def device_acl(username: str, site: str, device: str) -> str:
     return (
         f"user {username}\n"
         f"topic write {p}/status\ntopic write {p}/hb\ntopic write {p}/event/+\n"
-        f"topic write {p}/scan\ntopic write {p}/ack\ntopic read {p}/cmd\n"
+        f"topic write {p}/scan\ntopic write {p}/ack\ntopic read {p}/cmd\ntopic read {p}/receipt\n"
         f"topic read city/v1/trust\ntopic read city/v1/revocations\n"
     )
 

@@ -1,7 +1,10 @@
 """Durable store-and-forward queue for an edge device: one small SQLite file (WAL).
 
-Everything the device must not lose (events, scan batches, acks) is written here before it is sent;
-a row is deleted only when the broker has acknowledged it (QoS1 PUBACK). Bounded: when the queue holds
+Everything the device must not lose (events, scan batches, acks) is written here before it is sent. A
+row with a `receipt_id` (the message's own event_id / batch_id / cmd_id) is deleted only when the HUB
+confirms it stored it (`confirm`, from a receipt): a broker's PUBACK is not enough, since mosquitto keeps
+what it acknowledged in memory and saves it to disk only every few seconds. A row without one is deleted
+on the broker's PUBACK (`delete`). Bounded: unconfirmed rows count too; when the queue holds
 `max_messages` rows or `max_bytes` of payload, the configured policy applies — `drop_oldest` (default:
 the newest picture of the world matters most at a camera site) or `reject_new` — and every drop is
 counted so the heartbeat reports it.
@@ -12,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +31,7 @@ class Row:
     topic: str
     payload: bytes
     qos: int
+    receipt_id: str | None = None
 
 
 class Outbox:
@@ -36,7 +41,10 @@ class Outbox:
         max_messages: int = 200_000,
         max_bytes: int = 512 * 1024 * 1024,
         on_full: Literal["drop_oldest", "reject_new"] = "drop_oldest",
+        derive_receipt_id: Callable[[str, bytes], str | None] | None = None,
     ) -> None:
+        """`derive_receipt_id(topic, payload)` fills the receipt id of rows queued by a build that had none
+        (run once, when this file is upgraded), so they too wait for the hub's receipt."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -47,8 +55,11 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
-            " payload BLOB NOT NULL, qos INTEGER NOT NULL, created REAL NOT NULL)"
+            " payload BLOB NOT NULL, qos INTEGER NOT NULL, created REAL NOT NULL, receipt_id TEXT)"
         )
+        if "receipt_id" not in {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}:
+            self._upgrade(derive_receipt_id)
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_receipt ON outbox (receipt_id)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
         self._count, self._bytes = self._db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox"
@@ -56,7 +67,18 @@ class Outbox:
         row = self._db.execute("SELECT v FROM meta WHERE k='dropped'").fetchone()
         self.dropped = int(row[0]) if row else 0
 
-    def put(self, topic: str, payload: bytes, qos: int = 1) -> int:
+    def _upgrade(self, derive: Callable[[str, bytes], str | None] | None) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("ALTER TABLE outbox ADD COLUMN receipt_id TEXT")
+        if derive is not None:
+            for rid, topic, payload in self._db.execute("SELECT id, topic, payload FROM outbox").fetchall():
+                key = derive(topic, bytes(payload))
+                if key is not None:
+                    self._db.execute("UPDATE outbox SET receipt_id=? WHERE id=?", (key, rid))
+        self._db.execute("COMMIT")
+
+    def put(self, topic: str, payload: bytes, qos: int = 1, receipt_id: str | None = None) -> int:
+        """Queue durably. With `receipt_id` the row stays until `confirm([receipt_id])`."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -67,8 +89,8 @@ class Outbox:
                         f"outbox full ({self._count} messages, {self._bytes} bytes); policy reject_new"
                     )
                 cur = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, qos, created) VALUES (?, ?, ?, ?)",
-                    (topic, payload, qos, time.time()),
+                    "INSERT INTO outbox (topic, payload, qos, created, receipt_id) VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, qos, time.time(), receipt_id),
                 )
                 self._db.execute("COMMIT")
             except OutboxFull:
@@ -113,29 +135,59 @@ class Outbox:
     def pending(self, after_id: int, limit: int = 500) -> list[Row]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, topic, payload, qos FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+                "SELECT id, topic, payload, qos, receipt_id FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
             ).fetchall()
-        return [Row(int(r[0]), r[1], bytes(r[2]), int(r[3])) for r in rows]
+        return [Row(int(r[0]), r[1], bytes(r[2]), int(r[3]), r[4]) for r in rows]
 
-    def delete(self, ids: list[int]) -> None:
-        if not ids:
-            return
+    def get(self, ids: list[int]) -> list[Row]:
+        """The rows still queued among `ids`, in id order (a row dropped meanwhile is simply absent)."""
+        out: list[Row] = []
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            removed = 0
-            freed = 0
             for chunk in range(0, len(ids), 500):
                 part = ids[chunk : chunk + 500]
                 marks = ",".join("?" * len(part))
-                r = self._db.execute(
-                    f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)),0) FROM outbox WHERE id IN ({marks})", part
-                ).fetchone()
-                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", part)
-                removed += r[0]
-                freed += r[1]
-            self._db.execute("COMMIT")
-            self._count -= removed
+                out += [
+                    Row(int(r[0]), r[1], bytes(r[2]), int(r[3]), r[4])
+                    for r in self._db.execute(
+                        f"SELECT id, topic, payload, qos, receipt_id FROM outbox WHERE id IN ({marks})", part
+                    )
+                ]
+        return sorted(out, key=lambda r: r.id)
+
+    def delete(self, ids: list[int]) -> None:
+        """Remove rows by row id (those the broker's PUBACK settles)."""
+        self._remove("id", ids)
+
+    def confirm(self, receipt_ids: list[str]) -> list[int]:
+        """Remove the rows the hub confirmed; returns their row ids (unknown receipt ids are ignored: a
+        receipt for a copy already confirmed, or for a row dropped while the queue was full)."""
+        return self._remove("receipt_id", receipt_ids)
+
+    def _remove(self, column: str, keys: list[int] | list[str]) -> list[int]:
+        if not keys:
+            return []
+        gone: list[int] = []
+        freed = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for chunk in range(0, len(keys), 500):
+                    part = keys[chunk : chunk + 500]
+                    marks = ",".join("?" * len(part))
+                    rows = self._db.execute(
+                        f"DELETE FROM outbox WHERE {column} IN ({marks}) RETURNING id, LENGTH(payload)", part
+                    ).fetchall()
+                    gone += [int(r[0]) for r in rows]
+                    freed += sum(int(r[1]) for r in rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._count -= len(gone)
             self._bytes -= freed
+        return gone
 
     def depth(self) -> int:
         return self._count

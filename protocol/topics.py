@@ -1,6 +1,6 @@
 """MQTT topic builders and parsers: one function per topic of the contract.
 
-city/v1/{site}/{device}/status|hb|event/{kind}|scan|cmd|ack, city/v1/trust, city/v1/revocations.
+city/v1/{site}/{device}/status|hb|event/{kind}|scan|cmd|ack|receipt, city/v1/trust, city/v1/revocations.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ TRUST = f"{ROOT}/trust"
 REVOCATIONS = f"{ROOT}/revocations"
 # Business systems push registry records here (real-time automatic registration).
 REGISTRY_PUSH = f"{ROOT}/registry/push"
+AUDIT_CHECKPOINT = f"{ROOT}/audit/checkpoint"  # retained, signed: the hub's latest audit-chain checkpoint
 
 # Site and device ids become topic levels and ACL patterns: keep them to a safe alphabet.
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-DEVICE_CHANNELS = ("status", "hb", "event", "scan", "cmd", "ack")
+DEVICE_CHANNELS = ("status", "hb", "event", "scan", "cmd", "ack", "receipt")
+# Device -> hub channels whose messages the hub confirms on .../receipt, and the payload field naming each.
+RECEIPTED = {"event": "event_id", "scan": "batch_id", "ack": "cmd_id"}
 
 
 def valid_id(value: str) -> bool:
@@ -61,6 +64,11 @@ def cmd(site: str, device: str) -> str:
 
 def ack(site: str, device: str) -> str:
     return f"{prefix(site, device)}/ack"
+
+
+def receipt(site: str, device: str) -> str:
+    """Hub -> device: ids the hub has stored (after its transaction committed); see messages.Receipt."""
+    return f"{prefix(site, device)}/receipt"
 
 
 def alert(capability: str, department: str) -> str:

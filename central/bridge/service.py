@@ -3,11 +3,17 @@
 Exactly-once into the store: the session is persistent (clean_session=False, so mosquitto queues QoS1
 messages while the hub is down) and acks are manual — a message is acknowledged only after the write
 transaction holding it has committed. A crash before commit means the broker redelivers; a redelivered
-event is stored once because `event_id` (and scan `batch_id`) is the primary key.
+event is stored once because `event_id` (and scan `batch_id`, and each scan's `scan_id`) is the key.
+
+End to end: after that commit the bridge publishes one receipt per device and batch on
+`city/v1/{site}/{device}/receipt` naming the ids it stored (re-sends included) and those it refused; the
+device keeps each message until a receipt names it, so what a crashed broker lost is sent again.
 
 Bad input never kills the bridge: every payload is validated against the contract; refusals are
-counted, logged with their reason and kept in `ingest_rejects`, then acknowledged (redelivering a bad
-payload would not make it good).
+counted, logged with their reason and kept in `ingest_rejects`, receipted as refused, then acknowledged
+(redelivering a bad payload would not make it good). A payload that passes validation but still fails
+the store transaction is isolated by splitting its batch, so the good messages beside it are stored at
+once; it is recorded as `store_error` and not receipted, so its device sends it again later.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from central.bridge import store
 from central.devices import store as devices_store
 from central.hub import Hub
+from central.store import StoreClosed
 from protocol import messages, topics
 
 log = logging.getLogger("citybrain.bridge")
@@ -50,6 +57,43 @@ def _transient(e: sqlite3.OperationalError) -> bool:
     """Store trouble that goes away (a lock, a full or failing disk), as opposed to a bug in our SQL."""
     msg = str(e).lower()
     return any(w in msg for w in ("locked", "busy", "disk", "full", "i/o", "unable to open"))
+
+
+def _transient_error(e: BaseException) -> bool:
+    return isinstance(e, StoreClosed) or (isinstance(e, sqlite3.OperationalError) and _transient(e))
+
+
+class Receipts:
+    """Per device: ids stored and ids refused in one ingest batch, published once it has committed."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[tuple[str, str], tuple[list[str], list[tuple[str, str]]]] = {}
+
+    def _of(self, site: str, device: str) -> tuple[list[str], list[tuple[str, str]]]:
+        r = self.by_device.get((site, device))
+        if r is None:
+            r = self.by_device[(site, device)] = ([], [])
+        return r
+
+    def stored(self, site: str, device: str, msg_id: str) -> None:
+        self._of(site, device)[0].append(msg_id)
+
+    def refused(self, site: str, device: str, msg_id: str, reason: str) -> None:
+        self._of(site, device)[1].append((msg_id, reason[:64]))
+
+    def payloads(self) -> list[tuple[str, bytes]]:
+        """(topic, payload) per device, split so that no message holds more than RECEIPT_MAX_IDS ids."""
+        out = []
+        n = messages.RECEIPT_MAX_IDS
+        for (site, device), (stored, refused) in self.by_device.items():
+            topic = topics.receipt(site, device)
+            for i in range(0, max(len(stored), len(refused)), n):
+                r = messages.Receipt.model_construct(  # ids validated on the way in: no second validation
+                    stored=stored[i : i + n],
+                    refused=[messages.Refused.model_construct(id=k, reason=why) for k, why in refused[i : i + n]],
+                )
+                out.append((topic, r.model_dump_json().encode()))
+        return out
 
 
 class Reject(Exception):
@@ -175,30 +219,52 @@ class Bridge:
             while self._queue and len(batch) < BATCH_MAX:
                 batch.append(self._queue.popleft())
             try:
-                self.ingest(batch)
+                self._store_isolating(batch)
             except Exception as e:
-                if isinstance(e, sqlite3.OperationalError) and _transient(e):
-                    # The store itself is unavailable (locked, disk full, I/O): keep the batch
-                    # unacknowledged and retry it, rather than turning accepted messages into rejects.
-                    log.error("store unavailable (%s); retrying %d message(s) in 1 s", e, len(batch))
-                    self._queue.extendleft(reversed(batch))
-                    self._stop.wait(1.0)
-                    if self._stop.is_set():
-                        return  # unacked: the broker redelivers them to the next session
-                    continue
-                # Never die: store message by message, reject what still fails.
-                log.exception("batch ingest failed; retrying one by one")
-                for m in batch:
-                    try:
-                        self.ingest([m])
-                    except Exception as e1:
-                        try:
-                            self._store_rejects([(m.topic, "store_error", f"{type(e1).__name__}: {e1}")])
-                        except Exception:
-                            log.exception("could not even record the reject of %s", m.topic)
+                if not _transient_error(e):
+                    raise  # _store_isolating handles everything else
+                if isinstance(e, StoreClosed):
+                    log.warning("store closed; %d message(s) left unacknowledged for the next session", len(batch))
+                    return
+                # The store itself is unavailable (locked, disk full, I/O): keep the batch unacknowledged
+                # and retry it, rather than turning accepted messages into rejects.
+                log.error("store unavailable (%s); retrying %d message(s) in 1 s", e, len(batch))
+                self._queue.extendleft(reversed(batch))
+                self._stop.wait(1.0)
+                if self._stop.is_set():
+                    return  # unacked: the broker redelivers them to the next session
+                continue
             for m in batch:
                 if m.qos > 0:
                     self.client.ack(m.mid, m.qos)
+
+    def _store_isolating(self, batch: list[Incoming], top: bool = True) -> None:
+        """`ingest(batch)`; if that fails other than by the store being unavailable, split the batch in
+        halves until the message at fault is alone (about log2(n) extra transactions per bad message), so
+        the good ones beside it are stored now. One log line per failed batch and per culprit."""
+        try:
+            self.ingest(batch)
+            return
+        except Exception as e:
+            if _transient_error(e):
+                raise
+            if len(batch) == 1:
+                m = batch[0]
+                detail = f"{type(e).__name__}: {e}"[:500]
+                log.debug("store failure on %s", m.topic, exc_info=True)
+                try:
+                    self._store_rejects([(m.topic, "store_error", detail)])
+                except Exception as e1:
+                    if _transient_error(e1):
+                        raise
+                    log.error("could not record the reject of %s: %s", m.topic, e1)
+                return
+            if top:
+                log.warning("batch of %d failed (%s: %s); isolating the message(s) at fault", len(batch),
+                            type(e).__name__, str(e)[:200])
+        half = len(batch) // 2
+        self._store_isolating(batch[:half], top=False)
+        self._store_isolating(batch[half:], top=False)
 
     def _device_known(self, device_id: str) -> bool:
         if device_id in self._known:
@@ -218,6 +284,7 @@ class Bridge:
         return False
 
     def ingest(self, batch: list[Incoming]) -> None:
+        """Validate, store the batch in one transaction, then publish the devices' receipts."""
         now = datetime.now(UTC).isoformat()
         events: list[tuple[str, str, messages.Event]] = []
         raw_events: dict[str, bytes] = {}
@@ -227,7 +294,9 @@ class Bridge:
         acks: list[messages.Ack] = []
         pushes: list[bytes] = []
         rejects: list[tuple[str, str, str]] = []
+        receipts = Receipts()
         for m in batch:
+            t: topics.DeviceTopic | None = None
             try:
                 if m.topic == topics.REGISTRY_PUSH:
                     if len(m.payload) > messages.MAX_PAYLOAD_BYTES:
@@ -240,10 +309,11 @@ class Bridge:
                     raise Reject("bad_topic", str(e)) from None
                 device_id = f"{t.site}/{t.device}"
                 if not self._device_known(device_id):
+                    t = None  # nothing is receipted to a device we do not know
                     raise Reject("unknown_device", f"{device_id} is not provisioned (or revoked)")
+                if t.channel in ("cmd", "receipt"):
+                    continue  # hub -> device channels: not subscribed, but never ingest them
                 model = messages.CHANNEL_MODELS[t.channel]
-                if t.channel == "cmd":
-                    continue  # our own commands echo back through the wildcard? not subscribed; ignore
                 try:
                     msg = messages.parse_payload(model, m.payload)
                 except messages.PayloadError as e:
@@ -252,18 +322,23 @@ class Bridge:
                     if msg.kind != t.kind:
                         raise Reject("kind_mismatch", f"topic kind {t.kind!r} != payload kind {msg.kind!r}")
                     events.append((t.site, t.device, msg))
+                    receipts.stored(t.site, t.device, msg.event_id)
                     if msg.snapshot_jpeg_b64 is None:
                         raw_events[msg.event_id] = m.payload  # validated: store as received
                 elif isinstance(msg, messages.ScanBatch):
                     scans.append((t.site, t.device, msg))
+                    receipts.stored(t.site, t.device, msg.batch_id)
                 elif isinstance(msg, messages.Heartbeat):
                     hbs[device_id] = msg
                 elif isinstance(msg, messages.Status):
                     statuses.append((device_id, msg.state))
                 elif isinstance(msg, messages.Ack):
                     acks.append(msg)
+                    receipts.stored(t.site, t.device, msg.cmd_id)
             except Reject as r:
                 rejects.append((m.topic, r.reason, r.detail))
+                if t is not None and (msg_id := messages.loose_id(t.channel, m.payload)) is not None:
+                    receipts.refused(t.site, t.device, msg_id, r.reason)  # final: the device may forget it
         with self.hub.store.tx() as db:
             new_events = store_events(db, events, raw_events, now)
             new_scans = self._store_scans(db, scans, now)
@@ -279,6 +354,10 @@ class Bridge:
                 self.hub.hooks.emit("events.ingested", db, new_events)
             if new_scans:
                 self.hub.hooks.emit("scans.ingested", db, new_scans)
+        # Committed: only now may a device forget these messages.
+        for topic, payload in receipts.payloads():
+            self.publish(topic, payload, qos=1)
+            self.counters["receipts"] += 1
         for payload in pushes:  # registry push runs its own validation and transaction per record
             try:
                 self.hub.hooks.emit("mqtt.registry_push", payload)
@@ -288,36 +367,54 @@ class Bridge:
         self.counters["duplicates"] += len(events) - len(new_events)
         self.counters["scan_batches"] += len(new_scans)
         self.counters["heartbeats"] += len(hbs)
-        for _, reason, detail in rejects:
+        self._count_rejects(rejects)
+
+    def _count_rejects(self, rows: list[tuple[str, str, str]]) -> None:
+        # One log line per reason and batch: a flood of junk must not flood the log.
+        by_reason: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+        for topic, reason, detail in rows:
             self.counters[f"rejected.{reason}"] += 1
-            log.warning("rejected payload (%s): %s", reason, detail)
+            by_reason[reason].append((topic, detail))
+        for reason, items in by_reason.items():
+            topic, detail = items[0]
+            more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+            log.warning("rejected payload (%s) on %s: %s%s", reason, topic, detail[:300], more)
 
     def _store_rejects(self, rows: list[tuple[str, str, str]]) -> None:
         now = datetime.now(UTC).isoformat()
         with self.hub.store.tx() as db:
             store.insert_rejects(db, [(now, *r) for r in rows])
-        for _, reason, detail in rows:
-            self.counters[f"rejected.{reason}"] += 1
-            log.warning("rejected payload (%s): %s", reason, detail)
+        self._count_rejects(rows)
 
     def _store_scans(
         self, db: Any, scans: list[tuple[str, str, messages.ScanBatch]], now: str
     ) -> list[tuple[str, str, messages.ScanBatch]]:
+        """Store batches not stored yet (by batch_id) and, of those, the records not stored yet (by
+        scan_id: a terminal may log a record again in another batch). Returns what is new, for the hook."""
         if not scans:
             return []
         seen = store.existing_batches(db, [b.batch_id for _, _, b in scans])
+        known = store.existing_scan_ids(db, [r.scan_id for _, _, b in scans if b.batch_id not in seen
+                                             for r in b.records])
         new = []
         for site, device, b in scans:
             if b.batch_id in seen:
                 continue
             seen.add(b.batch_id)
+            records = []
+            for r in b.records:
+                if r.scan_id not in known:
+                    known.add(r.scan_id)
+                    records.append(r)
             store.insert_scan_batch(
                 db,
                 (b.batch_id, site, device, now, len(b.records)),
                 [(r.scan_id, b.batch_id, site, device, r.serial, r.code_system, r.dept, r.verdict, r.reason,
-                  r.ts.isoformat(), r.location) for r in b.records],
+                  r.ts.isoformat(), r.location) for r in records],
             )
-            new.append((site, device, b))
+            if records:
+                new.append((site, device, b if len(records) == len(b.records) else
+                            b.model_copy(update={"records": records})))
         return new
 
 

@@ -36,12 +36,7 @@ MIGRATIONS = [(1, _v1)]
 
 
 def existing_event_ids(db: sqlite_utils.Database, ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    for i in range(0, len(ids), 500):
-        part = ids[i : i + 500]
-        marks = ",".join("?" * len(part))
-        found.update(r[0] for r in db.conn.execute(f"SELECT event_id FROM events WHERE event_id IN ({marks})", part))
-    return found
+    return _existing(db, "events", "event_id", ids)
 
 
 def insert_events(db: sqlite_utils.Database, rows: list[tuple[Any, ...]]) -> None:
@@ -52,9 +47,21 @@ def insert_events(db: sqlite_utils.Database, rows: list[tuple[Any, ...]]) -> Non
     )
 
 
+def _existing(db: sqlite_utils.Database, table: str, column: str, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        marks = ",".join("?" * len(part))
+        found.update(r[0] for r in db.conn.execute(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", part))
+    return found
+
+
 def existing_batches(db: sqlite_utils.Database, ids: list[str]) -> set[str]:
-    marks = ",".join("?" * len(ids))
-    return {r[0] for r in db.conn.execute(f"SELECT batch_id FROM scan_batches WHERE batch_id IN ({marks})", ids)}
+    return _existing(db, "scan_batches", "batch_id", ids)
+
+
+def existing_scan_ids(db: sqlite_utils.Database, ids: list[str]) -> set[str]:
+    return _existing(db, "scans", "scan_id", ids)
 
 
 def insert_scan_batch(db: sqlite_utils.Database, batch: tuple[Any, ...], records: list[tuple[Any, ...]]) -> None:

@@ -152,8 +152,12 @@ def test_hub_killed_mid_ingest_nothing_lost_nothing_doubled(tmp_path: Path, brok
         os.kill(proc.pid, signal.SIGKILL)  # mid-ingest, no clean shutdown
         proc.wait(10)
         stored_at_kill = count_events(hub)
-        assert link.flush(60)  # the broker keeps the hub's persistent session queue meanwhile
+        # The broker keeps the hub's persistent session queue meanwhile; the edge keeps its copies until
+        # the restarted hub confirms them.
+        wait_for(lambda: link.sent >= n, 60, "everything sent once")
+        assert link.outbox.depth() > 0
         proc = start_hub()
+        assert link.flush(60), f"outbox still holds {link.outbox.depth()}"
         wait_for(lambda: count_events(hub) >= n, 60, "catch-up after restart")
         time.sleep(0.5)
         assert count_events(hub) == n, (stored_at_kill, count_events(hub))
