@@ -68,13 +68,32 @@ def verify(
     payload: str | None = typer.Option(None, "--payload", help="A raw city-code payload instead of an image"),
     config: Path = typer.Option(..., "--config", "-c"),
 ) -> None:
-    """Verify city codes offline; one JSON verdict per code. Exit 0 all valid, 1 any invalid, 2 usage error."""
+    """Verify city codes offline; one JSON verdict per code or input. Exit 0 all valid, 1 any invalid or no code,
+    2 usage error or unreadable input."""
     try:
         from edge.scanner.cli import verify_command
     except ImportError as e:
         typer.echo(f"scanner support missing: {e}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(verify_command(image, payload, config))
+    try:
+        status = verify_command(image, payload, config)
+    except Exception as e:  # noqa: BLE001 - a gate script needs exit 2 and one line, never a traceback
+        typer.echo(f"verify: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(status)
+
+
+@edge_app.command()
+def analyse(
+    video: Path = typer.Argument(..., help="Recorded video file"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Device config, camera section or one camera"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per event, then a summary object"),
+    camera: str | None = typer.Option(None, "--camera", help="Camera id in the config (default: the first)"),
+) -> None:
+    """Replay a recording through one camera's pipeline: every event and a summary. Exit 2 if unreadable."""
+    from edge.camera.cli import analyse_command
+
+    raise typer.Exit(analyse_command(video, config, as_json, camera))
 
 
 @firmware_app.command()

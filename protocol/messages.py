@@ -72,6 +72,7 @@ class Heartbeat(Message):
     trust_version: Count | None = None
     revocation_version: Count | None = None
     # Scan terminals: seconds since their revocation list was signed (verdicts go "stale" past a maximum).
+    revocation_age_s: float | None = Field(default=None, ge=0)
     fps_in: float | None = Field(default=None, ge=0)
     fps_analysed: float | None = Field(default=None, ge=0)
     frames_dropped: Count | None = None

@@ -35,6 +35,8 @@ DEPT_ID = re.compile(r"^[A-Z][0-9A-Z]{1,15}$")
 SCENE_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 ENTITY_TYPES = ("person", "enterprise", "object", "place")
 NO_SYSTEM = "-"  # trust-list placeholder: a key of a department with no approved scene may sign nothing
+# Terminals treat a revocation list older than 24 h (its signed issued_at) as stale: re-sign it hourly.
+REVOCATIONS_REFRESH_S = 3600
 KEY_LIFETIME_S = 2 * 366 * 86400
 WEBHOOK_MAX_ATTEMPTS = 6
 
@@ -1050,6 +1052,14 @@ class CodesService:
     def publish_revocations(self) -> int:
         return self._publish("revocations", self.build_revocations())
 
+    def refresh_revocations(self) -> bool:
+        """Worker step: re-sign an unchanged revocation list once it is REVOCATIONS_REFRESH_S old."""
+        cur = self.current("revocations")  # none yet: republish_lists publishes the first
+        age = time.time() - datetime.fromisoformat(cur["issued_at"]).timestamp() if cur else 0.0
+        if age >= REVOCATIONS_REFRESH_S:
+            self.publish_revocations()
+        return False
+
     def fill_device_config(self, cfg: dict[str, Any]) -> None:
         """Hook `devices.config`: a new scan terminal pins the city root public key."""
         if cfg.get("kind") == "scanner":
@@ -1342,6 +1352,8 @@ def setup(hub: Hub) -> None:
     # Offline hubs and tests call deliver_webhooks() themselves; a hub with a broker delivers in the background.
     if hub.settings.mqtt.enabled or os.environ.get("CITYBRAIN_CODES_WEBHOOK_THREAD") == "1":
         hub.add_worker(svc.webhook_worker)
+    if hub.settings.mqtt.enabled:
+        hub.add_worker(LoopWorker("codes-revocations-refresh", svc.refresh_revocations, interval_s=60))
     hub.hooks.on("scans.ingested", svc.ingest_scans)
     hub.hooks.on("devices.config", svc.fill_device_config)
     hub.hooks.on("bridge.connected", svc.republish_lists)

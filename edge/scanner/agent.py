@@ -3,7 +3,9 @@
 - Trust sync: subscribes to the retained `city/v1/trust` and `city/v1/revocations`; each arrival goes
   through the trust store (signed by the pinned root and newer, else refused and counted).
 - Scanning: frames from a camera index / stream URL / video file, or a watched image directory (a
-  handheld that drops captures there); every code found gets an offline verdict.
+  handheld that drops captures there); every code found gets an offline verdict, and every dropped file
+  that is no image (empty, truncated) gets an `unreadable` verdict with the reason: one bad input never
+  stops the terminal.
 - Scan log: every verdict becomes a ScanRecord; records are batched (size or age) into ScanBatch
   messages on the link's durable outbox, so scans made offline reach the hub once the broker is back.
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from edge.config import DeviceConfig
 from edge.link import Link
-from edge.scanner.decode import DecodeError, Decoder, iter_frames, load_image, make_decoder
+from edge.scanner.decode import DecodeError, Decoder, decode_file, iter_frames, make_decoder
 from edge.scanner.verify import Result, Verifier, data_dir_for
 from protocol import topics
 from protocol.messages import ScanBatch, ScanRecord
@@ -51,6 +53,7 @@ class ScannerAgent:
         self._lists: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
         self.counts: dict[str, int] = {}
         self.batches_sent = 0
+        self.frames_failed = 0  # live frames a decoder raised on (counted, not logged as scans)
 
     # -- trust sync -------------------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -76,17 +79,25 @@ class ScannerAgent:
             if ok:
                 log.info("%s list applied: %s", kind, self.stats())
 
-    def stats(self) -> dict[str, int | str | None]:
+    def stats(self) -> dict[str, int | float | str | None]:
         s = self.verifier.store.stats()
         s.update({f"scans_{k.replace('-', '_')}": v for k, v in dict(self.counts).items()})
         s["scan_batches"] = self.batches_sent
+        if self.frames_failed:
+            s["frames_failed"] = self.frames_failed
         return s
 
     # -- scanning ---------------------------------------------------------------------------------
     def handle_text(self, text: str, now: float | None = None) -> Result:
         """Verify one scanned payload and log it."""
         t = time.time() if now is None else now
-        res = self.verifier.verify(text, t)
+        return self._log(self.verifier.verify(text, t))
+
+    def handle_unreadable(self, reason: str) -> Result:
+        """An input that could not be read at all (a file that is no image): its own verdict in the log."""
+        return self._log(Result("unreadable", reason))
+
+    def _log(self, res: Result) -> Result:
         self.counts[res.verdict] = self.counts.get(res.verdict, 0) + 1
         log.info("scan %s: %s (%s)", res.serial or "-", res.verdict, res.reason)
         with self._lock:
@@ -106,8 +117,14 @@ class ScannerAgent:
         window = self.section.repeat_window_s
         out = []
         self._frame_no += 1
-        # Alternate normal / inverted passes: one decoder pass per frame (see decode._decode).
-        for d in self.decoder.decode(frame, inverted=bool(self._frame_no % 2 == 0)):
+        # Alternate normal / inverted passes: one decoder chain per frame (see decode._decode).
+        try:
+            found = self.decoder.decode(frame, inverted=bool(self._frame_no % 2 == 0))
+        except Exception as e:  # noqa: BLE001 - one bad frame (odd shape, decoder error) must not end the loop
+            self.frames_failed += 1
+            log.warning("frame %d not decodable: %s", self._frame_no, e)
+            return out
+        for d in found:
             last = self._recent.get(d.text)
             self._recent[d.text] = now
             if last is not None and now - last < window:
@@ -135,16 +152,27 @@ class ScannerAgent:
         self.verifier.close()
 
 
-def _watch_directory(agent: ScannerAgent, directory: Path, stop: threading.Event, poll_s: float = 0.2) -> None:
+def _watch_directory(agent: ScannerAgent, directory: Path, stop: threading.Event, poll_s: float = 0.2,
+                     settle_s: float = 1.0) -> None:
     """Verify each new image dropped into `directory` once, then move it to `directory/done/` so a restart
-    does not log it again (if the move fails, e.g. a read-only mount, remember it in memory instead)."""
+    does not log it again (if the move fails, e.g. a read-only mount, remember it in memory instead).
+
+    A file that cannot be read is retried while it may still be being written (modified less than
+    `settle_s` ago), then gets an `unreadable` verdict and is moved aside like any other."""
     done_dir = directory / "done"
     seen: set[tuple[str, int, int]] = set()
     while not stop.is_set():
-        for p in sorted(directory.iterdir()):
-            if p.suffix.lower() not in _IMAGE_SUFFIXES or not p.is_file():
-                continue
+        try:
+            entries = sorted(directory.iterdir())
+        except OSError as e:  # the mount went away: keep the terminal up and look again
+            log.error("scanner.source: %s", e)
+            entries = []
+        for p in entries:
+            if stop.is_set():
+                break
             try:
+                if p.suffix.lower() not in _IMAGE_SUFFIXES or not p.is_file():
+                    continue
                 st = p.stat()
             except OSError:
                 continue
@@ -152,12 +180,17 @@ def _watch_directory(agent: ScannerAgent, directory: Path, stop: threading.Event
             if key in seen or time.time() - st.st_mtime < 0.05:  # skip a file still being written
                 continue
             try:
-                found = agent.decoder.decode(load_image(p))
-            except DecodeError as e:  # a half-written file: retry on the next poll
-                log.debug("skipping %s: %s", p, e)
-                continue
-            for d in found:
-                agent.handle_text(d.text)
+                found = decode_file(agent.decoder, p)
+            except DecodeError as e:
+                if time.time() - st.st_mtime < settle_s:
+                    continue  # maybe half-written: look again on a later poll
+                agent.handle_unreadable(str(e))
+                found = []
+            try:
+                for d in found:
+                    agent.handle_text(d.text)
+            except Exception:  # noqa: BLE001 - e.g. a full disk under the replay db: log, keep scanning
+                log.exception("verifying codes of %s failed", p)
             try:
                 done_dir.mkdir(exist_ok=True)
                 p.replace(done_dir / p.name)

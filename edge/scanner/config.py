@@ -15,15 +15,21 @@ class ScannerSection(BaseModel):
     city_root_key: dict[str, str] | None = Field(
         default=None, description="Pinned city root public key {alg, kid, pub}"
     )
-    # zxing-cpp is ~5x faster than pyzbar on a 640x480 frame (bench/scanner.py); pyzbar stays the default
-    # because libzbar0 is what the reference image ships.
-    decoder: Literal["pyzbar", "zxing"] = "pyzbar"
+    # zxing-cpp (with binarizer fallbacks) is ~7x faster than pyzbar and reads far more tilted, blurred and
+    # glared codes (bench/scanner_decode.py); pyzbar (libzbar0) stays selectable as a fallback.
+    decoder: Literal["pyzbar", "zxing"] = "zxing"
     clock_skew_s: int = Field(default=300, ge=0, le=86400)
     location: str | None = Field(default=None, max_length=128)
     source: str | None = Field(default=None, description="camera index / stream URL / video file / image dir")
     data_dir: Path | None = Field(
         default=None, description="trust lists + replay db; default: a 'scanner' dir beside the outbox"
     )
+    # Fail closed on an old revocation list (EU DCC verifier apps use 24 h): past this age (from the list's
+    # signed issue time; the hub re-signs hourly) verdicts are "stale", or valid but flagged with "warn".
+    max_list_age_s: float = Field(default=86400, gt=0, le=30 * 86400,
+                                  description="revocation list older than this makes verdicts stale (s)")
+    on_stale: Literal["reject", "warn"] = Field(
+        default="reject", description="reject: verdict 'stale'; warn: 'valid' flagged stale")
     allowed_url_prefixes: list[str] | None = Field(
         default=None, max_length=64, description="filed guide URLs; None = accept any guide URL"
     )

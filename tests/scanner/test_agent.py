@@ -152,6 +152,7 @@ def test_citybrain_edge_scanner_process(broker: Broker, hub_side: HubSide, tmp_p
 
     city = City()
     hub_side.publish_retained(topics.TRUST, city.trust_list(1).model_dump_json().encode())
+    hub_side.publish_retained(topics.REVOCATIONS, city.revocations(1).model_dump_json().encode())
     pw = secrets.token_urlsafe(12)
     broker.cfg.add_user("gate1.term1", pw, device_acl("gate1.term1", "gate1", "term1"))
     broker.reload()
@@ -167,6 +168,12 @@ def test_citybrain_edge_scanner_process(broker: Broker, hub_side: HubSide, tmp_p
     try:
         wait_for(lambda: (tmp_path / "scanner" / "trust.json").exists() or proc.poll() is not None,
                  timeout=30, what="trust list persisted by the agent process")
+        assert proc.poll() is None
+        # A zero-byte PNG first (it used to end the process with OpenCV's `!buf.empty()`): its own verdict,
+        # and the terminal goes on to verify the next image.
+        (drop / "0-empty.png").write_bytes(b"")
+        [rec] = hub_side.records(1, timeout=20)
+        assert rec.verdict == "unreadable" and "0-empty.png" in rec.reason and "empty" in rec.reason
         assert proc.poll() is None
         code = city.code()
         cv2.imwrite(str(drop / "a.png"), frame_with([code.text]))
@@ -213,7 +220,10 @@ def test_video_source_logs_each_code_once_per_window(tmp_path: Path) -> None:
     w.release()
     from edge.scanner.trust_store import TrustStore
 
-    TrustStore(city.root.public, tmp_path / "scanner").apply(city.trust_list(1))
+    store = TrustStore(city.root.public, tmp_path / "scanner")
+    store.apply(city.trust_list(1))
+    store.apply(city.revocations(1))
+    store.close()
     cfg_path = scanner_config(tmp_path, city, decoder="zxing", source=str(video), repeat_window_s=60,
                               batch_interval_s=0.1)
     cfg = load_config(cfg_path)

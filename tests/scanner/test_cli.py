@@ -20,6 +20,8 @@ def setup(tmp_path: Path) -> tuple[City, Path]:
     cfg = scanner_config(tmp_path, city, decoder="zxing")
     store = TrustStore(city.root.public, tmp_path / "scanner")  # what a sync left on disk
     store.apply(city.trust_list(1))
+    store.apply(city.revocations(1))
+    store.close()
     return city, cfg
 
 
@@ -41,7 +43,7 @@ def test_image_with_two_codes_one_revoked(setup: tuple[City, Path], tmp_path: Pa
                                           capsys: pytest.CaptureFixture[str]) -> None:
     city, cfg = setup
     good, bad = city.code(), city.code()
-    TrustStore(city.root.public, tmp_path / "scanner").apply(city.revocations(1, serials=[bad.serial]))
+    TrustStore(city.root.public, tmp_path / "scanner").apply(city.revocations(2, serials=[bad.serial]))
     img = tmp_path / "two.png"
     cv2.imwrite(str(img), frame_with([good.text, bad.text], size=(480, 800), box=3))
     assert verify_command(img, None, cfg) == 1
@@ -84,11 +86,21 @@ def test_citybrain_edge_verify_subprocess(setup: tuple[City, Path], tmp_path: Pa
                         timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.strip().splitlines()[-1])["serial"] == code.serial
-    bad = subprocess.run([*cmd, "--payload", code.text[:-2], "--config", str(cfg)], capture_output=True,
+    forged = code.text[:-1] + ("1" if code.text[-1] != "1" else "2")
+    bad = subprocess.run([*cmd, "--payload", forged, "--config", str(cfg)], capture_output=True,
                          text=True, cwd=root, timeout=60)
     assert bad.returncode == 1 and json.loads(bad.stdout)["verdict"] == "bad-signature"
     usage = subprocess.run([*cmd, "--config", str(cfg)], capture_output=True, text=True, cwd=root, timeout=60)
     assert usage.returncode == 2
+    # A zero-byte PNG (OpenCV's `!buf.empty()`): exit 2 and one line naming the file, no traceback.
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    unreadable = subprocess.run([*cmd, str(empty), "--config", str(cfg)], capture_output=True, text=True, cwd=root,
+                                timeout=60)
+    assert unreadable.returncode == 2, unreadable.stderr
+    assert unreadable.stderr.strip().count("\n") == 0 and "empty.png" in unreadable.stderr
+    assert "Traceback" not in unreadable.stderr
+    assert json.loads(unreadable.stdout)["verdict"] == "unreadable"
 
 
 def test_default_data_dir_is_beside_the_outbox(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,5 +114,8 @@ def test_default_data_dir_is_beside_the_outbox(tmp_path: Path, capsys: pytest.Ca
     raw["outbox"]["path"] = str(tmp_path / "dev7" / "outbox.db")
     cfg.write_text(json.dumps(raw))
     assert data_dir_for(load_config(cfg)) == tmp_path / "dev7" / "scanner"
-    TrustStore(city.root.public, tmp_path / "dev7" / "scanner").apply(city.trust_list(1))
+    store = TrustStore(city.root.public, tmp_path / "dev7" / "scanner")
+    store.apply(city.trust_list(1))
+    store.apply(city.revocations(1))
+    store.close()
     assert verify_command(None, city.code().text, cfg) == 0

@@ -46,9 +46,9 @@ def test_altered_byte_is_bad_signature(city: City, tmp_path: Path) -> None:
     forged = text.replace("/PASS.", "/PAST.")
     assert forged != text
     assert v.verify(forged).verdict == "bad-signature"
-    # ... and a flipped signature character.
+    # ... and a flipped signature digit.
     i = len(text) - 3
-    flipped = text[:i] + ("A" if text[i] != "A" else "B") + text[i + 1:]
+    flipped = text[:i] + ("1" if text[i] != "1" else "2") + text[i + 1:]
     assert v.verify(flipped).verdict == "bad-signature"
 
 
