@@ -1,4 +1,4 @@
-"""`citybrain hub ...` commands owned by iam: bootstrap-admin, audit-verify, gen-certs."""
+"""`citybrain hub ...` commands owned by iam: bootstrap-admin, audit-verify, audit-checkpoint, gen-certs."""
 
 from __future__ import annotations
 
@@ -47,19 +47,53 @@ def bootstrap_admin(
 
 @app.command("audit-verify")
 def audit_verify(config: Path | None = typer.Option(None, help="hub settings file (JSON/YAML)"),
-                 as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
-    """Check the audit hash chain; names each changed, deleted or re-ordered row. Exit 1 when broken."""
-    from central.iam.audit import verify
+                 as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+                 mqtt: bool = typer.Option(True, help="also check the retained checkpoint on the broker"),
+                 timeout: float = typer.Option(5.0, min=0.5, help="seconds to wait for the broker")) -> None:
+    """Check the keyed audit chain against its signed checkpoints (file and retained MQTT); names each
+    changed, deleted, re-ordered, re-chained or cut row. Exit 1 when broken."""
+    from central.iam.checkpoints import verify_hub
 
     hub = _hub(config)
-    res = verify(hub.store.db)  # type: ignore[attr-defined]
+    res = verify_hub(hub, mqtt=mqtt, timeout=timeout)  # type: ignore[arg-type]
     if as_json:
-        typer.echo(json.dumps(res.to_dict()))
+        typer.echo(json.dumps(res.to_dict(), ensure_ascii=False))
     else:
         for p in res.problems:
-            typer.echo(f"row {p['seq']}: {p['kind']}: {p['why']}")
-        typer.echo(f"audit chain {'OK' if res.ok else 'BROKEN'}: {res.rows} rows, {len(res.problems)} problem(s)")
+            rows = f"rows {p['seq']}..{p['last']}" if "last" in p else f"row {p['seq']}"
+            typer.echo(f"{rows}: {p['kind']}: {p['why']}")
+        for n in res.notes:
+            typer.echo(f"note: {n}")
+        cp = res.checkpoint
+        anchor = f"checked against the {cp['source']} checkpoint of {cp['ts']} (row {cp['seq']})" if cp else \
+            "no checkpoint"
+        typer.echo(f"audit chain {'OK' if res.ok else 'BROKEN'}: {res.rows} rows, {len(res.problems)} problem(s);"
+                   f" {anchor}")
     raise typer.Exit(0 if res.ok else 1)
+
+
+@app.command("audit-checkpoint")
+def audit_checkpoint(config: Path | None = typer.Option(None, help="hub settings file (JSON/YAML)"),
+                     public_key: bool = typer.Option(False, "--public-key",
+                                                     help="print the checkpoint-verifying public key instead")) -> None:
+    """Sign a checkpoint of the audit chain now: appended to the checkpoint file and published retained
+    on MQTT. Refused (exit 1) when the rows since the last checkpoint do not verify."""
+    from central.iam.checkpoints import CheckpointWithheld, make_now, signing_key
+
+    hub = _hub(config)
+    s = hub.settings  # type: ignore[attr-defined]
+    if public_key:
+        typer.echo(json.dumps(signing_key(s.keys_dir, s.security.crypto_profile).public.to_dict()))
+        return
+    try:
+        cp = make_now(hub)  # type: ignore[arg-type]
+    except CheckpointWithheld as e:
+        typer.echo(f"refused: {e}", err=True)
+        raise typer.Exit(1) from e
+    if cp is None:
+        typer.echo("no audit rows yet: nothing to checkpoint")
+    else:
+        typer.echo(f"checkpoint: row {cp['seq']} head {cp['head'][:16]}… at {cp['ts']} (key {cp['kid']})")
 
 
 @app.command("gen-certs")

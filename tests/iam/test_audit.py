@@ -38,7 +38,7 @@ def test_chain_is_intact_and_uses_profile_hash(tmp_path: Path, profile: str) -> 
     res = verify(hub.store.db)
     assert res.ok and res.rows >= 6
     algs = {r[0] for r in hub.store.conn.execute("SELECT alg FROM iam_audit")}
-    assert algs == {"sm3" if profile == "gm" else "sha256"}
+    assert algs == {"hmac-sm3" if profile == "gm" else "hmac-sha256"}  # keyed: see test_audit_attacks
 
 
 def test_append_only_inside_the_product(tmp_path: Path) -> None:
