@@ -152,6 +152,7 @@ def _mount_security_shortcuts() -> None:
     app.command("bootstrap-admin")(iam_cli.bootstrap_admin)
     audit = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
     audit.command("verify")(iam_cli.audit_verify)
+    audit.command("checkpoint")(iam_cli.audit_checkpoint)
     app.add_typer(audit, name="audit")
 
 
