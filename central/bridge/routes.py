@@ -11,8 +11,43 @@ from central.iam.deps import Principal, require
 router = APIRouter()
 
 
+def _city_wide(p: Principal) -> bool:
+    return p.visible("bridge.read", None)  # a binding at an org-tree root
+
+
+def _scoped_rejects(hub: Hub, p: Principal, limit: int | None) -> list[dict]:
+    """Rejected payloads, newest first, whose device (or site) lies in the caller's bridge.read scope;
+    those from unknown devices or topics only for city-wide readers."""
+    if _city_wide(p):
+        sql = "SELECT * FROM ingest_rejects ORDER BY id DESC" + (" LIMIT ?" if limit else "")
+        return list(hub.store.db.query(sql, [limit] if limit else []))
+    devices = hub.services.get("devices")
+    orgs: dict[str, str | None] = {}
+    out: list[dict] = []
+    for r in hub.store.db.query("SELECT * FROM ingest_rejects ORDER BY id DESC"):
+        t = r["topic"] or ""
+        if t not in orgs:
+            orgs[t] = devices.topic_org(t) if devices is not None else None
+        org = orgs[t]
+        if org is not None and p.allowed("bridge.read", org):
+            out.append(r)
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
 @router.get("/stats")
 def stats(p: Principal = Depends(require("bridge.read")), hub: Hub = Depends(get_hub)) -> dict:
+    if not _city_wide(p):  # counts of the caller's own devices only
+        by_reason: dict[str, int] = {}
+        for r in _scoped_rejects(hub, p, None):
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        devices = hub.services.get("devices")
+        mine = devices.list(p.scopes("bridge.read")) if devices is not None else []
+        n = sum(int(hub.store.db.conn.execute("SELECT COUNT(*) FROM events WHERE site = ? AND device = ?",
+                                              (d["site"], d["device"])).fetchone()[0]) for d in mine)
+        return {"connected": getattr(hub.publisher, "connected", False), "events_stored": n,
+                "rejected_by_reason": by_reason}
     counters = dict(getattr(hub.publisher, "counters", {}))
     return {
         "connected": getattr(hub.publisher, "connected", False),
@@ -27,4 +62,5 @@ def rejects(
     limit: int = Query(100, ge=1, le=1000), p: Principal = Depends(require("bridge.read")),
     hub: Hub = Depends(get_hub),
 ) -> list[dict]:
-    return list(hub.store.db.query("SELECT * FROM ingest_rejects ORDER BY id DESC LIMIT ?", [limit]))
+    """Latest rejected payloads in the caller's scope (by the device's or site's org)."""
+    return _scoped_rejects(hub, p, limit)

@@ -34,12 +34,25 @@ def _err(e: CodesError) -> HTTPException:
     return HTTPException(e.status, f"{e.field}: {e.detail}")
 
 
-def _ensure(hub: Hub, principal: Principal, perm: str, org: str) -> None:
+def _ensure(hub: Hub, principal: Principal, perm: str, org: str, missing: str = "not found") -> None:
+    """Audited refusal. An object outside what the caller may read gets `missing`, the very answer a
+    missing one gets (404), so nothing about it (not even that it exists) leaks; else a 403 that names
+    only the permission."""
     if not principal.allowed(perm, org):
         from central.iam.audit import record
 
         record(hub.store.db, actor=principal.name, action="denied", target=perm, org=org, detail={"permission": perm})
-        raise HTTPException(403, f"forbidden: {principal.name} lacks '{perm}' on {org}")
+        if org != "/" and principal.has(perm) and not principal.allowed("codes.read", org):
+            raise HTTPException(404, missing)
+        raise HTTPException(403, f"forbidden: {principal.name} lacks '{perm}' here")
+
+
+def _no_dept(dept_id: str) -> str:
+    return f"dept_id: no department {dept_id!r}"  # CodesService.department's 404
+
+
+def _no_app(app_id: int) -> str:
+    return f"application_id: no application {app_id}"  # CodesService.application's 404
 
 
 def _city_level(hub: Hub, principal: Principal, perm: str) -> None:
@@ -86,7 +99,7 @@ def _authorize_app(hub: Hub, who: Caller, perm: str, app: dict[str, Any]) -> Non
         if who.app_id != app["id"]:
             raise HTTPException(403, f"application_id: this app key is bound to application {who.app_id}")
     elif who.principal is not None:
-        _ensure(hub, who.principal, perm, app["org"])
+        _ensure(hub, who.principal, perm, app["org"], _no_app(app["id"]))
 
 
 def _app(svc: CodesService, app_id: int) -> dict[str, Any]:
@@ -117,7 +130,7 @@ class DepartmentIn(Body):
 def register_department(
     body: DepartmentIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.keys"))
 ) -> dict[str, Any]:
-    _ensure(hub, p, "codes.keys", body.org)
+    _ensure(hub, p, "codes.keys", body.org, "org: not found")
     try:
         return svc.register_department(p.name, body.id, body.name, body.org, body.webhook_url)
     except CodesError as e:
@@ -135,7 +148,7 @@ def department_scenes(
 ) -> list[dict[str, Any]]:
     """Approved scenes of a department (what it may issue), each with its app keys."""
     dept = _dept(svc, dept_id)
-    _ensure(hub, p, "codes.read", dept["org"])
+    _ensure(hub, p, "codes.read", dept["org"], _no_dept(dept_id))
     apps = svc.applications([dept["org"]], dept_id=dept_id, status="approved")
     return [{**a, "app_keys": svc.app_keys(a["id"])} for a in apps]
 
@@ -149,7 +162,7 @@ def set_webhook(
     dept_id: str, body: WebhookIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
     dept = _dept(svc, dept_id)
-    _ensure(hub, p, "codes.apply", dept["org"])
+    _ensure(hub, p, "codes.apply", dept["org"], _no_dept(dept_id))
     return svc.set_webhook(p.name, dept_id, body.url)
 
 
@@ -158,7 +171,7 @@ def rotate_key(
     dept_id: str, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.keys"))
 ) -> dict[str, Any]:
     dept = _dept(svc, dept_id)
-    _ensure(hub, p, "codes.keys", dept["org"])
+    _ensure(hub, p, "codes.keys", dept["org"], _no_dept(dept_id))
     return svc.rotate_key(p.name, dept_id)
 
 
@@ -202,7 +215,12 @@ async def import_duties(
 
 @router.get("/duties")
 def list_duties(svc: Svc, p: Principal = Depends(require("codes.read"))) -> list[dict[str, Any]]:
-    return svc.duties()
+    """The duty catalogue: city-wide readers see all of it, others the rows of their own departments."""
+    rows = svc.duties()
+    if p.visible("codes.read", None):
+        return rows
+    mine = {d["id"] for d in svc.departments(p.scopes("codes.read"))}
+    return [r for r in rows if r["dept_id"] in mine]
 
 
 @router.get("/rules")
@@ -241,7 +259,7 @@ def apply(
     body: ApplicationIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
     dept = _dept(svc, body.dept_id)
-    _ensure(hub, p, "codes.apply", dept["org"])
+    _ensure(hub, p, "codes.apply", dept["org"], _no_dept(body.dept_id))
     try:
         return svc.apply(p.name, **body.model_dump())
     except CodesError as e:
@@ -260,8 +278,30 @@ def get_application(
     app_id: int, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.read"))
 ) -> dict[str, Any]:
     app = _app(svc, app_id)
-    _ensure(hub, p, "codes.read", app["org"])
+    _ensure(hub, p, "codes.read", app["org"], _no_app(app_id))
     return app
+
+
+class ApplicationPatch(Body):
+    scene_name: str | None = Field(default=None, min_length=1, max_length=100)
+    purpose: str | None = Field(default=None, min_length=1, max_length=1000)
+    share_commitment: bool | None = None
+    validity: str | None = Field(default=None, pattern=r"^[A-Z]$")
+    single_use: bool | None = None
+
+
+@router.patch("/applications/{app_id}")
+def edit_application(
+    app_id: int, body: ApplicationPatch, svc: Svc, hub: Hub = Depends(get_hub),
+    p: Principal = Depends(require("codes.apply")),
+) -> dict[str, Any]:
+    """Change a pending application. Whoever edits it, like whoever filed it, may not decide it."""
+    app = _app(svc, app_id)
+    _ensure(hub, p, "codes.apply", app["org"], _no_app(app_id))
+    try:
+        return svc.edit_application(p.name, app_id, body.model_dump(exclude_unset=True))
+    except CodesError as e:
+        raise _err(e) from None
 
 
 class DecisionIn(Body):
@@ -297,7 +337,7 @@ def create_app_key(
 ) -> dict[str, Any]:
     """Register a business subsystem: the key (shown once) issues and verifies under this scene only."""
     app = _app(svc, app_id)
-    _ensure(hub, p, "codes.apply", app["org"])
+    _ensure(hub, p, "codes.apply", app["org"], _no_app(app_id))
     try:
         return svc.create_app_key(p.name, app_id, body.name)
     except CodesError as e:
@@ -309,7 +349,7 @@ def list_app_keys(
     app_id: int, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.read"))
 ) -> list[dict[str, Any]]:
     app = _app(svc, app_id)
-    _ensure(hub, p, "codes.read", app["org"])
+    _ensure(hub, p, "codes.read", app["org"], _no_app(app_id))
     return svc.app_keys(app_id)
 
 
@@ -318,7 +358,7 @@ def revoke_app_key(
     app_id: int, key_id: int, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> Response:
     app = _app(svc, app_id)
-    _ensure(hub, p, "codes.apply", app["org"])
+    _ensure(hub, p, "codes.apply", app["org"], _no_app(app_id))
     if key_id not in {k["id"] for k in svc.app_keys(app_id)}:
         raise HTTPException(404, f"key_id: no app key {key_id} under application {app_id}")
     svc.revoke_app_key(p.name, key_id)
@@ -338,7 +378,7 @@ def file_url(
     body: UrlIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
     dept = _dept(svc, body.dept_id)
-    _ensure(hub, p, "codes.apply", dept["org"])
+    _ensure(hub, p, "codes.apply", dept["org"], _no_dept(body.dept_id))
     try:
         return svc.file_url(p.name, body.dept_id, body.url)
     except CodesError as e:
@@ -347,7 +387,8 @@ def file_url(
 
 @router.get("/urls")
 def list_urls(svc: Svc, dept_id: str | None = None, p: Principal = Depends(require("codes.read"))) -> dict[str, Any]:
-    return {"hub_resolver": svc.hub_resolver, "filed": svc.urls(dept_id)}
+    """Filed guide URLs of the departments in the caller's codes.read scope."""
+    return {"hub_resolver": svc.hub_resolver, "filed": svc.urls(dept_id, p.scopes("codes.read"))}
 
 
 class UrlDecisionIn(Body):
@@ -480,7 +521,7 @@ def get_code(
     rec = svc.code_record(serial.upper())
     if rec is None:
         raise HTTPException(404, f"serial: no code {serial}")
-    _ensure(hub, p, "codes.read", rec["org"])
+    _ensure(hub, p, "codes.read", rec["org"], f"serial: no code {serial}")
     return rec
 
 
@@ -495,7 +536,7 @@ def get_qr(
     rec = svc.code_record(serial.upper())
     if rec is None:
         raise HTTPException(404, f"serial: no code {serial}")
-    _ensure(hub, p, "codes.read", rec["org"])
+    _ensure(hub, p, "codes.read", rec["org"], f"serial: no code {serial}")
     img = qr_image(rec["text"], fmt)
     if fmt == "png":
         return Response(base64.b64decode(img["png_b64"]), media_type="image/png")
@@ -537,7 +578,7 @@ def revoke(
             rec = svc.code_record(body.serial.upper())
             if rec is None:
                 raise HTTPException(404, f"serial: no code {body.serial}")
-            _ensure(hub, p, "codes.revoke", rec["org"])
+            _ensure(hub, p, "codes.revoke", rec["org"], f"serial: no code {body.serial}")
             return svc.revoke_code(p.name, body.serial.upper(), body.reason)
         if body.identity_id:
             _city_level(hub, p, "codes.revoke")  # spans every department's codes
@@ -545,7 +586,7 @@ def revoke(
         row = hub.store.conn.execute("SELECT dept_id FROM codes_keys WHERE kid = ?", (body.kid,)).fetchone()
         if row is None:
             raise HTTPException(404, f"kid: no key {body.kid}")
-        _ensure(hub, p, "codes.revoke", _dept(svc, row[0])["org"])
+        _ensure(hub, p, "codes.revoke", _dept(svc, row[0])["org"], f"kid: no key {body.kid}")
         return svc.revoke_key(p.name, str(body.kid), body.reason)
     except CodesError as e:
         raise _err(e) from None

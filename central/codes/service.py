@@ -25,6 +25,7 @@ from typing import Any
 import sqlite_utils
 
 from central.hub import Hub, LoopWorker
+from central.iam.service import maker_refusal, note_maker
 from protocol import citycode, signing, topics
 from protocol.messages import ScanBatch
 from protocol.trust import RevocationList, TrustedKey, TrustList
@@ -395,7 +396,34 @@ class CodesService:
                 .last_pk
             )
             _audit(db, actor, "codes.apply", f"application:{app_id}", dept["org"], {"scene_type": scene_type})
+            note_maker(db, f"codes.application:{app_id}", actor, "file")
         return self.application(int(app_id))  # type: ignore[arg-type]
+
+    EDITABLE = ("scene_name", "purpose", "share_commitment", "validity", "single_use")
+
+    def edit_application(self, actor: str, app_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change a pending application (e.g. add the sharing commitment a check asked for). The editor
+        becomes one of its makers: like the filer, it may not decide it."""
+        app = self.application(app_id)
+        if app["status"] != "pending":
+            raise CodesError(409, "status", f"application {app_id} is already {app['status']}")
+        changes = {k: v for k, v in changes.items() if k in self.EDITABLE and v is not None}
+        if "validity" in changes:
+            classes = self.rules()["static_classes" if app["code_type"] == "static" else "dynamic_classes"]
+            if changes["validity"] not in classes:
+                raise CodesError(422, "validity", f"a {app['code_type']} code takes a validity class in {classes}")
+        if not changes:
+            return app
+        for k in ("share_commitment", "single_use"):
+            if k in changes:
+                changes[k] = int(bool(changes[k]))
+        with self.hub.store.tx() as db:
+            sets = ", ".join(f"{k} = ?" for k in changes)
+            db.conn.execute(f"UPDATE codes_applications SET {sets} WHERE id = ?", (*changes.values(), app_id))
+            _audit(db, actor, "codes.application.edit", f"application:{app_id}", app["org"],
+                   {"fields": sorted(changes)})
+            note_maker(db, f"codes.application:{app_id}", actor, "edit")
+        return self.application(app_id)
 
     def application(self, app_id: int) -> dict[str, Any]:
         rows = _rows(
@@ -452,7 +480,8 @@ class CodesService:
                 "ok": dup is None,
                 "detail": "no other department holds this entity type + scene type"
                 if dup is None
-                else f"department {dup[1]} already holds application {dup[0]} for "
+                # Named without the other department or its application: applicants of any scope read this.
+                else f"another department already holds an approved application for "
                 f"{app['entity_type']} / {app['scene_type']}",
             },
             "sharing": {
@@ -467,6 +496,9 @@ class CodesService:
         self, actor: str, app_id: int, approve: bool, code_system: str | None = None, reason: str = ""
     ) -> dict[str, Any]:
         app = self.application(app_id)
+        why = maker_refusal(self.hub.store.db, f"codes.application:{app_id}", actor, filer=app["applicant"])
+        if why:
+            raise CodesError(403, "application_id", why)
         if app["status"] != "pending":
             raise CodesError(409, "status", f"application {app_id} is already {app['status']}")
         checks = self.checks(app)
@@ -577,6 +609,7 @@ class CodesService:
                 .last_pk
             )
             _audit(db, actor, "codes.url.file", url, dept["org"])
+            note_maker(db, f"codes.url:{uid}", actor, "file")
         return self.url(int(uid))  # type: ignore[arg-type]
 
     def url(self, url_id: int) -> dict[str, Any]:
@@ -591,15 +624,26 @@ class CodesService:
             raise CodesError(404, "url_id", f"no filed URL {url_id}")
         return rows[0]
 
-    def urls(self, dept_id: str | None = None) -> list[dict[str, Any]]:
+    def urls(self, dept_id: str | None = None, scopes: list[str] | None = None) -> list[dict[str, Any]]:
+        """Filed URLs; with `scopes`, only those of departments under them (filings of no department only
+        for readers at an org-tree root)."""
+        sql = "SELECT u.*, d.org AS _org FROM codes_urls u LEFT JOIN codes_departments d ON d.id = u.dept_id"
+        args: tuple[Any, ...] = ()
         if dept_id:
-            return _rows(
-                self.hub.store.conn.execute("SELECT * FROM codes_urls WHERE dept_id = ? ORDER BY id", (dept_id,))
-            )
-        return _rows(self.hub.store.conn.execute("SELECT * FROM codes_urls ORDER BY id"))
+            sql += " WHERE u.dept_id = ?"
+            args = (dept_id,)
+        out = []
+        for r in _rows(self.hub.store.conn.execute(sql + " ORDER BY u.id", args)):
+            org = r.pop("_org")
+            if scopes is None or (_under_any(org, scopes) if org else any(s.count("/") == 1 for s in scopes)):
+                out.append(r)
+        return out
 
     def audit_url(self, actor: str, url_id: int, approve: bool, reason: str = "") -> dict[str, Any]:
         u = self.url(url_id)
+        why = maker_refusal(self.hub.store.db, f"codes.url:{url_id}", actor, filer=u["filed_by"])
+        if why:
+            raise CodesError(403, "url_id", why)
         with self.hub.store.tx() as db:
             db.conn.execute(
                 "UPDATE codes_urls SET status = ?, decided_by = ?, reason = ? WHERE id = ?",

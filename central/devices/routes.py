@@ -18,11 +18,10 @@ def svc(hub: Hub = Depends(get_hub)) -> DeviceService:
     return hub.services["devices"]
 
 
-def device_org(site: str, device: str, service: DeviceService = Depends(svc)) -> str:
+def device_org(site: str, device: str, service: DeviceService = Depends(svc)) -> str | None:
+    # None: require() answers 404 "not found", the same as for a device outside the caller's scope.
     d = service.get(f"{site}/{device}")
-    if d is None:
-        raise HTTPException(404, detail=f"device {site}/{device} not found")
-    return d["org_path"]
+    return None if d is None else d["org_path"]
 
 
 class ProvisionIn(BaseModel):
@@ -30,16 +29,13 @@ class ProvisionIn(BaseModel):
     kind: Literal["camera", "scanner"]
     name: str = Field(min_length=1, max_length=128)
     device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    org_path: str = Field(default="/city", pattern=r"^/[A-Za-z0-9_/-]*$")
+    org_path: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_/-]*$",
+                                 description="the device's org; default: the site's org (/city for a new site)")
 
 
 class CommandIn(BaseModel):
     action: Literal["config", "snapshot", "restart", "ping"]
     args: dict[str, Any] = Field(default_factory=dict)
-
-
-def body_org(body: ProvisionIn) -> str:
-    return body.org_path
 
 
 @router.get("")
@@ -66,14 +62,14 @@ def device_events(
 
 @router.post("", status_code=201)
 def provision(
-    body: ProvisionIn, p: Principal = Depends(require("devices.write", org_of=body_org)),
-    service: DeviceService = Depends(svc),
+    body: ProvisionIn, p: Principal = Depends(require("devices.write")), service: DeviceService = Depends(svc),
 ) -> dict:
-    """Returns the device and its ready config (the broker password appears only here, once)."""
+    """Returns the device and its ready config (the broker password appears only here, once). A site
+    belongs to the org that first provisioned on it: only admins over that org add devices there."""
     try:
-        row, cfg = service.provision(body.site, body.kind, body.name, body.device, body.org_path)
+        row, cfg = service.provision(body.site, body.kind, body.name, body.device, body.org_path, actor=p)
     except DeviceError as e:
-        raise HTTPException(422, detail={"field": e.field, "error": str(e)}) from None
+        raise HTTPException(e.status, detail={"field": e.field, "error": str(e)}) from None
     return {"device": service.get(row["id"]), "config": cfg}
 
 
@@ -82,4 +78,7 @@ def command(
     site: str, device: str, body: CommandIn,
     p: Principal = Depends(require("devices.write", org_of=device_org)), service: DeviceService = Depends(svc),
 ) -> dict:
-    return service.send_command(f"{site}/{device}", body.action, body.args, actor=p.name)
+    try:
+        return service.send_command(f"{site}/{device}", body.action, body.args, actor=p.name)
+    except DeviceError as e:
+        raise HTTPException(e.status, detail={"field": e.field, "error": str(e)}) from None

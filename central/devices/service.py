@@ -7,11 +7,12 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from central import broker
 from central.devices import store
 from central.hub import Hub
+from central.iam.deps import under
 from central.store import utcnow
 from protocol import messages, topics
 
@@ -19,9 +20,19 @@ Kind = Literal["camera", "scanner"]
 
 
 class DeviceError(ValueError):
-    def __init__(self, field: str, msg: str) -> None:
+    def __init__(self, field: str, msg: str, status: int = 422) -> None:
         super().__init__(f"{field}: {msg}")
         self.field = field
+        self.status = status
+
+
+class Provisioner(Protocol):
+    """What provisioning needs of an iam Principal (None: an operator on the hub host, e.g. the CLI)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def allowed(self, perm: str, org_path: str) -> bool: ...
 
 
 def slug(name: str) -> str:
@@ -37,12 +48,43 @@ class DeviceService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
+    def site_orgs(self, site: str) -> list[str]:
+        """Who owns `site`: the org that claimed it by provisioning first, and the org video maps it to
+        (its devices' events open cases there). Empty for a site nobody holds yet."""
+        db = self.hub.store.db
+        return list(dict.fromkeys(o for o in (store.site_claim(db, site), store.video_site_org(db, site)) if o))
+
+    def topic_org(self, topic: str) -> str | None:
+        """The org a message on `topic` belongs to: its device's org, else its site's; None for topics of
+        no known device or site (only city-wide readers may see those)."""
+        parts = topic.split("/")
+        if len(parts) < 4 or parts[0] != "city" or parts[1] != "v1":
+            return None
+        d = store.get(self.hub.store.db, f"{parts[2]}/{parts[3]}")
+        if d is not None:
+            return str(d["org_path"])
+        owners = self.site_orgs(parts[2])
+        return owners[0] if owners else None
+
     def provision(
-        self, site: str, kind: Kind, name: str, device: str | None = None, org_path: str = "/city",
+        self, site: str, kind: Kind, name: str, device: str | None = None, org_path: str | None = None,
+        actor: Provisioner | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Returns (device row, device config dict). The password exists only in the returned config."""
+        """Returns (device row, device config dict). The password exists only in the returned config.
+        A site belongs to one org: the first provisioning claims it for `org_path`; later ones need
+        `devices.write` over the site's org (`actor` None = the hub's operator) and put the device inside
+        it. `org_path` defaults to the site's org (or /city for a new site)."""
         if not topics.valid_id(site):
             raise DeviceError("site", "letters, digits, '-' and '_' only (1-64)")
+        owners = self.site_orgs(site)
+        if actor is not None and any(not actor.allowed("devices.write", o) for o in owners):
+            # Say nothing about whose site it is.
+            raise DeviceError("site", "belongs to another org; only that org's admins provision devices on it", 403)
+        org_path = org_path or (owners[0] if owners else "/city")
+        if actor is not None and not actor.allowed("devices.write", org_path):
+            raise DeviceError("org_path", "outside your scope", 403)
+        if any(not under(org_path, o) for o in owners):
+            raise DeviceError("org_path", "must lie inside the org the site belongs to")
         if kind not in ("camera", "scanner"):
             raise DeviceError("kind", "must be camera or scanner")
         device = device or f"{kind[:3]}-{slug(name)}-{secrets.token_hex(2)}"
@@ -60,7 +102,9 @@ class DeviceService:
         }
         with self.hub.store.tx() as db:
             store.insert(db, row)
-            self._audit(db, "devices.provision", device_id, org_path, {"kind": kind, "name": name})
+            store.claim_site(db, site, org_path, actor.name if actor else "operator", row["created_at"])
+            self._audit(db, "devices.provision", device_id, org_path,
+                        {"kind": kind, "name": name, "actor": actor.name if actor else "operator"})
         self._write_broker_entry(username, password, site, device)
         cfg = self.device_config(row, password)
         return row, cfg

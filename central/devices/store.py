@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import sqlite_utils
@@ -26,7 +27,49 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [(1, _v1)]
+def _v2(db: sqlite_utils.Database) -> None:
+    # A site belongs to one org: the first provisioning claims it; later ones need rights over that org.
+    db.conn.execute("CREATE TABLE device_sites (site TEXT PRIMARY KEY, org_path TEXT NOT NULL,"
+                    " claimed_by TEXT NOT NULL, claimed_at TEXT NOT NULL)")
+    # Sites of devices provisioned before claims existed: owned by the deepest org common to their devices.
+    by_site: dict[str, list[str]] = {}
+    for site, org in db.conn.execute("SELECT site, org_path FROM devices ORDER BY created_at"):
+        by_site.setdefault(site, []).append(org)
+    for site, orgs in by_site.items():
+        db.conn.execute("INSERT INTO device_sites VALUES (?, ?, 'migration', datetime('now'))",
+                        (site, common_org(orgs)))
+
+
+def common_org(orgs: list[str]) -> str:
+    parts = [o.strip("/").split("/") for o in orgs]
+    common: list[str] = []
+    for segs in zip(*parts, strict=False):
+        if len(set(segs)) != 1:
+            break
+        common.append(segs[0])
+    return "/" + "/".join(common) if common else "/city"
+
+
+MIGRATIONS = [(1, _v1), (2, _v2)]
+
+
+def site_claim(db: sqlite_utils.Database, site: str) -> str | None:
+    row = db.conn.execute("SELECT org_path FROM device_sites WHERE site = ?", (site,)).fetchone()
+    return row[0] if row else None
+
+
+def claim_site(db: sqlite_utils.Database, site: str, org: str, by: str, at: str) -> None:
+    db.conn.execute("INSERT INTO device_sites VALUES (?, ?, ?, ?) ON CONFLICT(site) DO NOTHING", (site, org, by, at))
+
+
+def video_site_org(db: sqlite_utils.Database, site: str) -> str | None:
+    """The org video maps `site` to, when it maps it: a device there opens cases in that org, so it counts
+    as the site's owner too. (Read here rather than through video, which may not be installed.)"""
+    try:
+        row = db.conn.execute("SELECT org_path FROM video_sites WHERE site = ?", (site,)).fetchone()
+    except sqlite3.OperationalError:  # no video tables in this build
+        return None
+    return row[0] if row else None
 
 
 def get(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:

@@ -142,8 +142,11 @@ def feedback(p: Principal = Depends(require("video.read")), s: VideoService = De
 
 # --- admin -------------------------------------------------------------------------------------------
 def _need_admin(p: Principal, org: str) -> None:
+    # Out of the caller's video scope the object does not exist; inside it, say only what is missing.
     if not p.allowed("video.admin", org):
-        raise HTTPException(403, f"forbidden: {p.name} lacks 'video.admin' on {org}")
+        if not p.allowed("video.read", org):
+            raise HTTPException(404, "not found")
+        raise HTTPException(403, f"forbidden: {p.name} lacks 'video.admin' here")
 
 
 @router.put("/sites/{site}")
@@ -158,7 +161,10 @@ def set_site(site: str, body: SiteIn, p: Principal = Depends(require("video.admi
 @router.get("/sites/{site}")
 def get_site(site: str, p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)
              ) -> dict[str, str]:
-    return {"site": site, "org_path": s.site_org(site)}
+    org = s.site_org(site)
+    if not p.allowed("video.read", org):  # another scope's site: not found, its org unsaid
+        raise HTTPException(404, "not found")
+    return {"site": site, "org_path": org}
 
 
 @router.put("/cameras/{site}/{device}/{camera}")
@@ -184,7 +190,10 @@ def add_route(body: RouteIn, p: Principal = Depends(require("video.admin")),
 @router.delete("/routes/{route_id}", status_code=204)
 def delete_route(route_id: int, p: Principal = Depends(require("video.admin")),
                  s: VideoService = Depends(svc)) -> Response:
-    r = _call(s.route, route_id)
+    try:
+        r = s.route(route_id)
+    except VideoError:
+        raise HTTPException(404, "not found") from None  # the same answer as for another scope's route
     _need_admin(p, r["org_prefix"])
     _call(s.delete_route, route_id, p.name)
     return Response(status_code=204)
