@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.camera.config import KINDS, LABEL_OF_KIND, CameraSection, CameraSource
+from edge.camera.config import KINDS, LABEL_OF_KIND, CameraSection, CameraSource, OnnxConfig
 from edge.camera.detectors import Detection, Detector
 from edge.camera.detectors.classical import ClassicalDetector
-from edge.camera.detectors.onnx import OnnxDetector, OnnxSession
+from edge.camera.detectors.onnx import OnnxDetector, OnnxSession, session_for
 from edge.camera.rules import Transition, ZoneRules
 from edge.camera.snapshot import snapshot_b64
 from protocol.messages import Box, Event
@@ -38,24 +38,30 @@ class CameraPipeline:
         self.section = section
         self.cam = cam
         self.kinds = [k for k in KINDS if section.backend_for(cam, k) != "off"]
-        groups: dict[str, set[str]] = {}
+        # Group kinds by the detector that really runs them ("auto" resolved): one detector per model.
+        groups: dict[tuple[str, str], tuple[OnnxConfig | None, set[str]]] = {}
         for k in self.kinds:
-            groups.setdefault(section.backend_for(cam, k), set()).add(LABEL_OF_KIND[k])
+            backend, mcfg = section.resolve(cam, k)
+            if backend == "onnx" and mcfg is None:
+                raise ValueError("onnx: backend 'onnx' selected but no onnx section configured")
+            key = (backend, str(mcfg.model_path) if mcfg is not None else "")
+            groups.setdefault(key, (mcfg, set()))[1].add(LABEL_OF_KIND[k])
         self.detectors: list[tuple[Detector, set[str]]] = []
         self.backend_of_label: dict[str, Detector] = {}
-        for backend, labels in groups.items():
+        for (backend, _), (mcfg, labels) in groups.items():
             det: Detector
             if backend == "classical":
                 det = ClassicalDetector(section.classical, section.rules_for(cam))
             else:
-                if onnx is None:
-                    if section.onnx is None:
-                        raise ValueError("onnx: backend 'onnx' selected but no onnx section configured")
-                    onnx = OnnxSession(section.onnx)
-                det = OnnxDetector(onnx)
+                assert mcfg is not None
+                sess = onnx if onnx is not None and onnx.cfg == mcfg else session_for(mcfg)
+                det = OnnxDetector(sess, cam.tiles)
             self.detectors.append((det, labels))
             for lab in labels:
                 self.backend_of_label[lab] = det
+        # Person boxes first: the classical fire/smoke/litter paths suppress candidates on people.
+        self.detectors.sort(key=lambda dl: ("person" not in dl[1], dl[0].name == "classical"))
+        self.model_versions = sorted({d.version for d, _ in self.detectors})
         self.rules = ZoneRules(section.rules_for(cam), self.kinds, list(cam.zones))
         self.stats = PipelineStats()
         self._ref: np.ndarray | None = None
@@ -81,8 +87,12 @@ class CameraPipeline:
         if self._moved(frame, ts):
             self.stats.analysed += 1
             dets: list[Detection] = []
+            people: list[Detection] | None = None
             for det, labels in self.detectors:
-                dets += det.detect(frame, ts, labels)
+                found = det.detect(frame, ts, labels, people)
+                if "person" in labels:
+                    people = [d for d in found if d.label == "person"]
+                dets += found
             self._dets = dets
         h, w = frame.shape[:2]
         events = [self._event(t, frame) for t in self.rules.step(self._dets, ts, w, h)]

@@ -37,9 +37,13 @@ RULES = Rules(
 )
 
 
+CLASSICAL = {"crowd": "classical", "fire": "classical", "smoke": "classical", "litter": "classical"}
+
+
 def run_clip(scenario: str, seconds: float = 15, section: CameraSection | None = None,
              cam: CameraSource | None = None, w: int = 640, h: int = 360) -> list:
-    section = section or CameraSection(rules=RULES)
+    # The synthetic pedestrians are drawings: the classical path (HOG) is what these clips test.
+    section = section or CameraSection(rules=RULES, detectors=CLASSICAL)
     p = CameraPipeline(section, cam or CameraSource(id="cam1", url="synthetic:" + scenario))
     base = synthetic.street(w, h)
     events = []
@@ -78,7 +82,7 @@ def test_zone_limits_detection() -> None:
 
 
 def test_motion_gating_skips_static_frames() -> None:
-    p = CameraPipeline(CameraSection(rules=RULES), CameraSource(id="c", url="x"))
+    p = CameraPipeline(CameraSection(rules=RULES, detectors=CLASSICAL), CameraSource(id="c", url="x"))
     base = synthetic.street(640, 360)
     for i in range(100):
         p.process(synthetic.frame("empty", i, 25, 640, 360, base), i / 25)

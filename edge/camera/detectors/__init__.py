@@ -40,8 +40,10 @@ class Detector(Protocol):
     name: str  # backend name, e.g. "classical" or "onnx"
     version: str  # goes into Event.model_version
 
-    def detect(self, frame: np.ndarray, ts: float, labels: set[str]) -> list[Detection]:
-        """Detect `labels` in a BGR frame taken at stream time `ts` (seconds). May keep state."""
+    def detect(self, frame: np.ndarray, ts: float, labels: set[str],
+               people: list[Detection] | None = None) -> list[Detection]:
+        """Detect `labels` in a BGR frame taken at stream time `ts` (seconds). May keep state. `people`:
+        person boxes another detector already found in this frame (None: nobody looked)."""
         ...
 
 
