@@ -245,3 +245,47 @@ def test_video_source_logs_each_code_once_per_window(tmp_path: Path) -> None:
     recs = queued()
     link.outbox.close()
     assert sorted((r.serial, r.verdict) for r in recs) == sorted([(held.serial, "valid"), (dark.serial, "valid")])
+
+
+def test_bad_images_in_the_watch_folder_do_not_stop_the_terminal(tmp_path: Path) -> None:
+    """Zero-byte, truncated and non-image files dropped among good captures: each gets an `unreadable`
+    record with its reason, the good ones are verified, all are moved aside, and the agent keeps running."""
+    from edge.scanner.trust_store import TrustStore
+    from tests.scanner.test_decode import bad_images
+
+    city = City()
+    store = TrustStore(city.root.public, tmp_path / "scanner")
+    store.apply(city.trust_list(1))
+    store.apply(city.revocations(1))
+    store.close()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    cfg = load_config(scanner_config(tmp_path, city, source=str(drop), batch_interval_s=0.1))
+    link = Link(cfg)  # not started: records wait in the outbox
+    stop = threading.Event()
+    t = threading.Thread(target=run, args=(cfg, link, stop), daemon=True)
+    before, after = city.code(), city.code()
+    cv2.imwrite(str(drop / "a-before.png"), frame_with([before.text]))
+    bad = bad_images(drop, frame_with([before.text]))
+    t.start()
+
+    def queued() -> list:
+        return [r for row in link.outbox.pending(0, 100) for r in ScanBatch.model_validate_json(row.payload).records]
+
+    try:
+        wait_for(lambda: len(queued()) >= 4, timeout=30, what="first scans in the outbox")
+        cv2.imwrite(str(drop / "z-after.png"), frame_with([after.text]))  # dropped after the bad ones
+        wait_for(lambda: len(queued()) >= 5, timeout=30, what="the later image verified too")
+        assert t.is_alive()
+    finally:
+        stop.set()
+        t.join(10)
+    recs = queued()
+    link.outbox.close()
+    assert sorted((r.serial, r.verdict) for r in recs if r.serial) == sorted(
+        [(before.serial, "valid"), (after.serial, "valid")])
+    unreadable = sorted(r.reason for r in recs if r.verdict == "unreadable")
+    assert len(unreadable) == 3
+    for name, why in bad.items():
+        assert any(name in r and why in r for r in unreadable), (name, unreadable)
+    assert sorted(p.name for p in (drop / "done").iterdir()) == sorted(["a-before.png", "z-after.png", *bad])

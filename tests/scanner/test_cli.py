@@ -119,3 +119,31 @@ def test_default_data_dir_is_beside_the_outbox(tmp_path: Path, capsys: pytest.Ca
     store.apply(city.revocations(1))
     store.close()
     assert verify_command(None, city.code().text, cfg) == 0
+
+
+def test_folder_with_bad_images_verifies_the_rest(setup: tuple[City, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """One bad image no longer aborts the run: each file gets its line, unreadable ones their reason (also
+    one stderr line each), and the exit status is 2 because some input could not be read."""
+    from tests.scanner.test_decode import bad_images
+
+    city, cfg = setup
+    code = city.code()
+    d = tmp_path / "imgs"
+    d.mkdir()
+    bad = bad_images(d, frame_with([code.text]))
+    cv2.imwrite(str(d / "9-good.png"), frame_with([code.text]))
+    assert verify_command(d, None, cfg) == 2
+    captured = capsys.readouterr()
+    out = lines(captured.out)
+    assert [Path(str(x["source"])).name for x in out] == [*bad, "9-good.png"]
+    assert [x["verdict"] for x in out] == ["unreadable"] * 3 + ["valid"]
+    assert all(why in str(x["reason"]) for x, why in zip(out, bad.values(), strict=False))
+    assert len(captured.err.strip().splitlines()) == 3 and "Traceback" not in captured.err
+    # A single unreadable image: exit 2, one line; a folder of good images still exits 0.
+    assert verify_command(d / "0-empty.png", None, cfg) == 2
+    assert "0-empty.png" in capsys.readouterr().err
+    (d / "0-empty.png").unlink()
+    for name in bad:
+        (d / name).unlink(missing_ok=True)
+    assert verify_command(d, None, cfg) == 0

@@ -141,3 +141,80 @@ def test_stream_url_source(texts: list[str], tmp_path: Path) -> None:
     finally:
         srv.shutdown()
     assert frames == 6 and set(seen) == {texts[1]}
+
+
+# ---- field conditions (tests/scanner/frames.py; the rates themselves: bench/scanner_decode.py) ----------
+
+# A v2-shaped payload of the usual length (a real one carries a fresh signature, which would make the
+# frames differ between runs); the decoders only care about its length and character classes.
+FIELD_TEXT = ("https://code.city-hub.example.gov.cn/c/2.HC.A0001.SY0.P3101010123456789K/GATE-12-NORTH."
+              "K7Q2M9PZ4R8WXNCF.ED149E129FCF8558."
+              + "".join(str(d) for d in np.random.default_rng(14).integers(0, 10, 174)))
+
+
+def test_default_decoder_is_zxing() -> None:
+    from edge.scanner.config import ScannerSection
+
+    assert ScannerSection().decoder == "zxing" and make_decoder().name == "zxing"
+
+
+def test_small_code_on_plain_background() -> None:
+    """A code spanning 14 % of the frame height on a plain wall: the old up-front percentile stretch saw
+    only the background and amplified its noise (0 of these decoded); now every one does."""
+    from tests.scanner.frames import shot
+
+    dec = make_decoder("zxing")
+    frames = [shot(FIELD_TEXT, "small", s).frame for s in range(6)]
+    assert [[d.text for d in dec.decode(f)] for f in frames] == [[FIELD_TEXT]] * 6
+
+
+def test_binarizer_fallbacks_recover_blurred_frames() -> None:
+    """12 px motion blur: zxing's other binarizers, tried only when the default one found nothing, read
+    frames the default alone misses; a frame the default reads costs one pass as before."""
+    from tests.scanner.frames import shot
+
+    frames = [shot(FIELD_TEXT, "blur", s, severity=1.3).frame for s in range(10)]
+    plain, chained = make_decoder("zxing", fallbacks=False), make_decoder("zxing")
+    alone = sum(bool(plain.decode(f, inverted=False)) for f in frames)
+    with_fallbacks = [chained.decode(f, inverted=False) for f in frames]
+    assert all(d.text == FIELD_TEXT for found in with_fallbacks for d in found)
+    assert sum(map(bool, with_fallbacks)) >= alone + 3, (alone, sum(map(bool, with_fallbacks)))
+
+
+def test_level_q_survives_occlusion_level_m_did_not() -> None:
+    """~12 % of the symbol covered (a finger, a sticker): level Q codes read, the old level-M ones did not."""
+    from tests.scanner.frames import shot
+
+    dec = make_decoder("zxing")
+    q = sum(bool(dec.decode(shot(FIELD_TEXT, "occlusion", s, "Q").frame)) for s in range(6))
+    m = sum(bool(dec.decode(shot(FIELD_TEXT, "occlusion", s, "M").frame)) for s in range(6))
+    assert q >= 5 and m <= 1, (q, m)
+
+
+# ---- unreadable inputs ------------------------------------------------------------------------------------
+
+def bad_images(d: Path, good: np.ndarray) -> dict[str, str]:
+    """Files that are no image, each with what its reason must say."""
+    ok, png = cv2.imencode(".png", good)
+    assert ok
+    (d / "0-empty.png").write_bytes(b"")
+    (d / "1-truncated.png").write_bytes(png.tobytes()[: len(png) // 3])
+    (d / "2-text.jpg").write_bytes(b"GIF89a not really")
+    return {"0-empty.png": "empty", "1-truncated.png": "not a readable image", "2-text.jpg": "not a readable image"}
+
+
+def test_unreadable_files_get_their_own_error(texts: list[str], tmp_path: Path) -> None:
+    from edge.scanner.decode import UnreadableImage
+
+    bad = bad_images(tmp_path, qr_gray(texts[0]))
+    for name, why in bad.items():
+        with pytest.raises(UnreadableImage, match=why):
+            load_image(tmp_path / name)
+    save(tmp_path / "3-good.png", frame_with([texts[1]]))
+    res = decode_path(make_decoder("zxing"), tmp_path)
+    assert [p.name for p, _ in res] == [*bad, "3-good.png"]
+    for (p, found), why in zip(res, [*bad.values(), None], strict=True):
+        if why is None:
+            assert [d.text for d in found] == [texts[1]]  # type: ignore[union-attr]
+        else:
+            assert isinstance(found, UnreadableImage) and why in str(found) and p.name in str(found)
