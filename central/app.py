@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from central import capabilities
+from central import capabilities, errors
 from central.hub import Hub
 from central.settings import Settings, get_settings
 
@@ -61,4 +61,5 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
             app.include_router(routes.router, prefix=prefix, tags=[cap])
         if hasattr(routes, "install"):
             routes.install(app, hub)
+    errors.install(app, hub.settings.security.max_body_bytes)  # last: it reads the mounted routes
     return app
