@@ -160,11 +160,16 @@ def _audit(db: sqlite_utils.Database, actor: Actor, action: str, target: str | N
     record(db, actor=actor.name, action=action, target=target, org=org, detail=detail or {})
 
 
-def _deny(hub: Hub, actor: Actor, perm: str, org: str, target: str | None, field: str) -> Forbidden:
-    """Audit the denial (its own transaction unless already in one) and return the error to raise."""
+def _deny(hub: Hub, actor: Actor, perm: str, org: str, target: str | None, field: str,
+          missing: RegistryError | None = None) -> RegistryError:
+    """Audit the denial (its own transaction unless already in one) and return the error to raise: for
+    an object outside what the actor may read, `missing` (the answer a missing object gets), so nothing
+    about it leaks; else a 403 that names only the permission, never the object's org."""
     with hub.store.tx() as db:
         _audit(db, actor, "registry.denied", target, org, {"perm": perm})
-    return Forbidden(field, f"{perm} not granted for {org}")
+    if missing is not None and actor.scopes(perm) and not actor.allowed("registry.read", org):
+        return missing
+    return Forbidden(field, f"{perm} not granted here")
 
 
 def _cipher(hub: Hub) -> Any:
@@ -392,6 +397,11 @@ class Registrar:
             raise Forbidden("org", f"registry.write not granted for {org}")
         return org
 
+    def _sees(self, eid: str) -> bool:
+        """May the actor learn `eid` (it lies in the actor's read scope)? Only asked on a duplicate."""
+        r = self.conn.execute("SELECT org FROM registry_entities WHERE id = ?", (eid,)).fetchone()
+        return r is None or self.actor.allowed("registry.read", r[0])
+
     def entity_type(self, eid: str) -> str | None:
         if eid in self.new_types:
             return self.new_types[eid]
@@ -441,7 +451,8 @@ class Registrar:
         if bi is not None:
             dup = self.existing_by_ext(bi)
             if dup:
-                raise Conflict("external_key", f"already registered as {dup}")
+                raise Conflict("external_key", f"already registered as {dup}" if self._sees(dup)
+                               else "already registered, outside your scope")
         if item.local_id is not None:
             hit = self.alias_target(org, item.local_id)
             if hit:
@@ -940,8 +951,8 @@ def _update_from_push(db: sqlite_utils.Database, reg: Registrar, actor: Actor, e
         (eid,),
     ).fetchone()
     org, etype = row[0], row[1]
-    if not reg.actor.allowed("registry.write", org):
-        raise Forbidden("external_key", f"already registered by {org}, outside your scope")
+    if not reg.actor.allowed("registry.write", org):  # whose it is stays unsaid
+        raise Forbidden("external_key", "already registered, outside your scope")
     if etype != item.type:
         raise Conflict("type", f"external key belongs to {eid}, a {etype}")
     new = {"name": item.name, "address": item.address, "grid": item.grid, "valid_from": iso(item.valid_from),
@@ -983,7 +994,7 @@ def update(hub: Hub, actor: Actor, eid: str, patch: EntityPatch) -> dict[str, An
     eid = _id_arg(eid)
     org = _org_or_404(hub, eid, "id")
     if not actor.allowed("registry.write", org):  # checked before the write tx: keep the denial's audit row
-        raise _deny(hub, actor, "registry.write", org, eid, "id")
+        raise _deny(hub, actor, "registry.write", org, eid, "id", NotFound("id", f"{eid} is not registered"))
     with hub.store.tx() as db:
         row = db.conn.execute(
             "SELECT org, type, valid_from, valid_to FROM registry_entities WHERE id = ?", (eid,)
@@ -1104,18 +1115,21 @@ def _present(hub: Hub, actor: Actor, d: dict[str, Any], mode: str, fields: set[s
     return out
 
 
-def _view(hub: Hub, actor: Actor, eid: str) -> dict[str, Any]:
+def _view(hub: Hub, actor: Actor, eid: str, missing: RegistryError | None = None) -> dict[str, Any]:
+    """The actor's view of `eid`. Outside its scope (and any grant) the entity answers exactly like a
+    missing one (`missing`, default "<id> is not registered"): neither its org nor that it exists leaks."""
+    missing = missing or NotFound("id", f"{eid} is not registered")
     r = hub.store.conn.execute(
         f"SELECT {', '.join(ENTITY_COLS)} FROM registry_entities WHERE id = ?", (eid,)
     ).fetchone()
     if r is None:
-        raise NotFound("id", f"{eid} is not registered")
+        raise missing
     d = _entity_dict(r)
     mode, fields, app_id = visibility(hub, actor).access(d["org"])
     if mode == "none":
-        deny = _deny(hub, actor, "registry.read", d["org"], eid, "id")
-        deny.message = f"{eid} belongs to {d['org']}, outside your scope (apply for usage)"
-        raise deny
+        with hub.store.tx() as db:
+            _audit(db, actor, "registry.denied", eid, d["org"], {"perm": "registry.read"})
+        raise missing
     if mode == "grant":
         _audit_tx(hub, actor, "registry.grant_read", eid, d["org"], {"application": app_id})
     return _present(hub, actor, d, mode, fields)
@@ -1136,9 +1150,10 @@ def lookup_external(hub: Hub, actor: Actor, etype: str, key: str) -> dict[str, A
         raise RegistryError("external_key", str(e)) from None
     bi = ext_index(_cipher(hub), etype, key)
     r = hub.store.conn.execute("SELECT id FROM registry_entities WHERE ext_bi = ?", (bi,)).fetchone()
+    missing = NotFound("external_key", "no entity registered under this key")
     if r is None:
-        raise NotFound("external_key", "no entity registered under this key")
-    return get_entity(hub, actor, r[0])
+        raise missing
+    return _view(hub, actor, r[0], missing)  # out of scope: the same answer, no base id, no org
 
 
 def lookup(hub: Hub, eid: str) -> dict[str, Any] | None:
@@ -1245,7 +1260,7 @@ def add_link(hub: Hub, actor: Actor, src: str, rel: str, dst: str) -> dict[str, 
         raise RegistryError("rel", f"one of {', '.join(PHYSICAL + BUSINESS)}")
     src_org = _org_or_404(hub, src, "src")
     if not actor.allowed("registry.write", src_org):
-        raise _deny(hub, actor, "registry.write", src_org, src, "src")
+        raise _deny(hub, actor, "registry.write", src_org, src, "src", NotFound("src", f"{src} is not registered"))
     with hub.store.tx() as db:
         c = db.conn
         s = c.execute("SELECT type, org, rowid FROM registry_entities WHERE id = ?", (src,)).fetchone()
@@ -1285,7 +1300,7 @@ def remove_link(hub: Hub, actor: Actor, link_id: int) -> dict[str, Any]:
     if r is None:
         raise NotFound("link_id", f"no link {link_id}")
     if not actor.allowed("registry.write", r[1]):
-        raise _deny(hub, actor, "registry.write", r[1], r[0], "link_id")
+        raise _deny(hub, actor, "registry.write", r[1], r[0], "link_id", NotFound("link_id", f"no link {link_id}"))
     with hub.store.tx() as db:
         c = db.conn
         r = c.execute(
@@ -1393,9 +1408,11 @@ def links_of(hub: Hub, actor: Actor, eid: str) -> dict[str, Any]:
     cols = ("id", "src", "rel", "dst", "category")
     out = [dict(zip(cols, r, strict=True)) for r in c.execute(
         "SELECT id, src, rel, dst, category FROM registry_links WHERE src_rid = ? ORDER BY id", (rid,))]
+    # Incoming links come from other departments' entities too: only those the actor may see.
+    clause, args = org_clause("org", visibility(hub, actor).orgs())
     inc = [dict(zip(cols, r, strict=True)) for r in c.execute(
-        "SELECT id, src, rel, dst, category FROM registry_links WHERE dst_rid = ? ORDER BY id LIMIT 10000",
-        (rid,))]
+        f"SELECT id, src, rel, dst, category FROM registry_links WHERE dst_rid = ? AND {clause}"
+        " ORDER BY id LIMIT 10000", (rid, *args))]
     return {"id": eid, "outgoing": out, "incoming": inc}
 
 
@@ -1511,6 +1528,9 @@ def apply(hub: Hub, actor: Actor, body: ApplicationIn) -> dict[str, Any]:
             (actor.name, org, body.owner_org, body.purpose, json.dumps(sorted(set(body.fields))), vf, vt, _now()),
         )
         app_id = int(cur.lastrowid or 0)
+        from central.iam.service import note_maker
+
+        note_maker(db, f"registry.application:{app_id}", actor.name, "file")
         _audit(db, actor, "registry.apply", str(app_id), org,
                {"owner_org": body.owner_org, "fields": sorted(set(body.fields)), "purpose": body.purpose})
         return _app(db.conn.execute(
@@ -1527,7 +1547,16 @@ def application_owner(hub: Hub, app_id: int) -> str:
 def decide(hub: Hub, actor: Actor, app_id: int, approve: bool, reason: str | None = None) -> dict[str, Any]:
     owner = application_owner(hub, app_id)
     if not actor.allowed("registry.approve", owner):
-        raise _deny(hub, actor, "registry.approve", owner, str(app_id), "application_id")
+        raise _deny(hub, actor, "registry.approve", owner, str(app_id), "application_id",
+                    NotFound("application_id", f"no application {app_id}"))
+    filer = hub.store.conn.execute("SELECT applicant FROM registry_applications WHERE id = ?", (app_id,)).fetchone()[0]
+    from central.iam.service import maker_refusal
+
+    why = maker_refusal(hub.store.db, f"registry.application:{app_id}", actor.name, filer=filer)
+    if why:
+        with hub.store.tx() as db:
+            _audit(db, actor, "registry.denied", str(app_id), owner, {"why": "separation of duties"})
+        raise Forbidden("application_id", why)
     with hub.store.tx() as db:
         status = db.conn.execute("SELECT status FROM registry_applications WHERE id = ?", (app_id,)).fetchone()[0]
         if status != "pending":

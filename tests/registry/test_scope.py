@@ -1,4 +1,4 @@
-"""Scope: departments see and change only their subtree; usage applications grant a projected, audited read."""
+"""Scope: departments see and change only their subtree (outside it an entity is "not found"); usage applications grant a projected, audited read."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ def _denials(hub: Hub) -> int:
 
 def test_other_district_is_denied_and_audited(hub: Hub, admin_b: Api, city: dict[str, str]) -> None:
     before = _denials(hub)
-    assert admin_b.get(f"/entities/{city['hydrant']}").status_code == 403
-    assert admin_b.patch(f"/entities/{city['hydrant']}", {"name": "mine now"}).status_code == 403
+    assert admin_b.get(f"/entities/{city['hydrant']}").status_code == 404
+    assert admin_b.patch(f"/entities/{city['hydrant']}", {"name": "mine now"}).status_code == 404
     r = admin_b.post("/entities", {"type": "place", "region": "330106", "name": "x", "org": "/city/district-a"})
     assert r.status_code == 403 and r.json()["detail"]["field"] == "org"
     assert admin_b.post("/links", {"src": city["hydrant"], "rel": "attached_to",
-                                   "dst": city["building"]}).status_code == 403
-    assert admin_b.get(f"/entities/{city['building']}/descendants").status_code == 403
+                                   "dst": city["building"]}).status_code == 404
+    assert admin_b.get(f"/entities/{city['building']}/descendants").status_code == 404
     assert admin_b.ok("get", "/search", params={"q": "hydrant"})["items"] == []
     assert admin_b.ok("get", "/feed")["items"] == []
     assert _denials(hub) >= before + 5
@@ -46,9 +46,9 @@ def test_usage_application_grants_projected_audited_read(hub: Hub, client: TestC
             "valid_from": "2020-01-01T00:00:00Z", "valid_to": "2099-01-01T00:00:00Z"}
     app = admin_b.ok("post", "/applications", body)
     assert app["status"] == "pending" and app["applicant_org"] == "/city/district-b"
-    assert admin_b.get(f"/entities/{city['hydrant']}").status_code == 403  # pending grants nothing
+    assert admin_b.get(f"/entities/{city['hydrant']}").status_code == 404  # pending grants nothing
     # b cannot approve its own application to a's data; a can
-    assert admin_b.post(f"/applications/{app['id']}/approve").status_code == 403
+    assert admin_b.post(f"/applications/{app['id']}/approve").status_code == 404
     assert app["id"] in {x["id"] for x in admin_a.ok("get", "/applications", params={"status": "pending"})["items"]}
     admin_a.ok("post", f"/applications/{app['id']}/approve", {"reason": "ok for 2025 plan"})
     seen = admin_b.ok("get", f"/entities/{city['hydrant']}")
@@ -73,7 +73,7 @@ def test_rejected_or_expired_application_grants_nothing(hub: Hub, admin_a: Api, 
     admin_a.ok("post", f"/applications/{rej['id']}/reject", {"reason": "no purpose"})
     old = admin_b.ok("post", "/applications", {**base, "valid_from": "2020-01-01", "valid_to": "2021-01-01"})
     admin_a.ok("post", f"/applications/{old['id']}/approve")
-    assert admin_b.get(f"/entities/{city['enterprise']}").status_code == 403
+    assert admin_b.get(f"/entities/{city['enterprise']}").status_code == 404
     r = admin_b.post("/applications", {**base, "owner_org": "/city/district-b", "valid_from": "2020-01-01",
                                        "valid_to": "2099-01-01"})
     assert r.status_code == 400 and r.json()["detail"]["field"] == "owner_org"
