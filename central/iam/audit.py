@@ -214,6 +214,9 @@ def _writer_chain(db: sqlite_utils.Database) -> tuple[Profile, ChainKey | None]:
     path = meta.get("audit_key")
     if not path:
         return profile, None  # a store no hub ever bound: the legacy plain chain
+    hit = _keys.get(path)  # hot path: no lock or Path() per row (a dict read is atomic)
+    if hit is not None:
+        return profile, hit
     try:
         return profile, ChainKey.load(Path(path))
     except FileNotFoundError as e:

@@ -133,8 +133,8 @@ def parse(obj: Any, ring: signing.KeyRing, source: str) -> Checkpoint:
 
 
 def read_file(chain: Chain) -> tuple[list[Checkpoint], list[dict[str, Any]], list[str]]:
-    """Every valid checkpoint of the file, the problems found in it (forged, altered, out of order) and
-    notes. A torn last line (a crash mid-append) is a note, anything else unreadable a problem."""
+    """Every valid checkpoint of the file, the problems found in it (forged, altered, missing or out of
+    order lines) and notes."""
     path = chain.checkpoint_file
     cps: list[Checkpoint] = []
     problems: list[dict[str, Any]] = []
@@ -142,23 +142,26 @@ def read_file(chain: Chain) -> tuple[list[Checkpoint], list[dict[str, Any]], lis
     if path is None or not path.exists():
         return cps, problems, notes
     ring = key_ring(chain.keys_dir)
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
     top = 0
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(path.read_bytes().split(b"\n"), 1):
         if not line.strip():
             continue
         try:
-            cp = parse(json.loads(line), ring, "file")
-        except ValueError as e:  # json.JSONDecodeError is a ValueError
-            if n == len(lines) and not raw.endswith(b"\n"):
-                notes.append(f"{path}: torn last line {n} ignored")
-                continue
+            obj = json.loads(line)
+        except ValueError:
+            # An interrupted append (the next one starts a fresh line). Ignoring it loses nothing: only
+            # signed lines vouch for rows, and a line removed shows as a gap below.
+            notes.append(f"{path}: line {n} is not JSON (an interrupted append?): ignored")
+            continue
+        try:
+            cp = parse(obj, ring, "file")
+        except ValueError as e:
             problems.append({"seq": 0, "kind": "checkpoint", "why": f"{path} line {n}: {e}"})
             continue
-        if cp.seq < top:
+        if cp.prev_seq != top:
             problems.append({"seq": cp.seq, "kind": "checkpoint",
-                             "why": f"{path} line {n}: seq went back from {top} to {cp.seq}"})
+                             "why": f"{path} line {n} starts after row {cp.prev_seq}, but the line before it "
+                                    f"ends at row {top}: lines are missing or out of order"})
         top = max(top, cp.seq)
         cps.append(cp)
     return cps, problems, notes

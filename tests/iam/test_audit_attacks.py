@@ -386,3 +386,44 @@ def test_cli_checkpoint_command(tmp_path: Path) -> None:
         c.execute("UPDATE iam_audit SET actor = 'mallory' WHERE seq = 4")
     r = runner.invoke(cli, ["audit-checkpoint", "--config", str(cfg)])
     assert r.exit_code == 1 and "refused" in r.output
+
+
+def test_profile_switch_keeps_the_chain_and_its_checkpoints(tmp_path: Path) -> None:
+    hub, _ = _hub(tmp_path, "intl", n=6)
+    gm = make_hub(tmp_path, "gm")  # the same data dir and database, now under the domestic profile
+    for i in range(4):
+        record(gm.store.db, actor="alice", action="test.write", target=f"gm:{i}")
+    gm.services["audit_checkpoints"].checkpoint()
+    algs = [r[0] for r in gm.store.conn.execute("SELECT alg FROM iam_audit ORDER BY seq")]
+    assert algs == ["hmac-sha256"] * 6 + ["hmac-sm3"] * 4
+    assert verify(gm.store.db).ok
+    with attacker(gm) as c:
+        c.execute("DELETE FROM iam_audit WHERE seq IN (3, 8)")
+        renumber(c)
+        rechain_plain(c)
+    assert named(verify(gm.store.db).problems, "deleted") == {3, 8}
+
+
+def test_interrupted_checkpoint_append_is_a_note_and_the_next_starts_fresh(tmp_path: Path) -> None:
+    hub, _ = _hub(tmp_path, n=3)
+    path = checkpoints.checkpoint_file(hub.settings)
+    with open(path, "a") as f:
+        f.write('{"v": 1, "seq": 9')  # a crash in the middle of an append
+    res = verify(hub.store.db)
+    assert res.ok and any("interrupted append" in n for n in res.notes)
+    record(hub.store.db, actor="alice", action="test.write", target="after-crash")
+    assert hub.services["audit_checkpoints"].checkpoint()["seq"] == 4  # type: ignore[index]
+    assert path.read_text().splitlines()[-1].startswith('{"v":1')  # a line of its own
+    assert verify(hub.store.db).ok
+
+
+def test_checkpoint_lines_removed_from_the_file_are_named(tmp_path: Path) -> None:
+    hub, _ = _hub(tmp_path, n=3)
+    for i in range(2):
+        record(hub.store.db, actor="alice", action="test.write", target=f"more:{i}")
+        hub.services["audit_checkpoints"].checkpoint()
+    path = checkpoints.checkpoint_file(hub.settings)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    res = verify(hub.store.db)
+    assert [p["kind"] for p in res.problems] == ["checkpoint"] and "lines are missing" in res.problems[0]["why"]
