@@ -187,7 +187,7 @@ def bind(db: sqlite_utils.Database, keys_dir: Path, profile: Profile,
         # Only when this call made the key: a plain last row under an existing key is a downgrade for
         # verify to name, not a prefix to seal.
         if made and last is not None and last[1] not in _PROFILE_OF_KEYED:
-            plain = verify_rows(_rows(db), None)
+            plain = verify_rows(fetch_rows(db), None)
             # The boundary row: its keyed hash covers the last plain hash, so the plain prefix is sealed.
             record(db, actor="system", action="audit.chain.keyed", target=f"audit:{last[0] + 1}",
                    detail={"legacy_rows": last[0], "legacy_verified": not plain,
@@ -283,7 +283,7 @@ def record(db: sqlite_utils.Database, actor: str, action: str, target: str | Non
 Row = tuple[int, str, str, str, str | None, str | None, str, str, str, str]
 
 
-def _rows(db: sqlite_utils.Database, after: int = 0, upto: int | None = None) -> list[Row]:
+def fetch_rows(db: sqlite_utils.Database, after: int = 0, upto: int | None = None) -> list[Row]:
     sql = ("SELECT seq, ts, actor, action, target, org, detail, alg, prev_hash, hash FROM iam_audit"
            " WHERE seq > ?" + (" AND seq <= ?" if upto is not None else "") + " ORDER BY seq")
     return db.conn.execute(sql, (after,) if upto is None else (after, upto)).fetchall()
@@ -454,8 +454,7 @@ def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint,
     gone_set = set(gone)
     last_alive = next((s for s in range(latest.seq, 0, -1) if s not in gone_set), 0)
     for a, b in _ranges([s for s in gone if s < last_alive]):
-        problems.append(_span("deleted", a, b, f"{_rows_text(a, b)} (vouched for by {when}) "
-                                               f"{'is' if a == b else 'are'} gone"))
+        problems.append(_span("deleted", a, b, f"gone, though {when} vouched for {'it' if a == b else 'them'}"))
     cut = [s for s in gone if s > last_alive]
     if cut:
         problems.append(_span("cut", cut[0], cut[-1],
@@ -473,7 +472,7 @@ def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint,
             runs.append([(s, now)])
     for run in runs:
         (a, na), (b, nb) = run[0], run[-1]
-        problems.append(_span("reordered", a, b, f"{_rows_text(a, b)} as vouched for now stand"
+        problems.append(_span("reordered", a, b, f"vouched for as {_rows_text(a, b)}, now stand"
                                                  f"{'s' if a == b else ''} at {na if a == b else f'{na}..{nb}'}"))
     return problems, intact
 
@@ -494,7 +493,7 @@ def verify(db: sqlite_utils.Database, chain: Chain | None = None, checkpoints: l
         checkpoints, more, file_notes = read_file(chain)
         cp_problems += more
         notes += file_notes
-    rows = _rows(db)
+    rows = fetch_rows(db)
     problems = verify_rows(rows, key)
     head = db.conn.execute("SELECT value FROM iam_meta WHERE key = 'audit_head'").fetchone()
     last_seq, last_hash = (rows[-1][0], rows[-1][9]) if rows else (0, GENESIS)
@@ -511,7 +510,8 @@ def verify(db: sqlite_utils.Database, chain: Chain | None = None, checkpoints: l
     vouched, intact = against_checkpoints(rows, key, checkpoints or [])
     # A row whose content is as vouched for but whose hash fails was re-chained, not edited.
     problems = [{"seq": p["seq"], "kind": "rechained",
-                 "why": "content as vouched for by the checkpoint, but its hash was rewritten"}
+                 "why": "(numbered as stored now) content as vouched for, but the hash was rewritten"
+                        " without the chain key"}
                 if p["kind"] == "changed" and p.get("hash_check") and p["seq"] in intact else p
                 for p in problems]
     problems = _compact(problems + vouched + cp_problems)

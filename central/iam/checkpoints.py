@@ -212,7 +212,7 @@ def make(db: sqlite_utils.Database, chain: Chain) -> dict[str, Any] | None:
             if head[1] != last_head:
                 raise CheckpointWithheld(f"row {last_seq} no longer has the checkpointed hash")
             return None
-        rows = audit._rows(db, after=last_seq, upto=head[0])
+        rows = audit.fetch_rows(db, after=last_seq, upto=head[0])
         problems = audit.verify_rows(rows, chain.key, last_seq, last_head)
         if problems:
             p = problems[0]
