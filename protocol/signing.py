@@ -1,8 +1,8 @@
 """Sign and verify with key ids, behind one interface for both crypto profiles.
 
 Profiles: ``intl`` (Ed25519 signatures, SHA-256 hashes) and ``gm`` — the domestic-crypto profile
-(国产化: SM2 signatures, SM3 hashes, via gmssl). Callers hold `PrivateKey`/`PublicKey` objects and never
-branch on the algorithm, so a new algorithm is one more entry in `_ALGS`.
+(国产化: SM2 signatures, SM3 hashes; SM2 native through tongsuopy). Callers hold `PrivateKey`/`PublicKey`
+objects and never branch on the algorithm, so a new algorithm is one more entry in `_ALGS`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -18,6 +17,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 Algorithm = Literal["ed25519", "sm2"]
 Profile = Literal["intl", "gm"]
@@ -97,42 +97,80 @@ class _Ed25519:
             return False
 
 
+# SM2 curve order (GB/T 32918.5): private keys lie in [1, n-2], signature halves r and s in [1, n-1].
+_SM2_N = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123
+
+
+class _Tongsuo:
+    """The parts of tongsuopy SM2 needs, imported on first use (an intl-only terminal never loads Tongsuo)."""
+
+    def __init__(self) -> None:
+        from tongsuopy.crypto import hashes as th
+        from tongsuopy.crypto import serialization as ts
+        from tongsuopy.crypto.asymciphers import ec
+        from tongsuopy.crypto.exceptions import InvalidSignature as TongsuoInvalidSignature
+
+        self.ec, self.serialization, self.invalid = ec, ts, TongsuoInvalidSignature
+        self.curve = ec.SM2()
+        # With an SM2 key, ECDSA(SM3) selects Tongsuo's SM2 scheme: e = SM3(Z || M), Z over the default
+        # user id 1234567812345678, exactly what gmssl's sign_with_sm3 / verify_with_sm3 compute.
+        self.scheme = ec.ECDSA(th.SM3())
+
+
 class _SM2:
-    """SM2 with SM3 (GB/T 32918) through gmssl; keys are raw big-endian bytes (priv 32, pub 64)."""
+    """SM2 with SM3 (GB/T 32918), native through tongsuopy (Tongsuo, the OpenSSL fork with the GM
+    algorithms). Keys are raw big-endian bytes (priv 32, pub 64 = x || y) and signatures raw r || s (64),
+    as gmssl made them: keys, codes and lists signed before the switch keep verifying. gmssl stays in the
+    tests as the oracle."""
 
-    def _crypt(self, private: bytes | None, public: bytes) -> Any:
-        from gmssl import sm2
+    def __init__(self) -> None:
+        self._lib: _Tongsuo | None = None
+        self._priv: _KeyCache[Any] = _KeyCache(self._load_private)
+        self._pub: _KeyCache[Any] = _KeyCache(self._load_public)
 
-        # gmssl's constructor lstrip()s "04" (mangling keys whose hex starts with 0/4): set fields after.
-        crypt = sm2.CryptSM2(private_key=private.hex() if private else "", public_key="")
-        crypt.public_key = public.hex()
-        return crypt
+    @property
+    def lib(self) -> _Tongsuo:
+        if self._lib is None:
+            self._lib = _Tongsuo()
+        return self._lib
+
+    def _load_private(self, raw: bytes) -> Any:
+        d = int.from_bytes(raw, "big")
+        # d = n-1 makes 1 + d non-invertible: Tongsuo's signing loop would never end.
+        if len(raw) != 32 or not 1 <= d <= _SM2_N - 2:
+            raise ValueError("priv: not an SM2 private key (32 bytes, 1 <= d <= n-2)")
+        return self.lib.ec.derive_private_key(d, self.lib.curve)
+
+    def _load_public(self, raw: bytes) -> Any:
+        if len(raw) != 64:
+            raise ValueError("pub: an SM2 public key is 64 bytes (x || y)")
+        # oct2point refuses coordinates >= p and points off the curve (ValueError).
+        return self.lib.ec.EllipticCurvePublicKey.from_encoded_point(self.lib.curve, b"\x04" + raw)
 
     def generate(self) -> tuple[bytes, bytes]:
-        from gmssl import sm2
-
-        c = sm2.CryptSM2(private_key="", public_key="")
-        n = int(c.ecc_table["n"], 16)
-        d = secrets.randbelow(n - 2) + 1
-        pub_hex = c._kg(d, c.ecc_table["g"])
-        return d.to_bytes(32, "big"), bytes.fromhex(pub_hex)
-
-    def public_of(self, private: bytes) -> bytes:
-        from gmssl import sm2
-
-        c = sm2.CryptSM2(private_key="", public_key="")
-        return bytes.fromhex(c._kg(int.from_bytes(private, "big"), c.ecc_table["g"]))
+        ts = self.lib.serialization
+        while True:
+            key = self.lib.ec.generate_private_key(self.lib.curve)
+            d = key.private_numbers().private_value
+            if d <= _SM2_N - 2:  # OpenSSL draws from [1, n-1]
+                break
+        pub = key.public_key().public_bytes(ts.Encoding.X962, ts.PublicFormat.UncompressedPoint)
+        return d.to_bytes(32, "big"), pub[1:]
 
     def sign(self, private: bytes, data: bytes) -> bytes:
-        crypt = self._crypt(private, self.public_of(private))
-        return bytes.fromhex(crypt.sign_with_sm3(data, secrets.token_hex(32)))
+        r, s = decode_dss_signature(self._priv.get(private).sign(data, self.lib.scheme))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
     def verify(self, public: bytes, data: bytes, sig: bytes) -> bool:
         if len(sig) != 64 or len(public) != 64:
             return False
+        r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+        if not (0 < r < _SM2_N and 0 < s < _SM2_N):  # one encoding per signature (no r + n, no s + n)
+            return False
         try:
-            return bool(self._crypt(None, public).verify_with_sm3(sig.hex(), data))
-        except Exception:  # gmssl raises assorted errors on points off the curve
+            self._pub.get(public).verify(encode_dss_signature(r, s), data, self.lib.scheme)
+            return True
+        except (self.lib.invalid, ValueError):  # ValueError: a public key off the curve
             return False
 
 
