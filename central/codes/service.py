@@ -5,7 +5,6 @@ carrying the HTTP-ish status and the field at fault."""
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import hmac
 import io
@@ -24,6 +23,7 @@ from typing import Any
 
 import sqlite_utils
 
+from central import csvsafe
 from central.hub import Hub, LoopWorker
 from central.iam.service import maker_refusal, note_maker
 from protocol import citycode, signing, topics
@@ -1290,7 +1290,7 @@ class CodesService:
 
     def supervision_csv(self, scopes: list[str], days: int = 30, zombie_days: int = 90) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.CSV_COLUMNS, extrasaction="ignore")
+        w = csvsafe.DictWriter(buf, fieldnames=self.CSV_COLUMNS, extrasaction="ignore")  # no formulas
         w.writeheader()
         for r in self.supervision(scopes, days, zombie_days)["rows"]:
             w.writerow(r)
