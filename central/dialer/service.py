@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from central import csvsafe
 from central.dialer.templates import Template, builtin_templates
 
 if TYPE_CHECKING:
@@ -563,7 +564,7 @@ def export_csv(hub: Hub, task_id: int, unmask: bool = False) -> str:
     task = get_task(hub, task_id)
     questions = Template.model_validate_json(task["template"]).questions()
     buf = io.StringIO()
-    w = csv.writer(buf)
+    w = csvsafe.writer(buf)  # names and spoken answers are callee text: no formulas
     w.writerow(["row", "phone", "name", "status", "outcome", "attempts", *questions])
     c = _cipher(hub) if unmask else None
     for row_no, enc, masked, name, status, outcome, attempts, ans in hub.store.db.conn.execute(
