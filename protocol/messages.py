@@ -62,6 +62,22 @@ class Status(Message):
     version: str | None = Field(default=None, max_length=64)
 
 
+class CameraStatus(BaseModel):
+    """One camera of a gateway, in its heartbeat (edge/camera/agent.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(max_length=64)
+    state: Literal["connecting", "live", "reconnecting", "ended"]
+    fps_in: float = Field(default=0.0, ge=0)
+    fps_analysed: float = Field(default=0.0, ge=0)
+    cpu_percent: float = Field(default=0.0, ge=0, le=100 * 256)
+    reconnects: int = Field(default=0, ge=0)
+    dropped: int = Field(default=0, ge=0)
+    down_s: float | None = Field(default=None, ge=0)  # seconds without a stream (None while live)
+    last_error: str = Field(default="", max_length=200)
+    model_versions: str = Field(default="", max_length=64)
+
+
 class Heartbeat(Message):
     ts: datetime = Field(default_factory=now_utc)
     uptime_s: float = Field(ge=0)
@@ -76,6 +92,7 @@ class Heartbeat(Message):
     fps_in: float | None = Field(default=None, ge=0)
     fps_analysed: float | None = Field(default=None, ge=0)
     frames_dropped: Count | None = None
+    cameras: list[CameraStatus] | None = Field(default=None, max_length=16)  # camera gateways
     extra: dict[str, float | int | str | None] = Field(default_factory=dict, max_length=32)
 
 

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-from edge.camera.capture import Capture
+from edge.camera.capture import Capture, set_rtsp_transport
 from edge.camera.config import CameraSection, CameraSource
 from edge.camera.detectors.onnx import OnnxSession
 from edge.camera.pipeline import CameraPipeline
@@ -31,10 +31,12 @@ class CameraWorker:
         self.cam = cam
         self.sink = sink
         self.stop = stop
-        self.capture = Capture(cam, stop, (section.reconnect_min_s, section.reconnect_max_s))
+        self.capture = Capture(cam, stop, (section.reconnect_min_s, section.reconnect_max_s),
+                               (section.open_timeout_s, section.read_timeout_s))
         self.pipeline = CameraPipeline(section, cam, onnx)
         self.skipped = 0  # rate-limited frames
         self.errors = 0
+        self.cpu_s = 0.0  # CPU time of the analysis thread (detectors run in it: ORT uses 1 thread)
         self._thread = threading.Thread(target=self._run, name=f"analyse-{cam.id}", daemon=True)
 
     def start(self) -> None:
@@ -49,9 +51,18 @@ class CameraWorker:
         self.capture.join(timeout)
 
     def _run(self) -> None:
+        cpu0 = time.thread_time()
+        try:
+            self._loop()
+        finally:
+            self.cpu_s = time.thread_time() - cpu0
+
+    def _loop(self) -> None:
         min_dt = 1.0 / self.cam.max_fps
         last = -1e18
+        cpu0 = time.thread_time()
         while not self.stop.is_set():
+            self.cpu_s = time.thread_time() - cpu0
             item = self.capture.get(0.5)
             if item is None:
                 if self.capture.ended.is_set():
@@ -77,34 +88,52 @@ class CameraWorker:
 
 
 class AgentStats:
-    """fps over the interval since the previous call; drops cumulative (goes into each heartbeat)."""
+    """fps and CPU over the interval since the previous call; drops cumulative (goes into each heartbeat),
+    in total and per camera (`cameras`: state, fps in/analysed, CPU %, reconnects, how long it is down)."""
 
     def __init__(self, workers: list[CameraWorker]) -> None:
         self.workers = workers
         self._t = time.monotonic()
-        self._in = 0
-        self._an = 0
+        self._prev: dict[str, tuple[int, int, float]] = {w.cam.id: (0, 0, 0.0) for w in workers}
         self._lock = threading.Lock()
 
     def __call__(self) -> dict[str, Any]:
         with self._lock:
             now = time.monotonic()
-            fin = sum(w.capture.stats.frames_in for w in self.workers)
-            fan = sum(w.pipeline.stats.frames for w in self.workers)
             dt = max(now - self._t, 1e-6)
+            cams: list[dict[str, Any]] = []
+            fin_all = fan_all = 0.0
+            for w in self.workers:
+                st = w.capture.stats
+                fin, fan, cpu = st.frames_in, w.pipeline.stats.frames, st.cpu_s + w.cpu_s
+                p_in, p_an, p_cpu = self._prev[w.cam.id]
+                self._prev[w.cam.id] = (fin, fan, cpu)
+                fin_all += (fin - p_in) / dt
+                fan_all += (fan - p_an) / dt
+                cams.append({
+                    "id": w.cam.id, "state": st.state, "fps_in": round((fin - p_in) / dt, 2),
+                    "fps_analysed": round((fan - p_an) / dt, 2), "cpu_percent": round(100 * (cpu - p_cpu) / dt, 1),
+                    "reconnects": st.reconnects, "dropped": st.dropped + w.skipped,
+                    "down_s": round(now - st.down_since, 1) if st.down_since is not None else None,
+                    "last_error": st.last_error[:200] if st.state != "live" else "",
+                    "model_versions": ",".join(w.pipeline.model_versions)[:64],
+                })
             out: dict[str, Any] = {
-                "fps_in": round((fin - self._in) / dt, 2),
-                "fps_analysed": round((fan - self._an) / dt, 2),
+                "fps_in": round(fin_all, 2),
+                "fps_analysed": round(fan_all, 2),
                 "frames_dropped": sum(w.capture.stats.dropped + w.skipped for w in self.workers),
                 "cameras_connected": sum(1 for w in self.workers if w.capture.stats.connected),
                 "reconnects": sum(w.capture.stats.reconnects for w in self.workers),
                 "open_incidents": sum(w.pipeline.rules.open_incidents() for w in self.workers),
+                "model_version": ",".join(sorted({v for w in self.workers for v in w.pipeline.model_versions}))[:64],
+                "cameras": cams,
             }
-            self._t, self._in, self._an = now, fin, fan
+            self._t = now
             return out
 
 
 def build_workers(section: CameraSection, sink: EventSink, stop: threading.Event) -> list[CameraWorker]:
+    set_rtsp_transport(section.rtsp_transport)
     onnx = OnnxSession(section.onnx) if section.onnx is not None and any(
         section.backend_for(c, k) == "onnx" for c in section.cameras for k in ("crowd", "fire", "smoke", "litter")
     ) else None

@@ -2,13 +2,19 @@
 
 A capture thread per camera keeps only the newest frame (a slow analyser skips frames instead of
 falling behind; skipped frames are counted as drops). A source that fails to open or stops delivering
-is reopened with exponential back-off. Files with `realtime: false` are read as fast as the analyser
-takes them (no drops), which is what tests and re-analysis of recordings want.
+is reopened with exponential back-off (reset once frames flow again). Network streams are opened
+through FFmpeg with open/read timeouts, so a camera that drops off RTSP is noticed within read_timeout_s
+instead of hanging in a read. Files with `realtime: false` are read as fast as the analyser takes them (no
+drops), which is what tests and re-analysis of recordings want.
+
+`CaptureStats.state` is what the heartbeat reports per camera: connecting (never had a frame yet),
+live, reconnecting (lost; retrying with back-off), ended (a finished file).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -29,13 +35,18 @@ class CaptureStats:
     reconnects: int = 0
     connected: bool = False
     last_error: str = ""
+    state: str = "connecting"  # connecting | live | reconnecting | ended
+    down_since: float | None = None  # monotonic time the stream was lost (None while live)
+    cpu_s: float = 0.0  # CPU time of the capture thread (decoding)
+    back_online: int = 0  # times a lost stream delivered frames again
 
 
 class _Source:
     """Uniform read() over OpenCV and synthetic sources; returns (stream_ts, frame) or None at end/error."""
 
-    def __init__(self, cam: CameraSource) -> None:
+    def __init__(self, cam: CameraSource, timeouts: tuple[float, float] = (10.0, 5.0)) -> None:
         self.cam = cam
+        self.timeouts = timeouts
         self.live = not _is_file(cam.url)
         self.cap: cv2.VideoCapture | None = None
         self.synth: str | None = None
@@ -51,8 +62,13 @@ class _Source:
                 raise ValueError(f"url: unknown synthetic scenario {self.synth!r}")
             self.base = synthetic.street(640, 360)
             return
-        src: int | str = int(url) if url.isdigit() else url  # "0" = first USB camera
-        cap = cv2.VideoCapture(src)
+        if "://" in url:
+            # FFmpeg with timeouts: without them a dead RTSP peer blocks read() for 30 s or more.
+            ms = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(self.timeouts[0] * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.timeouts[1] * 1000)]
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, ms)
+        else:
+            cap = cv2.VideoCapture(int(url) if url.isdigit() else url)  # "0" = first USB camera
         if not cap.isOpened():
             cap.release()
             raise OSError(f"cannot open {url}")
@@ -90,11 +106,19 @@ def _is_file(url: str) -> bool:
     return url.startswith("synthetic:") or not (url.isdigit() or "://" in url)
 
 
+def set_rtsp_transport(transport: str) -> None:
+    """FFmpeg's capture options are process-wide (an environment variable read at each open); an
+    operator's own OPENCV_FFMPEG_CAPTURE_OPTIONS wins."""
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", f"rtsp_transport;{transport}")
+
+
 class Capture:
-    def __init__(self, cam: CameraSource, stop: threading.Event, backoff: tuple[float, float] = (1.0, 60.0)) -> None:
+    def __init__(self, cam: CameraSource, stop: threading.Event, backoff: tuple[float, float] = (1.0, 60.0),
+                 timeouts: tuple[float, float] = (10.0, 5.0)) -> None:
         self.cam = cam
         self.stop = stop
         self.backoff = backoff
+        self.timeouts = timeouts
         self.stats = CaptureStats()
         self.ended = threading.Event()  # a non-looping file has been read to its end
         self._cv = threading.Condition()
@@ -130,21 +154,33 @@ class Capture:
             self._cv.notify_all()
 
     def _run(self) -> None:
+        cpu0 = time.thread_time()
+        try:
+            self._loop()
+        finally:
+            self.stats.cpu_s = time.thread_time() - cpu0
+
+    def _lost(self, why: str) -> None:
+        st = self.stats
+        st.connected = False
+        st.last_error = why
+        if st.state == "live":
+            st.state, st.down_since = "reconnecting", time.monotonic()
+
+    def _loop(self) -> None:
         delay = self.backoff[0]
+        cpu0 = time.thread_time()
         while not self.stop.is_set():
-            src = _Source(self.cam)
+            src = _Source(self.cam, self.timeouts)
             try:
                 src.open()
             except (OSError, ValueError) as e:
-                self.stats.last_error = str(e)
-                self.stats.connected = False
+                self._lost(str(e))
                 log.warning("camera %s: %s; retry in %.1fs", self.cam.id, e, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, self.backoff[1])
                 self.stats.reconnects += 1
                 continue
-            self.stats.connected = True
-            delay = self.backoff[0]
             period = 1.0 / src.fps
             next_t = time.monotonic()
             got_any = False
@@ -152,8 +188,16 @@ class Capture:
                 item = src.read()
                 if item is None:
                     break
-                got_any = True
+                if not got_any:
+                    got_any = True
+                    if self.stats.state == "reconnecting":
+                        self.stats.back_online += 1
+                        log.info("camera %s: stream back after %.1fs", self.cam.id,
+                                 time.monotonic() - (self.stats.down_since or time.monotonic()))
+                    self.stats.state, self.stats.down_since, self.stats.connected = "live", None, True
+                    delay = self.backoff[0]  # frames flow again: the next loss starts from the short delay
                 self._put(item)
+                self.stats.cpu_s = time.thread_time() - cpu0
                 if self._paced and not src.live:  # play files at their own frame rate
                     next_t += period
                     pause = next_t - time.monotonic()
@@ -162,13 +206,15 @@ class Capture:
                     else:
                         next_t = time.monotonic()
             src.close()
-            self.stats.connected = False
             if not src.live and not self.cam.loop and got_any:
+                self.stats.connected = False
+                self.stats.state = "ended"
                 self.ended.set()
                 return
             if self.stop.is_set():
+                self.stats.connected = False
                 return
-            self.stats.last_error = "stream ended"
+            self._lost("stream ended" if got_any else "no frame after open")
             log.warning("camera %s: stream lost; reconnect in %.1fs", self.cam.id, delay)
             self.stop.wait(delay)
             delay = min(delay * 2, self.backoff[1])

@@ -30,7 +30,8 @@ class UsageError(ValueError):
 
 
 def load_section(path: Path | None) -> CameraSection:
-    """A device config (kind: camera), a bare camera section, or one camera's settings (zones, rules...)."""
+    """A device config (kind: camera), a camera section, or one camera's settings (zones, max_fps, ...) with
+    section settings (detectors, rules, ...) beside them."""
     if path is None:
         return CameraSection()
     try:
@@ -50,8 +51,10 @@ def load_section(path: Path | None) -> CameraSection:
         if cfg.camera is None:
             raise UsageError(f"{path}: kind: this is a {cfg.kind} config, not camera")
         return cfg.camera
-    if not set(data) & set(CameraSection.model_fields):  # one camera's settings
-        data = {"cameras": [{"id": "clip", "url": "clip", **data}]}
+    if "cameras" not in data:  # one camera's settings (zones, max_fps...) beside section settings
+        own = set(CameraSource.model_fields) - set(CameraSection.model_fields)
+        cam = {"id": "clip", "url": "clip", **{k: v for k, v in data.items() if k in own}}
+        data = {**{k: v for k, v in data.items() if k not in own}, "cameras": [cam]}
     try:
         return CameraSection.model_validate(data)
     except ValidationError as e:
@@ -137,7 +140,8 @@ def _line(t: float, e: Event) -> str:
 
 
 def analyse_command(video: Path, config: Path | None, as_json: bool, camera: str | None = None,
-                    out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+                    out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr  # looked up per call (test runners swap them)
     try:
         section = load_section(config)
         if not video.is_file():

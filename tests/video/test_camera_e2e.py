@@ -58,6 +58,9 @@ def test_clip_to_case_through_broker_outage(tmp_path: Path, broker: Broker) -> N
         assert len(rows) == 1 and rows[0][:2] == ("fire", "cam1") and rows[0][3] == 1 and rows[0][4] == "new"
         hb = link.heartbeat()
         assert hb.fps_in is not None and hb.frames_dropped is not None
+        # Per camera: the file was read to its end; the hub keeps the heartbeat as sent.
+        assert hb.cameras is not None and [(c.id, c.state) for c in hb.cameras] == [("cam1", "ended")]
+        assert hb.model_version and "ssdlite-pedestrian" in hb.model_version  # crowd "auto" = shipped model
     finally:
         link.stop()
         hub.close()
