@@ -43,13 +43,17 @@ def _background(rng: np.random.Generator, plain: bool) -> np.ndarray:
     return bg
 
 
-def shot(text: str, condition: str, seed: int, level: str = "Q", severity: float = 1.0) -> Shot:
-    """One frame. `severity` scales the condition (1.0: the strength the issue's figures were measured at)."""
+def shot(text: str, condition: str, seed: int, level: str = "Q", severity: float = 1.0,
+         side_px: int | None = None, printed: np.ndarray | None = None) -> Shot:
+    """One frame. `severity` scales the condition (1.0: the strength the issue's figures were measured at);
+    `side_px` forces the printed code's side (quiet zone included) in pixels; `printed` is the code's
+    image as rendered elsewhere (e.g. the hub's PNG) instead of one made here."""
     rng = np.random.default_rng(seed * 7919 + CONDITIONS.index(condition))
-    tile = qr_tile(text, level)
+    tile = qr_tile(text, level) if printed is None else printed
     # "small": a code spanning 14 % of the frame's height (100 px, ~1.5 px per module) on a plain
     # background, where a frame-wide percentile stretch amplifies only the background's noise.
     side = int(H * 0.14) if condition == "small" else min(int(H * float(rng.uniform(0.5, 0.67))), H - 40)
+    side = side_px or side
     tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
     frame = _background(rng, plain=condition in ("small", "clean"))
     x, y = int(rng.integers(20, W - side - 20)), int(rng.integers(20, H - side - 20))
