@@ -1,11 +1,14 @@
-"""Video benchmark: classical pipeline on 1280x720 @ 25 fps synthetic street video, one core.
+"""Video benchmark, one core (cv2.setNumThreads(1), ONNX Runtime intra-op threads 1), same run:
 
-value    = frames analysed per second by the motion-gated classical pipeline (all four kinds on), frames
-           already decoded (what a capture thread hands over), single thread (cv2.setNumThreads(1))
-baseline = the same frames only decoded from an MJPG file, same run, same thread setup
-ratio    = value / baseline (how the analysis compares with merely decoding the stream)
-Also printed: decode+analyse fps, the ungated (every frame fully analysed) fps and the ONNX path fps
-(the tiny test model unless --onnx MODEL is given). Last line: JSON.
+- person detector: the shipped SSDLite pedestrian model's inferences/s at 300x300 (goal >= 10)
+- people count on vtest.avi (Debian opencv-doc) against hand counts (tests/video/vtest_people.json, >= 20
+  frames labelled by eye): mean absolute error of the shipped model (whole frame + 2x2 windows; goal <= 1),
+  of the model on the whole frame only, and of the classical HOG detector (the baseline)
+- false fire/smoke starts per hour of ordinary footage: vtest.avi, tree.avi, Megamind.avi replayed through
+  the default camera pipeline (crowd auto, fire/smoke classical; goal 0 on vtest.avi), also without people
+- classical path fps: motion-gated pipeline on 1280x720 synthetic street video (frames already decoded)
+
+Last line: {"metric": "vtest_people_count_mae", "value": model MAE, "baseline": HOG MAE, ...}.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,24 +25,34 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.camera import synthetic  # noqa: E402
-from edge.camera.config import CameraSection, CameraSource, ClassicalConfig, OnnxConfig  # noqa: E402
+from edge.camera.cli import replay  # noqa: E402
+from edge.camera.config import CameraSection, CameraSource, ClassicalConfig, shipped_person_model  # noqa: E402
+from edge.camera.detectors.classical import People  # noqa: E402
+from edge.camera.detectors.onnx import OnnxDetector, session_for  # noqa: E402
 from edge.camera.pipeline import CameraPipeline  # noqa: E402
 
+DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+LABELS = Path(__file__).resolve().parents[1] / "tests/video/vtest_people.json"
 W, H, FPS = 1280, 720, 25.0
 
 
-def frames(seconds: float) -> list[np.ndarray]:
-    # A realistic mix: mostly quiet street, some walkers, a fire and a dropped object.
-    base = synthetic.street(W, H)
+def read_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
     out = []
-    per = int(seconds * FPS / 4)
-    for sc in ("empty", "walkers", "fire", "litter"):
-        out += [synthetic.frame(sc, i, FPS, W, H, base) for i in range(per)]
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        out.append(f)
     return out
 
 
-def run_pipeline(fr: list[np.ndarray], gated: bool) -> float:
-    section = CameraSection(classical=ClassicalConfig(motion_threshold=0.002 if gated else 0.0))
+def classical_fps(seconds: float) -> float:
+    base = synthetic.street(W, H)
+    per = int(seconds * FPS / 4)
+    fr = [synthetic.frame(sc, i, FPS, W, H, base) for sc in ("empty", "walkers", "fire", "litter") for i in range(per)]
+    section = CameraSection(detectors={"crowd": "classical", "fire": "classical", "smoke": "classical",
+                                       "litter": "classical"}, classical=ClassicalConfig())
     p = CameraPipeline(section, CameraSource(id="bench", url="synthetic:empty"))
     t = time.perf_counter()
     for i, f in enumerate(fr):
@@ -50,57 +62,66 @@ def run_pipeline(fr: list[np.ndarray], gated: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=24.0)
-    ap.add_argument("--onnx", type=Path, default=None, help="YOLO-style model (default: the tiny test model)")
+    ap.add_argument("--seconds", type=float, default=12.0, help="synthetic video for the classical fps")
     args = ap.parse_args()
-    cv2.setNumThreads(1)  # per-core figures
-    fr = frames(args.seconds)
-    with tempfile.TemporaryDirectory() as d:
-        path = str(Path(d) / "bench.avi")
-        vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
-        for f in fr:
-            vw.write(f)
-        vw.release()
-        cap = cv2.VideoCapture(path)
-        t = time.perf_counter()
-        n = 0
-        while True:
-            ok, _ = cap.read()
-            if not ok:
-                break
-            n += 1
-        decode_fps = n / (time.perf_counter() - t)
-        cap.release()
-        gated = run_pipeline(fr, gated=True)
-        ungated = run_pipeline(fr, gated=False)
-        combined = 1.0 / (1.0 / decode_fps + 1.0 / gated)
+    cv2.setNumThreads(1)
+    cfg = shipped_person_model()
+    if cfg is None or not (DATA / "vtest.avi").is_file():
+        sys.exit("needs edge/camera/models/ssdlite_pedestrian.onnx and opencv-doc's vtest.avi")
+    vtest = read_frames(DATA / "vtest.avi")
+    labels = {int(k): v for k, v in json.loads(LABELS.read_text())["counts"].items()}
 
-        model = args.onnx
-        size = (640, 640)
-        if model is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-            from tests.video.onnx_model import SIZE, build
+    det = OnnxDetector(session_for(cfg))
+    whole = OnnxDetector(session_for(cfg), tiles=[])
+    sess = session_for(cfg)
+    blob = cv2.cvtColor(cv2.resize(vtest[400], (300, 300)), cv2.COLOR_BGR2RGB)[None]
+    for _ in range(5):
+        sess.run(blob)
+    t, n = time.perf_counter(), 0
+    for f in vtest[:200:2]:
+        sess.run(cv2.cvtColor(cv2.resize(f, (300, 300)), cv2.COLOR_BGR2RGB)[None])
+        n += 1
+    inf_s = n / (time.perf_counter() - t)
 
-            model = build(Path(d) / "tiny.onnx")
-            size = (SIZE, SIZE)
-        ocfg = OnnxConfig(model_path=model, input_size=size, class_map={0: "person", 1: "fire"})
-        section = CameraSection(detectors={"fire": "onnx", "crowd": "onnx"}, onnx=ocfg,
-                                classical=ClassicalConfig(motion_threshold=0.0))
-        p = CameraPipeline(section, CameraSource(id="onnx", url="synthetic:fire"))
-        sub = fr[: min(len(fr), 200)]
-        t = time.perf_counter()
-        for i, f in enumerate(sub):
-            p.process(f, i / FPS)
-        onnx_fps = len(sub) / (time.perf_counter() - t)
+    hog = People(ClassicalConfig(person_every_s=0))
+    err_model, err_whole, err_hog = [], [], []
+    for k, count in labels.items():
+        err_model.append(len(det.detect(vtest[k], float(k), {"person"})) - count)
+        err_whole.append(len(whole.detect(vtest[k], float(k), {"person"})) - count)
+        err_hog.append(len(hog.detect(vtest[k], float(k), None, 1.0)) - count)
+    mae = float(np.mean(np.abs(err_model)))
+    mae_whole = float(np.mean(np.abs(err_whole)))
+    mae_hog = float(np.mean(np.abs(err_hog)))
 
-    print(f"frames: {len(fr)} at {W}x{H}")
-    print(f"decode only (MJPG, baseline): {decode_fps:.1f} fps")
-    print(f"classical, motion-gated:      {gated:.1f} fps  (target >= 100 = 4x real time)")
-    print(f"classical, every frame:       {ungated:.1f} fps")
-    print(f"decode + gated analysis:      {combined:.1f} fps")
-    print(f"onnx path ({Path(model).name}, {size[0]}x{size[1]}): {onnx_fps:.1f} fps")
-    print(json.dumps({"metric": "video_classical_gated_fps_per_core", "value": round(gated, 1), "unit": "fps",
-                      "target": 100, "baseline": round(decode_fps, 1), "ratio": round(gated / decode_fps, 3)}))
+    clips = [p for p in (DATA / "vtest.avi", DATA / "tree.avi", DATA / "Megamind.avi") if p.is_file()]
+    false: dict[str, dict[str, int]] = {}
+    hours = 0.0
+    fs_rate: dict[str, float] = {}
+    for name, detectors in (("default", {"crowd": "auto", "fire": "classical", "smoke": "classical",
+                                         "litter": "off"}),
+                            ("no people", {"crowd": "off", "fire": "classical", "smoke": "classical",
+                                           "litter": "off"})):
+        total, hours = 0, 0.0
+        for clip in clips:
+            r = replay(str(clip), CameraSection(detectors=detectors))
+            starts = sum(1 for _, e in r.events if e.phase == "start" and e.kind in ("fire", "smoke"))
+            false.setdefault(clip.name, {})[name] = starts
+            total += starts
+            hours += r.seconds / 3600
+        fs_rate[name] = total / hours
+    cls_fps = classical_fps(args.seconds)
+
+    print(f"person model ({cfg.model_version}, 300x300, 1 thread): {inf_s:.1f} inferences/s (goal >= 10)")
+    print(f"classical path, motion-gated, 1280x720 synthetic: {cls_fps:.1f} fps")
+    print(f"vtest.avi people count on {len(labels)} hand-counted frames, mean absolute error:")
+    print(f"  model, whole frame + 2x2 windows: {mae:.3f}  errors {err_model}")
+    print(f"  model, whole frame only:          {mae_whole:.3f}")
+    print(f"  classical HOG (baseline):         {mae_hog:.3f}  errors {err_hog}")
+    print(f"false fire/smoke starts per clip: {false}")
+    print(f"ordinary footage: {hours * 3600:.0f} s; false fire/smoke starts per hour: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in fs_rate.items()))
+    print(json.dumps({"metric": "vtest_people_count_mae", "value": round(mae, 3), "unit": "people/frame",
+                      "target": 1.0, "baseline": round(mae_hog, 3), "ratio": round(mae / max(mae_hog, 1e-9), 3)}))
 
 
 if __name__ == "__main__":

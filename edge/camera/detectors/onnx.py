@@ -127,7 +127,7 @@ class OnnxDetector:
     def _detect_one(self, frame: np.ndarray, labels: set[str]) -> list[Detection]:
         if self.cfg.output_format == "ssd":
             iw, ih = self.cfg.input_size
-            blob = cv2.cvtColor(cv2.resize(frame, (iw, ih), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+            blob = cv2.cvtColor(cv2.resize(frame, (iw, ih)), cv2.COLOR_BGR2RGB)  # bilinear, as the package feeds it
             outs = self.s.run(blob[None])
             i = self.s._ssd
             return self.decode_ssd(np.asarray(outs[i["boxes"]]), np.asarray(outs[i["scores"]]),
