@@ -427,3 +427,21 @@ def test_checkpoint_lines_removed_from_the_file_are_named(tmp_path: Path) -> Non
     path.write_text("\n".join([lines[0], lines[2]]) + "\n")
     res = verify(hub.store.db)
     assert [p["kind"] for p in res.problems] == ["checkpoint"] and "lines are missing" in res.problems[0]["why"]
+
+
+def test_worker_step_checkpoints_when_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = make_hub(tmp_path)
+    cp = hub.services["audit_checkpoints"]
+    path = checkpoints.checkpoint_file(hub.settings)
+    record(hub.store.db, actor="alice", action="test.write", target="a")
+    cp.step()  # the first pass checkpoints whatever is there
+    assert len(path.read_text().splitlines()) == 1
+    record(hub.store.db, actor="alice", action="test.write", target="b")
+    cp.step()  # one row, seconds later: not due yet
+    assert len(path.read_text().splitlines()) == 1
+    monkeypatch.setattr(checkpoints, "EVERY_ROWS", 2)
+    record(hub.store.db, actor="alice", action="test.write", target="c")
+    cp.step()  # two rows since the last one: due
+    assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [1, 3]
+    cp.step()  # nothing new: nothing written
+    assert len(path.read_text().splitlines()) == 2
