@@ -5,25 +5,27 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import typer
 import yaml
 
-from central.settings import Settings, load_settings
+from central.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="Hub settings file (YAML/JSON); env CITYBRAIN_* overrides")
+ConfigOpt = typer.Option(None, "--config", "-c",
+                         help="Hub settings file (YAML/JSON; default $CITYBRAIN_CONFIG). Precedence: file < "
+                              "env CITYBRAIN_* < command-line options")
 
 
-def _settings(config: Path | None) -> Settings:
-    path = config or (Path(os.environ["CITYBRAIN_CONFIG"]) if os.environ.get("CITYBRAIN_CONFIG") else None)
+def _settings(config: Path | None, **options: object) -> Settings:
+    """The one way commands load settings: file < CITYBRAIN_* < the given options (None = not given)."""
     try:
-        return load_settings(path)
-    except Exception as e:
-        typer.echo(f"settings: {e}", err=True)
+        return load_settings(config, **options)
+    except SettingsError as e:
+        for problem in e.problems:
+            typer.echo(f"settings: {problem}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -40,14 +42,16 @@ def migrate(config: Path | None = ConfigOpt) -> None:
 
 @app.command()
 def serve(
-    config: Path | None = ConfigOpt, no_bridge: bool = typer.Option(False, help="Do not start the MQTT bridge")
+    config: Path | None = ConfigOpt, no_bridge: bool = typer.Option(False, help="Do not start the MQTT bridge"),
+    host: str | None = typer.Option(None, help="Listen address (overrides `host` from the file and env)"),
+    port: int | None = typer.Option(None, help="Listen port (overrides `port` from the file and env)"),
 ) -> None:
     """Run the hub (HTTPS when security.tls_cert/tls_key are set)."""
     import uvicorn
 
     from central.app import create_app
 
-    s = _settings(config)
+    s = _settings(config, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     application = create_app(s, start_bridge=False if no_bridge else None)
     tls = {}

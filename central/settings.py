@@ -1,13 +1,30 @@
-"""One settings model for the hub (env `CITYBRAIN_*` or a JSON/YAML file), Frigate-style."""
+"""One settings model for the hub, Frigate-style. Sources, lowest to highest: defaults < the YAML/JSON file
+(`-c`, else `$CITYBRAIN_CONFIG`) < environment `CITYBRAIN_*` (nested with `__`) < command-line options.
+The order is pydantic-settings' own (`Settings.settings_customise_sources`), so nested values merge per
+field: `CITYBRAIN_MQTT__PORT` overrides the file's `mqtt.port` and keeps its `mqtt.host`."""
 
 from __future__ import annotations
 
+import os
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "CITYBRAIN_"
+CONFIG_ENV = "CITYBRAIN_CONFIG"
+# The file the Settings being built reads; a context variable so concurrent loads (threads, tests) of
+# different files do not see each other's.
+_config_file: ContextVar[Path | None] = ContextVar("citybrain_config_file", default=None)
 
 
 class MqttSettings(BaseModel):
@@ -39,7 +56,7 @@ class SecuritySettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CITYBRAIN_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Path("var/hub")
     db_path: Path | None = None  # defaults to data_dir/hub.db
@@ -53,6 +70,19 @@ class Settings(BaseSettings):
     # they are run as their own processes (`citybrain hub video correlate`), e.g. to spread CPU.
     inline_consumers: bool = True
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Highest first: keyword arguments (the CLI's options) > CITYBRAIN_* > the file. YAML reads JSON too.
+        file = _SettingsFile(settings_cls, yaml_file=_config_file.get())
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, file
+
     @property
     def database(self) -> Path:
         return self.db_path or self.data_dir / "hub.db"
@@ -62,16 +92,68 @@ class Settings(BaseSettings):
         return self.data_dir / "keys"
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be loaded; one line per problem, each naming the field and where it came from."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class _SettingsFile(YamlConfigSettingsSource):
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            raise SettingsError([f"config: {file_path}: expected a mapping of settings, got a {type(data).__name__}"])
+        return data
+
+
+def config_path(path: Path | None = None) -> Path | None:
+    """The settings file: the given one, else $CITYBRAIN_CONFIG, else none."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    return path
+
+
+def load_settings(path: Path | None = None, **options: Any) -> Settings:
+    """Settings from the file (`path`, else $CITYBRAIN_CONFIG), overridden by CITYBRAIN_* environment
+    variables, overridden by `options` (command-line options; None means "not given"). Every command that
+    builds the hub's settings comes through here, so they all resolve the same way."""
+    path = config_path(path)
+    if path is not None and not path.is_file():
+        raise SettingsError([f"config: {path}: no such file"])
+    given = {k: v for k, v in options.items() if v is not None}
+    token = _config_file.set(path)
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        raise SettingsError([_describe(err, path, given) for err in e.errors()]) from None
+    except SettingsError:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError, OSError) as e:  # unreadable, or not a mapping at the top
+        raise SettingsError([f"config: {path}: {' '.join(str(e).split())}"]) from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(err: Any, path: Path | None, options: dict[str, Any]) -> str:
+    """`mqtt.port: Input should be ... (got 70000) [from environment CITYBRAIN_MQTT__PORT]`: the field, why,
+    and the source that set it (the highest one holding it, as the precedence says)."""
+    loc = [str(x) for x in err["loc"]]
+    env_names = {k.upper() for k in os.environ}
+    env = next((ENV_PREFIX + "__".join(loc[:i]).upper() for i in range(len(loc), 0, -1)
+                if ENV_PREFIX + "__".join(loc[:i]).upper() in env_names), None)
+    if loc and loc[0] in options:
+        source = f"option --{loc[0].replace('_', '-')}"
+    elif env:
+        source = f"environment {env}"
+    else:
+        source = str(path) if path else "defaults"
+    secret = any(part in ("password", "key", "secret") for part in loc)
+    got = "" if secret or err["type"] == "extra_forbidden" else f" (got {err['input']!r})"
+    return f"{'.'.join(loc) or 'settings'}: {err['msg']}{got} [from {source}]"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
-
-
-def load_settings(path: Path | None = None) -> Settings:
-    """Settings from a JSON/YAML file (if given) overlaid by environment variables."""
-    if path is None:
-        return Settings()
-    import yaml
-
-    data = yaml.safe_load(path.read_text()) or {}
-    return Settings(**data)
+    return load_settings()

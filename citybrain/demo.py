@@ -94,7 +94,7 @@ def _bootstrap_admin(hub: object, password: str) -> None:
 
 def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
     from central.app import build_hub
-    from central.settings import Settings
+    from central.settings import load_settings
 
     if fresh and demo_dir.exists():
         shutil.rmtree(demo_dir)
@@ -124,7 +124,9 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
     hub_cfg = demo_dir / "hub.yaml"
     hub_cfg.write_text(yaml.safe_dump(settings_dict))
     hub_cfg.chmod(0o600)
-    hub = build_hub(Settings(**settings_dict))
+    # Read back the way the hub process will (file < CITYBRAIN_* env < --port), so both see the same settings.
+    settings = load_settings(hub_cfg, port=port)
+    hub = build_hub(settings)
     _bootstrap_admin(hub, sec["admin_password"])
     lines = [
         f"Console:    http://127.0.0.1:{port}/  user 'admin', password '{sec['admin_password']}'"
@@ -166,11 +168,11 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
         procs.append((name, subprocess.Popen(exe + args, stdout=log, stderr=log, env=env,
                                              start_new_session=True)))
 
-    spawn("hub", ["hub", "serve", "--config", str(hub_cfg)])
+    spawn("hub", ["hub", "serve", "--config", str(hub_cfg), "--port", str(port)])  # demo --port: an option, highest
     time.sleep(1.5)
     spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
     spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
-    _feed_scanner_when_synced(demo_dir, Settings(**settings_dict).database)
+    _feed_scanner_when_synced(demo_dir, settings.database)
     lines += [
         "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
         f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",
