@@ -99,7 +99,7 @@ def test_workflow_scope_alerts_over_api(hub: Hub, client: TestClient, webhook: A
     op_b = auth(token_for(hub, "op_b", role="street_operator", org="/city/district-b"))
     r = client.put("/api/v1/video/sites/s1", json={"org_path": "/city/district-a"}, headers=admin)
     assert r.status_code == 200, r.text
-    assert client.put("/api/v1/video/sites/s9", json={"org_path": "/city/district-a"}, headers=op_a).status_code == 403
+    assert client.put("/api/v1/video/sites/s9", json={"org_path": "/city/district-a"}, headers=op_a).status_code == 404
     secret = "s" * 32
     r = client.post("/api/v1/video/routes", headers=admin, json={
         "org_prefix": "/city/district-a", "kind": "fire", "department": "fire-brigade", "webhook_url": url,
@@ -118,7 +118,7 @@ def test_workflow_scope_alerts_over_api(hub: Hub, client: TestClient, webhook: A
     assert client.get("/api/v1/video/cases", headers=admin).json()["total"] == 2
     snap = client.get(case["snapshot_url"], headers=op_a)
     assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg" and snap.content == JPEG
-    assert client.get(case["snapshot_url"], headers=op_b).status_code == 403
+    assert client.get(case["snapshot_url"], headers=op_b).status_code == 404
     assert client.get("/api/v1/video/cases/999/snapshot", headers=admin).status_code == 404
     assert client.get("/api/v1/video/cases").status_code == 401
 
@@ -128,7 +128,7 @@ def test_workflow_scope_alerts_over_api(hub: Hub, client: TestClient, webhook: A
     r = client.post(f"/api/v1/video/cases/{cid}/review", json={"verdict": "maybe"}, headers=op_a)
     assert r.status_code == 422 and "verdict" in r.text
     assert client.post(f"/api/v1/video/cases/{cid}/review", json={"verdict": "confirmed"},
-                       headers=op_b).status_code == 403
+                       headers=op_b).status_code == 404
     r = client.post(f"/api/v1/video/cases/{cid}/review", json={"verdict": "confirmed", "reason": "flames seen"},
                     headers=op_a)
     assert r.status_code == 200 and r.json()["status"] == "reviewed"
