@@ -65,7 +65,7 @@ def _v1(db: sqlite_utils.Database) -> None:
             db.conn.execute(stmt)
 
 
-_V3 = """
+_V2 = """
         -- A custom role applies only inside the org subtree it was created in (NULL: built-in, anywhere).
         ALTER TABLE iam_roles ADD COLUMN scope TEXT;
         -- Separation of duties: everyone who filed or edited an object (an application, a URL filing):
@@ -82,11 +82,11 @@ _V3 = """
 """
 
 
-def _v3(db: sqlite_utils.Database) -> None:
-    for stmt in _V3.split(";\n"):
+def _v2(db: sqlite_utils.Database) -> None:
+    for stmt in _V2.split(";\n"):
         if "CREATE" in stmt or "ALTER" in stmt:
             db.conn.execute(stmt)
 
 
-# Version 2 belongs to the audit chain (keyed hashes, checkpoints).
-MIGRATIONS = [(1, _v1), (3, _v3)]
+# v2: scoped custom roles, maker-checker records, login failures of any name (the audit chain needed no schema change).
+MIGRATIONS = [(1, _v1), (2, _v2)]
