@@ -39,6 +39,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, LF and CR are allowed
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# one pass over many cells: does any of them break the multiline text rule? (then `text_problem` says how)
+TEXT_SUSPECT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _INPUT_ECHO = 200  # an error answer repeats at most this many characters of the bad input
 
 Loc = tuple[str | int, ...]

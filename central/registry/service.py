@@ -30,6 +30,7 @@ import sqlite_utils
 from pydantic import ValidationError
 from pydantic_core import to_json
 
+from central import csvsafe
 from central.registry.bulkwrite import (
     ENTITY_COLS,
     INSERT_LINK,
@@ -220,6 +221,25 @@ def export_feed(hub: Hub, actor: Actor, after: int = 0, page: int = 5000) -> Ite
         items, cursor = read_feed(hub, actor, cursor, page)
         for it in items:
             yield json.dumps(it, ensure_ascii=False, separators=(",", ":")) + "\n"
+        if len(items) < page:
+            return
+
+
+FEED_CSV_COLUMNS = ("seq", "ts", "kind", "entity_id", "org", "name", "address", "data")
+
+
+def export_feed_csv(hub: Hub, actor: Actor, after: int = 0, page: int = 5000) -> Iterator[str]:
+    """The feed as CSV lines for a spreadsheet (header first): name and address in their own columns, the
+    whole record as JSON in `data`. Cells go through csvsafe: a registered name such as `=HYPERLINK(...)`
+    is shown as text, never run. (The JSONL feed is for machines and carries values verbatim.)"""
+    yield csvsafe.format_row(FEED_CSV_COLUMNS)
+    cursor = after
+    while True:
+        items, cursor = read_feed(hub, actor, cursor, page)
+        for it in items:
+            d = it["data"] if isinstance(it["data"], dict) else {}
+            yield csvsafe.format_row([it["seq"], it["ts"], it["kind"], it["entity_id"], it["org"], d.get("name"),
+                                      d.get("address"), json.dumps(it["data"], ensure_ascii=False)])
         if len(items) < page:
             return
 
@@ -684,8 +704,8 @@ def _parse_row(cipher: Any, line: int, raw: dict[str, Any] | Exception, parsed: 
         parsed.append((line, item, ext_index(cipher, item.type, item.external_key)))
     except RegistryError as e:
         errors.append({"row": line, **e.to_dict()})
-    except ValueError as e:
-        errors.append({"row": line, "field": "row", "error": str(e)})
+    except ValueError as e:  # the importer's FieldError names the column
+        errors.append({"row": line, "field": getattr(e, "field", "row"), "error": str(e)})
 
 
 class _Skipped(Exception):
