@@ -7,8 +7,9 @@
 - an input guard (innermost middleware: before any route or dependency runs; an `org_of` dependency
   reads the database with the raw path id) refusing what no field of this API may hold and SQLite cannot
   take: integers outside the signed 64-bit range (in int-typed path/query parameters and anywhere in a
-  JSON body), non-finite numbers (`1e309`, NaN, Infinity), control characters in text (any in the path
-  or a query value; in body strings all but tab, LF and CR) and lone surrogates.
+  JSON body), non-finite numbers (`1e309`, NaN, Infinity), control characters in the path and in query
+  values, and lone surrogates in body strings (they cannot be encoded as UTF-8). Control characters in
+  body text are left to each model: some routes must judge any text (the online city-code verifier).
 
 The text rule (`text_problem`) is plain Python so importers apply it per row as well."""
 
@@ -75,9 +76,16 @@ def _parse_int(text: str) -> int | _Unparsed:
     return int(text) if len(text) <= 20 else _Unparsed(text)
 
 
-def json_problems(doc: Any, loc: Loc = ("body",)) -> Iterator[tuple[Loc, str, str]]:
-    """(loc, error type, message) for every value in a parsed JSON document that breaks the rules.
-    Iterative, so a deeply nested body cannot exhaust the stack."""
+def _surrogate_problem(value: str, *, multiline: bool = True) -> str | None:
+    m = _SURROGATE.search(value)
+    return f"lone surrogate U+{ord(m.group()):04X} at position {m.start()}" if m else None
+
+
+def json_problems(doc: Any, loc: Loc = ("body",), *, text: bool = True) -> Iterator[tuple[Loc, str, str]]:
+    """(loc, error type, message) for every value in a parsed JSON document that breaks the rules: numbers
+    always; strings by the whole text rule, or with `text=False` only for lone surrogates (what can never
+    be encoded as UTF-8). Iterative, so a deeply nested body cannot exhaust the stack."""
+    check = text_problem if text else _surrogate_problem
     stack: list[tuple[Loc, Any]] = [(loc, doc)]
     while stack:
         where, v = stack.pop()
@@ -94,11 +102,11 @@ def json_problems(doc: Any, loc: Loc = ("body",)) -> Iterator[tuple[Loc, str, st
             if not math.isfinite(v):
                 yield where, "finite_number", "number out of range (not a finite double)"
         elif isinstance(v, str):
-            if (why := text_problem(v)) is not None:
+            if (why := check(v)) is not None:
                 yield where, "text_invalid", why
         elif isinstance(v, dict):
             for k, item in reversed(list(v.items())):
-                if (why := text_problem(k, multiline=False)) is not None:
+                if (why := check(k, multiline=False)) is not None:
                     yield (*where, k), "text_invalid", f"key: {why}"
                 stack.append(((*where, k), item))
         elif isinstance(v, list):
@@ -245,7 +253,10 @@ class InputGuard:
                     except (ValueError, RecursionError):
                         pass  # not JSON: FastAPI answers that itself (422 json_invalid or 400)
                     else:
-                        problems = list(json_problems(doc))
+                        # body text is each model's business: the online verifier must judge any text
+                        # (control characters included) as the offline one does, so only what cannot be
+                        # encoded is refused here
+                        problems = list(json_problems(doc, text=False))
             pending = iter(m for m in messages if m["type"] != "citybrain.unread")
 
             async def replay() -> Message:

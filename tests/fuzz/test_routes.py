@@ -35,7 +35,8 @@ from tests.helpers import token_for
 
 BASE = "http://testserver"
 BIG = str(2**64)  # one past what SQLite (signed 64-bit) stores
-BODY_JUNK = ["1e309", "-1e309", "NaN", "Infinity", BIG, '{"x": 1e309}', '["\\u0000"]', "[" * 5000, "{"]
+BODY_JUNK = ["1e309", "-1e309", "NaN", "Infinity", BIG, '{"x": 1e309}', '["\\u0000"]', '{"x": "\\ud800"}', "[" * 5000,
+             "{"]
 PARAM_JUNK = [BIG, "-" + BIG, "a\x00b", "9" * 5000]
 # generated cases per operation: valid ones (each also sent with every integer field beyond 2^63) and
 # invalid ones, as the admin; fewer unauthenticated (most answers there are a 401 before any parsing)
