@@ -193,3 +193,14 @@ def test_validation_error_answer_always_serialises(target: Target) -> None:
     # a plain validation error still reads as FastAPI's, input echoed when it is short and printable
     r = target.client.post(BASE + "/api/v1/registry/entities", data=json.dumps({"type": "ship"}), headers=h)
     assert r.status_code == 422 and any(d["field"] == "type" and d.get("input") == "ship" for d in r.json()["detail"])
+
+
+def test_a_closed_store_answers_503_not_500(hub: Hub) -> None:
+    """A request racing the hub's shutdown gets 'retry shortly', not an internal error."""
+    app = create_app(hub=hub, start_bridge=False)
+    h = {"Authorization": f"Bearer {token_for(hub, 'late', role='city_admin', org='/city')}"}
+    client = ASGIClient(app)
+    assert client.get(BASE + "/api/v1/iam/me", headers=h).status_code == 200
+    hub.store.close()
+    r = client.get(BASE + "/api/v1/iam/me", headers=h)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
