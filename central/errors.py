@@ -214,6 +214,7 @@ def _problem_response(problems: Iterable[tuple[Loc, str, str]]) -> JSONResponse:
 
 
 def _item(kind: str, loc: Loc, msg: str) -> dict[str, Any]:
+    loc = _safe_loc(loc)  # a key in a bad body may be megabytes long
     named = loc[1:] if loc and loc[0] in ("body", "path", "query", "header", "cookie") else loc
     field = ".".join(str(p) for p in named) or str(loc[0] if loc else "body")
     return {"type": kind, "loc": list(loc), "msg": msg, "field": field}
@@ -281,7 +282,12 @@ def _echo(value: Any) -> Any:
 
 
 def _safe_loc(loc: Iterable[Any]) -> Loc:
-    return tuple(p if isinstance(p, int) and not isinstance(p, bool) else str(p)[:_INPUT_ECHO] for p in loc)
+    return tuple(p if isinstance(p, int) and not isinstance(p, bool) else _printable(str(p)[:_INPUT_ECHO])
+                 for p in loc)
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
