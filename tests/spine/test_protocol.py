@@ -91,3 +91,47 @@ def test_signed_lists_refuse_forgery_and_rollback(alg: signing.Algorithm) -> Non
     assert not ok and why.startswith("bad-signature")
     tampered = rl.model_copy(update={"serials": []})
     assert not tampered.verify(root.public)
+
+
+def test_receipt_topic_and_payload() -> None:
+    t = topics.receipt("site-1", "cam_2")
+    assert t == "city/v1/site-1/cam_2/receipt" and topics.parse(t).channel == "receipt"
+    r = messages.Receipt(stored=["a" * 32], refused=[messages.Refused(id="b" * 32, reason="schema")])
+    back = messages.parse_payload(messages.Receipt, r.model_dump_json().encode())
+    assert isinstance(back, messages.Receipt) and back.stored == ["a" * 32] and back.refused[0].reason == "schema"
+    with pytest.raises(messages.PayloadError):
+        messages.parse_payload(messages.Receipt, json.dumps({"stored": ["bad id!"]}).encode())
+    with pytest.raises(messages.PayloadError):
+        messages.parse_payload(messages.Receipt, json.dumps({"stored": ["a" * 32] * 1001}).encode())
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"schema_version": True}, "schema_version"),  # bool == 1 in Python: must not pass as version 1
+        ({"count": True}, "count"),
+        ({"count": 2**63}, "count"),  # no SQLite INTEGER holds it
+        ({"count": 1.0}, "count"),
+        ({"score": "0.5"}, "score"),
+        ({"lat": float("inf")}, "lat"),
+        ({"boxes": [{"x": float("nan"), "y": 0, "w": 1, "h": 1}]}, "boxes.0.x"),
+    ],
+)
+def test_wire_validation_is_strict(over: dict, field: str) -> None:
+    good = messages.Event(kind="fire").model_dump(mode="json")
+    raw = json.dumps({**good, **over}).encode()  # json.dumps writes inf/nan as Infinity/NaN
+    with pytest.raises(messages.PayloadError) as e:
+        messages.parse_payload(messages.Event, raw)
+    assert e.value.reason == "schema_version" if field == "schema_version" else e.value.detail.startswith(field)
+    ok = messages.parse_payload(messages.Event, json.dumps({**good, "count": 2**63 - 1, "score": 1}).encode())
+    assert isinstance(ok, messages.Event) and ok.count == 2**63 - 1
+
+
+def test_loose_id_of_refused_payloads() -> None:
+    e = messages.Event(kind="fire")
+    raw = json.dumps({**e.model_dump(mode="json"), "count": "x"}).encode()
+    assert messages.loose_id("event", raw) == e.event_id
+    assert messages.loose_id("scan", json.dumps({"batch_id": "b" * 16}).encode()) == "b" * 16
+    assert messages.loose_id("event", b"{not json") is None
+    assert messages.loose_id("event", json.dumps({"event_id": "has space in it"}).encode()) is None
+    assert messages.loose_id("hb", raw) is None
