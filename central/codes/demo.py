@@ -31,7 +31,8 @@ def seed(hub: Hub, demo_dir: Path) -> list[str]:
     codes.import_duties("system:demo", [{"dept_id": DEPT, "scene_type": "clinic.entry", "description": "clinics"}])
     app = codes.apply("system:demo", DEPT, "Clinic entry", "clinic.entry", "static", "place",
                       "entry to the community clinic", True, "Y")
-    codes.decide("system:demo", int(app["id"]), True, code_system="HC")
+    # Maker-checker: the demo files as one system actor and approves as another.
+    codes.decide("system:demo-checker", int(app["id"]), True, code_system="HC")
     issued = codes.issue_batch("system:demo", int(app["id"]), [{"identity_id": clinic["id"]}] * 2)
     codes.revoke_code("system:demo", issued[1]["serial"], "demo: a revoked pass")
     # The demo moves these into the terminal's inbox once the terminal has synced its lists.
