@@ -9,8 +9,10 @@
   own in-flight window, and duplicates are cheap while a loss is not), and, while connected, what the hub
   has not confirmed within `resend_after_s` (doubling up to `resend_max_s` while nothing comes back, so
   a hub that is down for hours does not fill the broker with copies).
-- If the broker refuses the receipt subscription (a device ACL written before receipts existed), the link
-  says so and falls back to deleting rows on the broker's PUBACK.
+- If the broker refuses the receipt subscription in its SUBACK (a device ACL written before receipts
+  existed), the link says so and falls back to deleting rows on the broker's PUBACK. mosquitto 2.0 grants
+  a denied subscription silently instead: such a device gets no receipts, keeps everything and re-sends it
+  with backoff (the hub stores each message once) until its ACL is rewritten by re-provisioning.
 - Heartbeats are QoS0 and not queued: a stale heartbeat is worthless.
 - Status is retained `online` on connect, with a retained `offline` last will.
 """
