@@ -58,6 +58,25 @@ def set_user(passwd_file: Path, acl_file: Path, username: str, password: str, ac
     acl_file.write_text("\n".join(b.strip() + "\n" for b in blocks))
 
 
+def refresh_acl(acl_file: Path, acls: dict[str, str]) -> bool:
+    """Rewrite the ACL block of each user in `acls` that already has one to the given text (the current
+    template), leaving every other block alone; True when the file changed. Devices provisioned by an older
+    build thus gain topics added to the contract since (e.g. their receipt topic) without re-provisioning."""
+    if not acl_file.exists():
+        return False
+    text = acl_file.read_text()
+    out: list[str] = []
+    for b in (b for b in text.split("\n\n") if b.strip()):
+        first = b.strip().split("\n", 1)[0]
+        user = first[5:] if first.startswith("user ") else None
+        out.append(acls[user] if user in acls else b)
+    new = "\n".join(b.strip() + "\n" for b in out)
+    if new == text:
+        return False
+    acl_file.write_text(new)
+    return True
+
+
 def remove_password(passwd_file: Path, username: str) -> None:
     if passwd_file.exists():
         subprocess.run([MOSQUITTO_PASSWD, "-D", str(passwd_file), username], check=False, capture_output=True)

@@ -17,7 +17,6 @@ from central.broker import HUB_ACL, Broker, BrokerConfig
 from central.hub import Hub
 from central.settings import MqttSettings, Settings
 
-
 BRIDGE_THREADS = {"bridge-writer", "bridge-connected"}
 
 

@@ -116,6 +116,19 @@ class DeviceService:
             return
         record(db, actor="system", action=action, target=target, org=org, detail=detail)
 
+    def refresh_broker_acl(self) -> bool:
+        """At hub start: bring every provisioned device's ACL block up to the current contract (and reload
+        mosquitto when anything changed)."""
+        m = self.hub.settings.mqtt
+        if m.acl_file is None:
+            return False
+        rows = store.list_devices(self.hub.store.db, None)
+        acls = {r["username"]: broker.device_acl(r["username"], r["site"], r["device"]) for r in rows}
+        changed = broker.refresh_acl(m.acl_file, acls)
+        if changed and m.pid_file is not None:
+            broker.reload_pid_file(m.pid_file)
+        return changed
+
     def _write_broker_entry(self, username: str, password: str, site: str, device: str) -> None:
         m = self.hub.settings.mqtt
         if m.passwd_file is None or m.acl_file is None:
@@ -195,4 +208,6 @@ class DeviceService:
 
 
 def setup(hub: Hub) -> None:
-    hub.services["devices"] = DeviceService(hub)
+    svc = DeviceService(hub)
+    hub.services["devices"] = svc
+    hub.hooks.on("hub.started", svc.refresh_broker_acl)

@@ -89,7 +89,8 @@ def test_checks_block_approval(city: City) -> None:
     city.ok(city.approve(first["id"]))
     social_tok = auth(token_for(city.hub, "clerk", role="department_issuer", org="/city/social"))
     dup = city.apply(dept_id="SOCIAL", headers=social_tok)
-    assert not dup["checks"]["duplicate"]["ok"] and "HEALTH" not in dup["checks"]["duplicate"]["detail"]  # no other scope's ids
+    # The duplicate check names no other scope's ids.
+    assert not dup["checks"]["duplicate"]["ok"] and "HEALTH" not in dup["checks"]["duplicate"]["detail"]
     r = city.approve(dup["id"])
     assert r.status_code == 409 and "duplicate" in r.json()["detail"]
     # a department cannot apply for another one

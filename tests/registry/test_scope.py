@@ -1,4 +1,5 @@
-"""Scope: departments see and change only their subtree (outside it an entity is "not found"); usage applications grant a projected, audited read."""
+"""Scope: departments see and change only their subtree (outside it an entity is "not found"); usage
+applications grant a projected, audited read."""
 
 from __future__ import annotations
 
