@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from central.devices import store as devices_store
+from protocol.messages import CameraStatus, Heartbeat
 from tests.helpers import auth, token_for
 from tests.web.conftest import LiveHub
 
@@ -46,6 +48,12 @@ def seed(live: LiveHub) -> dict[str, Any]:
     iam.grant_root(uid, "district_admin", A)
     devs = hub.services["devices"]
     devs.provision("site-a", "camera", "Gate A camera", "cam-a1", A)
+    # Its last heartbeat: one camera streaming, one whose RTSP stream dropped.
+    hb = Heartbeat(uptime_s=60, queue_depth=0, cameras=[
+        CameraStatus(id="gate", state="live", fps_in=25, fps_analysed=5, cpu_percent=12.5),
+        CameraStatus(id="lane", state="reconnecting", reconnects=3, down_s=42, last_error="read timeout")])
+    with hub.store.tx() as db:
+        devices_store.set_heartbeat(db, "site-a/cam-a1", datetime.now(UTC).isoformat(), hb.model_dump_json(), 0, 0)
     devs.provision("site-b", "scanner", "Market B scanner", "scan-b1", B)
     # District B asks to use district A's identifiers: district A's admin decides.
     b = auth(token_for(hub, "admin-b", "district_admin", B))
@@ -129,6 +137,9 @@ def test_district_admin_in_browser(live: LiveHub, browser: Any, tmp_path: Path) 
     rows = drv.find_elements(By.CSS_SELECTOR, "#devices tbody tr")
     assert [r.get_attribute("data-id") for r in rows] == ["site-a/cam-a1"]
     assert "offline" in rows[0].text
+    lane = rows[0].find_element(By.CSS_SELECTOR, ".cam[data-cam='lane']")
+    assert lane.get_attribute("data-state") == "reconnecting" and "down 42 s" in lane.text, lane.text
+    assert "5.0 fps" in rows[0].find_element(By.CSS_SELECTOR, ".cam[data-cam='gate']").text
     assert "scan-b1" not in drv.page_source
     drv.save_screenshot(str(shots / "03-devices.png"))
 

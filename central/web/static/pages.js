@@ -67,6 +67,20 @@ async function home(me, root) {
 }
 
 // ---- devices ---------------------------------------------------------------------------------
+// What the last heartbeat says a gateway's cameras (or a terminal's revocation list) are doing.
+function deviceDetail(d) {
+  const hb = d.heartbeat || {};
+  const cams = hb.cameras || [];
+  if (cams.length) {
+    return el("span", { class: "cams" }, ...cams.map((c) => el("span", { class: "cam", "data-cam": c.id, "data-state": c.state },
+      badge(c.state, c.state === "live" ? "online" : "offline"),
+      ` ${c.id}: ${c.fps_analysed.toFixed(1)} fps, ${Math.round(c.cpu_percent)}% CPU`
+      + (c.down_s != null ? `, down ${Math.round(c.down_s)} s` : "") + (c.reconnects ? `, ${c.reconnects} reconnects` : "") + " ")));
+  }
+  if (hb.revocation_age_s != null) return `revocation list ${Math.round(hb.revocation_age_s / 60)} min old`;
+  return "";
+}
+
 async function devices(me, root) {
   const r = await api("/api/v1/devices");
   if (!r.ok) return root.replaceChildren(fail(r));
@@ -84,6 +98,7 @@ async function devices(me, root) {
       { title: "Org", key: "org_path" }, { title: "State", render: (d) => badge(d.state) },
       { title: "Queue", key: "queue_depth", cls: "n" }, { title: "Dropped", key: "queue_dropped", cls: "n" },
       { title: "Last heartbeat", render: (d) => ago(d.last_heartbeat_at) },
+      { title: "Cameras / lists", render: deviceDetail },
     ], list, { id: "devices", rowAttrs: (d) => ({ "data-id": d.id, "data-org": d.org_path }) }),
   );
 }
