@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from central.cli import app as hub_app
+from central.settings import SettingsError
 from edge.cli import edge_app, firmware_app
 from protocol.cli import app as protocol_app
 
@@ -30,5 +31,17 @@ app.add_typer(edge_app, name="edge", help="Edge agents: camera gateway, scan ter
 app.add_typer(firmware_app, name="firmware", help="Device configs: validate, schema.")
 app.add_typer(protocol_app, name="protocol", help="The MQTT/city-code contract: JSON Schemas.")
 
+
+def main() -> None:
+    """Entry point: a bad setting from any sub-command (every one loads settings the same way) is one line
+    per problem and exit 2, never a traceback."""
+    try:
+        app()
+    except SettingsError as e:
+        for problem in e.problems:
+            typer.echo(f"settings: {problem}", err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -169,3 +169,19 @@ def test_hub_serve_listens_where_the_precedence_says(tmp_path: Path, serve: obje
     assert health["db"] == str(tmp_path / "env-dir2" / "hub.db")
     assert _get(f"http://127.0.0.1:{file_port}/healthz") is None
     assert _get(f"http://127.0.0.1:{env_port2}/healthz") is None
+
+
+def test_every_subcommand_reports_a_bad_setting_in_one_line(tmp_path: Path) -> None:
+    """The registry, iam, video and dialer groups load settings too: a bad value is exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("port: 70000\n")
+    root = Path(__file__).resolve().parents[2]
+    for args in (["hub", "registry", "export-feed", "--config", str(cfg)],
+                 ["hub", "audit", "verify", "--config", str(cfg)]):
+        r = subprocess.run([sys.executable, "-m", "citybrain.cli", *args], cwd=root, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2, (args, r.returncode, r.stderr[-500:])
+        assert "Traceback" not in r.stderr and "port" in r.stderr, (args, r.stderr[-500:])
