@@ -224,7 +224,10 @@ def test_receipts_are_batched_and_follow_the_commit(tmp_path: Path, broker: Brok
         assert_exactly_once(hub, ids)
         wait_for(lambda: sum(len(r.stored) for r in receipts) >= n, 30, "every id receipted")
         with lock:
-            assert sorted(i for r in receipts for i in r.stored) == sorted(ids)
+            # Every id is receipted; one the edge re-sent before its receipt came (a busy machine) may be
+            # receipted twice, which is right: the hub confirms a re-send it already stored.
+            named = [i for r in receipts for i in r.stored]
+            assert set(named) == set(ids), set(ids) ^ set(named)
             assert len(receipts) <= n // 4, f"{len(receipts)} receipts for {n} events: not batched"
             assert not not_yet_stored, "a receipt named an event before its transaction committed"
     finally:
