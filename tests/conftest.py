@@ -44,10 +44,8 @@ def hubs_stop_with_their_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     assert not left, f"hub worker threads outlived their hub: {left}"
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A real mosquitto with a `hub` user (password in broker.hub_password) and an empty device ACL."""
-    cfg = BrokerConfig(dir=tmp_path / "broker")
+def running_broker(cfg: BrokerConfig) -> Iterator[Broker]:
+    """Write `cfg`, add a `hub` user (password in broker.hub_password), run mosquitto until the caller is done."""
     cfg.write()
     hub_password = secrets.token_urlsafe(16)
     cfg.add_user("hub", hub_password, HUB_ACL.format(hub="hub"))
@@ -55,6 +53,12 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.hub_password = hub_password  # type: ignore[attr-defined]
     yield b
     b.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto with a `hub` user (password in broker.hub_password) and an empty device ACL."""
+    yield from running_broker(BrokerConfig(dir=tmp_path / "broker"))
 
 
 def make_settings(tmp_path: Path, broker: Broker | None = None, **overrides: object) -> Settings:

@@ -5,7 +5,6 @@ in memory, as mosquitto does with whatever it acknowledged since its last autosa
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -17,13 +16,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.app import build_hub
-from central.broker import HUB_ACL, Broker, BrokerConfig
+from central.broker import Broker, BrokerConfig
 from central.hub import Hub
 from edge.config import parse_config
 from edge.link import Link
 from edge.outbox import Outbox, OutboxFull
 from protocol import messages, topics
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running_broker
 from tests.helpers import wait_for
 
 
@@ -42,13 +41,7 @@ class RarelySavingConfig(BrokerConfig):
 def _fragile(tmp_path: Path, inflight: int | None = None) -> Iterator[Broker]:
     cfg = RarelySavingConfig(dir=tmp_path / "fragile-broker")
     cfg.inflight = inflight
-    cfg.write()
-    pw = secrets.token_urlsafe(16)
-    cfg.add_user("hub", pw, HUB_ACL.format(hub="hub"))
-    b = Broker(cfg).start()
-    b.hub_password = pw  # type: ignore[attr-defined]
-    yield b
-    b.stop()
+    yield from running_broker(cfg)
 
 
 @pytest.fixture
