@@ -24,4 +24,14 @@ def correlate(config: Path | None = typer.Option(None, "--config", "-c", help="H
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    service_of(hub).run_forever(stop)
+    # The same hub worker that runs inside `hub serve`, here alone in its own process; idle polls every 0.2 s
+    # since no bridge in this process kicks it.
+    worker = service_of(hub).correlator
+    worker.interval_s = 0.2
+    worker.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        worker.stop()
+        hub.close()

@@ -84,16 +84,6 @@ class VideoService:
         """Wake the correlator (it runs only while the hub is started; a stopped hub's events wait)."""
         self.correlator.kick()
 
-    def run_forever(self, stop: threading.Event, idle_s: float = 0.2) -> None:
-        """The correlator as its own process: poll the cursor until `stop` is set."""
-        while not stop.is_set():
-            try:
-                if self.process_pending() == 0:
-                    stop.wait(idle_s)
-            except Exception:
-                log.exception("video correlator failed; retrying")
-                stop.wait(1.0)
-
     def process_pending(self, limit: int = 1000) -> int:
         """Correlate up to `limit` stored events past the cursor, cursor move in the same transaction."""
         with self._process_lock, self.hub.store.tx() as db:

@@ -195,3 +195,38 @@ def test_sla_overdue_flag(hub: Hub, client: TestClient) -> None:
     assert client.get(f"/api/v1/video/cases/{cid}", headers=admin).json()["overdue"] is True
     assert [c["id"] for c in client.get("/api/v1/video/cases?overdue=true", headers=admin).json()["items"]] == [cid]
     assert client.get("/api/v1/video/cases?status=bogus", headers=admin).status_code == 400
+
+
+def test_correlator_as_its_own_process(tmp_path: Any) -> None:
+    """`citybrain hub video correlate` (the hub's correlator worker alone in a process) turns events stored by
+    a hub with inline_consumers off into cases, and stops cleanly on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from central.app import build_hub
+    from central.bridge.service import store_events
+    from tests.conftest import make_settings
+    from tests.helpers import wait_for
+
+    settings = make_settings(tmp_path, inline_consumers=False)
+    hub = build_hub(settings)
+    assert hub.worker("video-correlator") is None  # not in this process
+    with hub.store.tx() as db:
+        store_events(db, [("site1", "gw1", ev())], {}, datetime.now(UTC).isoformat())
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(yaml.safe_dump(json.loads(settings.model_dump_json())))
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.Popen([sys.executable, "-m", "citybrain.cli", "hub", "video", "correlate", "-c", str(cfg)],
+                         cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: cases(hub), 60, "a case from the correlator process")
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        hub.close()
