@@ -51,9 +51,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, object]:
-        hub.store.conn.execute("SELECT 1").fetchone()
+        hub.store.ping()
         bridge_state = getattr(hub.publisher, "connected", None)
-        return {"ok": True, "db": str(hub.settings.database), "mqtt_connected": bridge_state}
+        return {"ok": True, "db": hub.store.dialect, "mqtt_connected": bridge_state}
 
     for cap, routes in capabilities.modules("routes"):
         if hasattr(routes, "router"):

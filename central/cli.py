@@ -32,12 +32,16 @@ def _settings(config: Path | None, **options: object) -> Settings:
 @app.command()
 def migrate(config: Path | None = ConfigOpt) -> None:
     """Create or upgrade the hub's SQLite store (versioned migrations per capability)."""
-    from central.store import Store
+    from central.store import Store, StoreUnavailable
 
     s = _settings(config)
-    store = Store(s.database)
-    applied = store.migrate()
-    typer.echo(f"{s.database}: applied {len(applied)} migration(s) {applied}; versions {store.versions()}")
+    store = Store(s.store_url)
+    try:
+        applied = store.migrate()
+    except StoreUnavailable as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{store}: applied {len(applied)} migration(s) {applied}; versions {store.versions()}")
 
 
 @app.command()
@@ -110,7 +114,7 @@ def backup(target: Path = typer.Argument(...), config: Path | None = ConfigOpt) 
     from central.store import Store
 
     s = _settings(config)
-    Store(s.database).backup(target)
+    Store(s.store_url).backup(target)
     typer.echo(f"backed up {s.database} -> {target}")
 
 

@@ -126,7 +126,7 @@ class Hub:
 
     def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
-        self.store = store or Store(settings.database)
+        self.store = store or Store(settings.store_url)
         self.publisher: Publisher = LoggingPublisher()
         self.hooks = Hooks()
         self.services: dict[str, Any] = {}  # capability name -> its service object

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Path("var/hub")
-    db_path: Path | None = None  # defaults to data_dir/hub.db
+    db_path: Path | None = None  # the SQLite file when database_url is not set (default data_dir/hub.db)
+    # The backend: sqlite:///<file> (embedded default) or postgresql://user:pass@host:port/db (psycopg 3).
+    database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
     public_url: str = "http://127.0.0.1:8080"
@@ -85,7 +87,15 @@ class Settings(BaseSettings):
 
     @property
     def database(self) -> Path:
+        """The SQLite file (meaningful only when `database_url` is not a PostgreSQL URL)."""
+        if self.database_url and self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
         return self.db_path or self.data_dir / "hub.db"
+
+    @property
+    def store_url(self) -> str:
+        """What the store connects to: `database_url`, else the SQLite file."""
+        return self.database_url or f"sqlite:///{self.database}"
 
     @property
     def keys_dir(self) -> Path:

@@ -1,8 +1,11 @@
 """Shared fixtures: a real mosquitto on 127.0.0.1 (own port, password file + ACL), a migrated hub on a
-temporary SQLite file, and a FastAPI TestClient over it."""
+temporary SQLite file (or, with CITYBRAIN_TEST_DB=postgresql, on its own database of a real PostgreSQL the
+session starts), and a FastAPI TestClient over it."""
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import threading
 import time
@@ -18,6 +21,70 @@ from central.hub import Hub
 from central.settings import MqttSettings, Settings
 
 BRIDGE_THREADS = {"bridge-writer", "bridge-connected"}
+
+# Which backend this pass runs on (./run test runs the suite once per backend).
+BACKEND = os.environ.get("CITYBRAIN_TEST_DB", "sqlite")
+_pg: object | None = None  # the session's tests.pg.PgServer in the PostgreSQL pass
+
+# Tests that touch no hub store are the same on both backends: they run in the SQLite pass only.
+_USES_STORE = re.compile(r"build_hub|make_settings|Store\(|\bhub\b|\bclient\b|database_url")
+# Transitional: capabilities whose SQL is not yet on the data-access layer (issue 15). A hub test needs
+# every capability's tables, so until this is empty the PostgreSQL pass runs only tests that ask for it.
+NOT_ON_CORE_YET: set[str] = {"bridge", "channel", "codes", "devices", "dialer", "iam", "registry", "video"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): the test checks something only SQLite has")
+    config.addinivalue_line("markers", "both_backends: runs on PostgreSQL even while NOT_ON_CORE_YET is not empty")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND != "postgresql":
+        return
+    sources: dict[str, bool] = {}
+    for item in items:
+        m = item.get_closest_marker("sqlite_only")
+        if m is not None:
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {m.kwargs.get('reason') or m.args[0]}"))
+            continue
+        if item.get_closest_marker("both_backends") is not None:
+            continue
+        path = str(item.path)
+        if path not in sources:
+            sources[path] = bool(_USES_STORE.search(Path(path).read_text(encoding="utf-8")))
+        if not sources[path]:
+            item.add_marker(pytest.mark.skip(reason="no hub store: backend-independent, run in the SQLite pass"))
+        elif NOT_ON_CORE_YET:
+            item.add_marker(pytest.mark.skip(reason="a hub needs every capability on the data-access layer; not yet: "
+                                                    + ", ".join(sorted(NOT_ON_CORE_YET))))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_server() -> Iterator[object | None]:
+    """The PostgreSQL pass: one real server for the session, a template database with the hub's schema."""
+    global _pg
+    if BACKEND != "postgresql":
+        yield None
+        return
+    from tests.pg import PgServer
+
+    srv = PgServer().start()
+    _pg = srv
+    try:
+        yield srv
+    finally:
+        _pg = None
+        srv.stop()
+
+
+def database_url() -> str | None:
+    """A fresh, empty database of this pass's backend (None: the SQLite file the settings choose)."""
+    if _pg is None:
+        return None
+    from tests.pg import PgServer
+
+    srv: PgServer = _pg  # type: ignore[assignment]
+    return srv.url(srv.create_database())
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +141,8 @@ def make_settings(tmp_path: Path, broker: Broker | None = None, **overrides: obj
             pid_file=broker.cfg.pid_file,
             client_id=f"hub-{secrets.token_hex(3)}",
         )
+    if "database_url" not in overrides and (url := database_url()) is not None:
+        overrides["database_url"] = url
     return Settings(data_dir=tmp_path / "hub", mqtt=mqtt, **overrides)  # type: ignore[arg-type]
 
 

@@ -1,8 +1,17 @@
-"""The hub's embedded store: one SQLite file in WAL mode, reached through sqlite-utils.
+"""The hub's data-access layer: one SQLAlchemy 2 Core engine over SQLite (embedded default) or PostgreSQL.
 
-Each capability keeps its SQL in its own `store.py` and declares `MIGRATIONS = [(version, fn), ...]`;
-`Store.migrate()` applies the missing ones in order and records them in `schema_migrations`.
-Connections are per thread (FastAPI runs sync routes in a thread pool; SQLite handles are not shareable).
+- `Store(database_url)` (a path means SQLite): `tx()` is one write transaction, `read()` a connection for
+  reads; both yield a `Db`, and a `tx()`/`read()` inside a `tx()` of the same thread joins it, so a
+  service may call another service (and the audit log) inside its own transaction.
+- Tables are Core `Table`s on the one `metadata` below, declared in each capability's `store.py` (or
+  `store/` package) beside the queries that use them; services call store functions, never SQL.
+- The schema is one Alembic history (`central/migrations/`); `Store.migrate()` runs it. A database made by
+  the pre-Alembic migrations (a `schema_migrations` table) is adopted in place first (`legacy.adopt`).
+- What differs between the two backends is named in `central/store/dialect.py` (insert-ignore, upsert,
+  claim with SKIP LOCKED, serialised appends, full-text search); nothing else may test the dialect.
+
+SQLite: WAL, `synchronous=NORMAL`, foreign keys on, and `BEGIN IMMEDIATE` for write transactions (the write
+lock up front: no upgrade deadlocks). PostgreSQL: psycopg 3, READ COMMITTED, a bounded pool per process.
 """
 
 from __future__ import annotations
@@ -10,122 +19,278 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import sqlalchemy as sa
 import sqlite_utils
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
+from sqlalchemy.exc import OperationalError as SAOperationalError
 
 log = logging.getLogger("citybrain.store")
 
-Migration = tuple[int, Callable[[sqlite_utils.Database], None]]
+# Constraint names the same on both backends (Alembic can then drop and alter them by name).
+metadata = sa.MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
 
-
-class StoreClosed(RuntimeError):
-    """The store was closed: new work is refused here instead of touching freed SQLite handles."""
-
-# Capabilities are migrated in this order (later ones may reference earlier tables); others follow A-Z.
+# Capabilities' tables are created in this order (later ones may reference earlier tables); others follow A-Z.
 ORDER = ["devices", "bridge", "iam", "registry", "codes", "video", "dialer"]
 
 
-def capability_migrations() -> dict[str, list[Migration]]:
-    from central import capabilities
+class StoreClosed(RuntimeError):
+    """The store was closed: new work is refused here instead of touching freed connections."""
 
-    found: dict[str, list[Migration]] = {}
-    for cap, store_mod in capabilities.modules("store"):
-        migs = getattr(store_mod, "MIGRATIONS", None)
-        if migs:
-            found[cap] = sorted(migs, key=lambda m: m[0])
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached; the message names the host and port (or the file)."""
+
+
+def database_url(value: str | Path) -> URL:
+    """A `database_url` setting or a bare SQLite path, as the URL the engine is made from.
+    `postgresql://` means psycopg 3 (the one PostgreSQL driver the hub ships)."""
+    text = str(value)
+    if "://" not in text:
+        return URL.create("sqlite", database=text)
+    url = make_url(text)
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername in ("sqlite", "sqlite+pysqlite"):
+        return url.set(drivername="sqlite")
+    raise ValueError(f"database_url: unsupported backend {url.drivername!r} (use sqlite:/// or postgresql://)")
+
+
+def describe(url: URL) -> str:
+    """Where a URL points, for error messages: host:port/db, or the SQLite file. Never the password."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite file {url.database or ':memory:'}"
+    return f"PostgreSQL at {url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+
+
+class Db:
+    """One connection; inside `Store.tx()` it is inside the write transaction.
+
+    New code passes Core statements: `run` (a result), `all` (rows as dicts), `first`, `scalar`. `raw` is
+    the driver's own connection, for the few fast paths a benchmark keeps (executemany, COPY), in stores only.
+
+    Transitional (SQLite only, removed once every capability is on Core): `conn`, `query`, `execute`,
+    `db[table]` behave as the sqlite-utils `Database` the services were written against."""
+
+    __slots__ = ("sa", "store", "dialect", "_legacy")
+
+    def __init__(self, store: Store, conn: Connection) -> None:
+        self.sa = conn
+        self.store = store
+        self.dialect: str = store.dialect
+        self._legacy: sqlite_utils.Database | None = None
+
+    # --- the layer's API ---------------------------------------------------------------------------------
+    def run(self, stmt: Any, params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> CursorResult:
+        if isinstance(stmt, str):
+            stmt = sa.text(stmt)
+        return self.sa.execute(stmt, params) if params is not None else self.sa.execute(stmt)
+
+    def all(self, stmt: Any, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.run(stmt, params).mappings()]
+
+    def first(self, stmt: Any, params: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        row = self.run(stmt, params).mappings().first()
+        return dict(row) if row is not None else None
+
+    def scalar(self, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
+        return self.run(stmt, params).scalar()
+
+    @property
+    def raw(self) -> Any:
+        """The DBAPI connection under this one (sqlite3 or psycopg), same transaction."""
+        return self.sa.connection.driver_connection
+
+    # --- transitional sqlite-utils surface (SQLite only) ---------------------------------------------------
+    def _lg(self) -> sqlite_utils.Database:
+        if self.dialect != "sqlite":
+            raise NotImplementedError("this code path still uses SQLite-only SQL (not yet on the data-access layer)")
+        if self._legacy is None:
+            self._legacy = sqlite_utils.Database(self.raw)
+        return self._legacy
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._lg().conn
+
+    def query(self, sql: str, params: Any = None) -> Iterator[dict[str, Any]]:
+        return self._lg().query(sql, params)
+
+    def execute(self, sql: str, params: Any = None) -> sqlite3.Cursor:
+        return self._lg().execute(sql, params)
+
+    def __getitem__(self, table: str) -> Any:
+        return self._lg()[table]
+
+    def table_names(self) -> list[str]:
+        return sa.inspect(self.sa).get_table_names()
 
 
 class Store:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, url: str | Path | URL, *, pool_size: int = 10, max_overflow: int = 30) -> None:
+        self.url = url if isinstance(url, URL) else database_url(url)
+        self.dialect: str = self.url.get_backend_name()
+        self.path: Path | None = None
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            db = self.url.database or ":memory:"
+            self.path = Path(db)
+            if db != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # check_same_thread off: a pooled connection serves one thread at a time, never two at once.
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False, "isolation_level": None}
+            if db == ":memory:":
+                kwargs["poolclass"] = sa.pool.StaticPool
+            else:  # connections are cheap; enough for the request thread pool plus the workers
+                kwargs.update(pool_size=pool_size, max_overflow=64, pool_timeout=60)
+        else:
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_timeout=30,
+                          connect_args={"connect_timeout": 10, "application_name": "citybrain-hub"})
+        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        self._legacy_engine: Engine | None = None
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            # Transitional per-thread handles live outside the bounded pool (a thread keeps its handle).
+            self._legacy_engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
+                                                   connect_args=kwargs["connect_args"])
+            event.listen(self._legacy_engine, "connect", _sqlite_on_connect)
         self._local = threading.local()
-        # Every connection with the thread that made it: close() closes a connection only from its own
-        # thread or once that thread is gone, never while another thread may be inside sqlite3_step().
-        self._all: list[tuple[sqlite3.Connection, threading.Thread]] = []
         self._lock = threading.Lock()
         self._closed = False
         self._active = 0  # write transactions under way
         self._idle = threading.Condition(self._lock)
+        # Transitional: per-thread sqlite-utils handles for code that reads through `store.db`/`store.conn`.
+        self._legacy_all: list[tuple[Connection, threading.Thread]] = []
         self.background_checkpoint_passes = 0
+
+    def __repr__(self) -> str:
+        return f"Store({describe(self.url)})"
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def connect(self) -> sqlite3.Connection:
+    def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosed(f"store {self.path} is closed")
-        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            if self._closed:
-                conn.close()
-                raise StoreClosed(f"store {self.path} is closed")
-            self._all.append((conn, threading.current_thread()))
-        return conn
+            raise StoreClosed(f"store ({describe(self.url)}) is closed")
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        if self._closed:
-            raise StoreClosed(f"store {self.path} is closed")
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite_utils.Database(self.connect())
-            self._local.db = db
-        return db
+    def _current(self) -> Db | None:
+        return getattr(self._local, "tx", None)
 
-    @property
-    def conn(self) -> sqlite3.Connection:
-        return self.db.conn
+    def ping(self) -> None:
+        """Connect once; `StoreUnavailable` names where the database was expected."""
+        try:
+            with self.engine.connect() as c:
+                c.exec_driver_sql("SELECT 1")
+        except (SAOperationalError, sqlite3.Error) as e:
+            reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
+            raise StoreUnavailable(f"database_url: cannot connect to {describe(self.url)}: {reason}") from None
 
+    # --- transactions ------------------------------------------------------------------------------------
     @contextmanager
-    def tx(self) -> Iterator[sqlite_utils.Database]:
-        """One write transaction (BEGIN IMMEDIATE: take the write lock up front, no upgrade deadlocks)."""
-        db = self.db
-        if db.conn.in_transaction:  # nested: join the outer transaction
-            yield db
+    def tx(self) -> Iterator[Db]:
+        """One write transaction; nested calls join the outer one. SQLite: BEGIN IMMEDIATE."""
+        cur = self._current()
+        if cur is None:  # transitional: a thread's own handle that code put into a transaction by hand
+            legacy: Db | None = getattr(self._local, "legacy", None)
+            if legacy is not None and legacy.dialect == "sqlite" and legacy.raw.in_transaction:
+                cur = legacy
+        if cur is not None:
+            yield cur
             return
         with self._lock:
-            if self._closed:
-                raise StoreClosed(f"store {self.path} is closed")
+            self._check_open()
             self._active += 1
         try:
-            db.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                if db.conn.in_transaction:
-                    db.conn.execute("ROLLBACK")
-                raise
-            else:
-                # Some DDL helpers (executescript, sqlite-utils' enable_fts) commit on their own.
-                if db.conn.in_transaction:
-                    db.conn.execute("COMMIT")
+            with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                db = Db(self, conn)
+                self._local.tx = db
+                try:
+                    yield db
+                except BaseException:
+                    conn.rollback()
+                    raise
+                else:
+                    conn.commit()
+                finally:
+                    self._local.tx = None
         finally:
             with self._lock:
                 self._active -= 1
                 self._idle.notify_all()
 
     @contextmanager
+    def read(self) -> Iterator[Db]:
+        """A connection for reads (inside a `tx()` of this thread: that transaction). SQLite reads run in
+        autocommit; PostgreSQL's implicit transaction is rolled back on return."""
+        cur = self._current()
+        if cur is not None:
+            yield cur
+            return
+        self._check_open()
+        with self.engine.connect() as conn:
+            yield Db(self, conn)
+
+    # --- transitional: the sqlite-utils surface the unconverted services use ------------------------------
+    @property
+    def db(self) -> Db:
+        """The current transaction's `Db`, or this thread's own connection for reads (SQLite only)."""
+        self._check_open()
+        cur = self._current()
+        if cur is not None:
+            return cur
+        db: Db | None = getattr(self._local, "legacy", None)
+        if db is None:
+            db = Db(self, self._legacy_connect())
+            self._local.legacy = db
+        return db
+
+    def _legacy_connect(self) -> Connection:
+        if self._legacy_engine is None:
+            raise NotImplementedError("this code path still uses SQLite-only SQL (not yet on the data-access layer)")
+        conn = self._legacy_engine.connect()
+        with self._lock:
+            # handles of threads that have ended: nobody can be inside them any more
+            dead = [c for c, t in self._legacy_all if not t.is_alive()]
+            self._legacy_all = [(c, t) for c, t in self._legacy_all if t.is_alive()]
+            self._legacy_all.append((conn, threading.current_thread()))
+        for c in dead:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - a dead thread's handle: nothing left to save
+                pass
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def connect(self) -> sqlite3.Connection:
+        """Transitional (SQLite only): a new driver connection of this thread's own, closed by `close()`."""
+        self._check_open()
+        return self._legacy_connect().connection.driver_connection  # type: ignore[return-value]
+
+    @contextmanager
     def background_checkpoints(self, conn: sqlite3.Connection, interval: float = 0.2) -> Iterator[None]:
-        """For a long run of write transactions on `conn` (a bulk import): its commits stop checkpointing
-        the WAL themselves and a thread with its own connection does it (PASSIVE: never blocks the writer).
-        SQLite runs the checkpoint with the GIL released, so the copy-back to the database file overlaps the
-        writer on a second core instead of stalling every commit; a page rewritten by several commits is
-        copied back once. A last checkpoint runs before returning, so the caller leaves no backlog for the
-        next (small) commit of somebody else to pay."""
-        if str(self.path) == ":memory:" or conn.in_transaction:
+        """SQLite only, for a long run of write transactions on `conn` (a bulk import): its commits stop
+        checkpointing the WAL themselves and a thread with its own connection does it (PASSIVE: never
+        blocks the writer). SQLite runs the checkpoint with the GIL released, so the copy-back overlaps the
+        writer on a second core instead of stalling every commit. A last checkpoint runs before returning."""
+        if self.dialect != "sqlite" or self.path is None or str(self.path) == ":memory:" or conn.in_transaction:
             yield
             return
         prev = conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
@@ -155,58 +320,61 @@ class Store:
             t.join()
             conn.execute(f"PRAGMA wal_autocheckpoint = {int(prev)}")
 
+    # --- schema ------------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
-        """Apply missing migrations of every capability; returns what was applied ("cap:version")."""
-        db = self.db
-        db.conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (capability TEXT NOT NULL, version INTEGER NOT NULL,"
-            " applied_at TEXT NOT NULL, PRIMARY KEY (capability, version))"
-        )
-        done = {(r[0], r[1]) for r in db.conn.execute("SELECT capability, version FROM schema_migrations")}
-        applied: list[str] = []
-        for cap, migs in capability_migrations().items():
-            for version, fn in migs:
-                if (cap, version) in done:
-                    continue
-                with self.tx():
-                    fn(db)
-                    db.conn.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                        (cap, version, datetime.now(UTC).isoformat()),
-                    )
-                applied.append(f"{cap}:{version}")
-        return applied
+        """Bring the schema to the newest Alembic revision (adopting a pre-Alembic database first); returns
+        the revisions applied. One transaction: a failing revision leaves nothing half-applied."""
+        self._check_open()
+        self.ping()
+        from central.store import migrations
 
-    def versions(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT capability, MAX(version) FROM schema_migrations GROUP BY capability")
-        return {r[0]: r[1] for r in rows}
+        return migrations.upgrade(self)
+
+    def versions(self) -> dict[str, int | str]:
+        from central.store import migrations
+
+        return migrations.versions(self)
 
     def backup(self, target: Path) -> None:
-        """Online backup (SQLite backup API): consistent even while the hub writes."""
+        """Online backup of a SQLite store (the SQLite backup API: consistent while the hub writes). A
+        PostgreSQL hub is backed up with the server's own tools (pg_dump, base backups): see docs/DEPLOY.md."""
+        if self.dialect != "sqlite":
+            raise NotImplementedError("backup: use pg_dump / pg_basebackup for a PostgreSQL hub (docs/DEPLOY.md)")
         target.parent.mkdir(parents=True, exist_ok=True)
         dst = sqlite3.connect(str(target))
         try:
-            self.conn.backup(dst)
+            with self.engine.connect() as c:
+                c.connection.driver_connection.backup(dst)
         finally:
             dst.close()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Refuse new work, let write transactions under way finish (up to `timeout`), then close every
-        connection whose thread is this one or has ended. A connection of a thread still alive is only
-        dropped: it is closed when that thread lets go of it, so no handle is freed under a running query.
-        Stop the threads first (`Hub.close()` stops the hub's workers before it closes the store)."""
+        """Refuse new work, let write transactions under way finish (up to `timeout`), then dispose of the
+        pool. A connection still checked out by a live thread is not closed under it: the pool lets it go
+        and it is closed when that thread returns it. Stop the threads first (`Hub.close()` does)."""
         me = threading.current_thread()
         with self._lock:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout)
-            conns, self._all = self._all, []
-        for c, owner in conns:
+            legacy, self._legacy_all = self._legacy_all, []
+        for c, owner in legacy:
             if owner is me or not owner.is_alive():
                 try:
                     c.close()
-                except sqlite3.Error:
+                except Exception:  # noqa: BLE001 - closing a dead thread's handle: nothing left to save
                     pass
         self._local = threading.local()
+        self.engine.dispose(close=True)
+        if self._legacy_engine is not None:
+            self._legacy_engine.dispose(close=True)
+
+
+def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+    dbapi_conn.isolation_level = None  # the store issues BEGIN IMMEDIATE/COMMIT itself
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    dbapi_conn.execute("PRAGMA foreign_keys=ON")
+    dbapi_conn.execute("PRAGMA busy_timeout=30000")
 
 
 def utcnow() -> str:

@@ -1,0 +1,81 @@
+"""Everything that differs between SQLite and PostgreSQL, named once. Stores call these; no other module
+looks at `db.dialect`."""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+
+if TYPE_CHECKING:
+    from central.store import Db
+
+# An integer key: BIGINT on PostgreSQL, INTEGER on SQLite (only `INTEGER PRIMARY KEY` is SQLite's rowid
+# alias, so the key is explicit there too and never a hidden rowid).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def insert(db: Db, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has `.on_conflict_do_nothing(index_elements=...)` and
+    `.on_conflict_do_update(index_elements=..., set_=...)` (with `.excluded`) on both backends."""
+    return pg.insert(table) if db.dialect == "postgresql" else sqlite.insert(table)
+
+
+def insert_ignore(db: Db, table: sa.Table, *keys: str) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING (no keys: any unique conflict)."""
+    return insert(db, table).on_conflict_do_nothing(index_elements=list(keys) or None)
+
+
+def upsert(db: Db, table: sa.Table, keys: list[str], update: list[str]) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET each of `update` = the new row's value."""
+    stmt = insert(db, table)
+    return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+
+
+def claim(stmt: sa.Select) -> sa.Select:
+    """A SELECT of rows to claim: FOR UPDATE SKIP LOCKED on PostgreSQL (two workers never take the same row
+    and neither waits for the other). SQLite has no row locks: its write transaction (BEGIN IMMEDIATE)
+    already makes claims one at a time, and SQLAlchemy leaves the clause out there."""
+    return stmt.with_for_update(skip_locked=True)
+
+
+def serialize(db: Db, name: str) -> None:
+    """Make this transaction the only one past this point for `name` until it ends (an append-only chain
+    read-then-append). PostgreSQL: a transaction-scoped advisory lock; SQLite: BEGIN IMMEDIATE already
+    holds the database's one write lock."""
+    if db.dialect == "postgresql":
+        db.run(sa.select(sa.func.pg_advisory_xact_lock(lock_key(name))))
+
+
+def try_lead(db: Db, name: str) -> bool:
+    """Whether this transaction may act as the one leader for `name` (PostgreSQL: a transaction-scoped
+    advisory try-lock; SQLite: one process owns the file, so always)."""
+    if db.dialect == "postgresql":
+        return bool(db.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(lock_key(name)))))
+    return True
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name (same in every process and release)."""
+    return zlib.crc32(b"citybrain:" + name.encode()) | (0x5C17 << 32)
+
+
+def like_escape(text: str) -> str:
+    """`text` for a LIKE/ILIKE pattern, with `\\` as the escape character."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def contains(column: Any, text: str) -> Any:
+    """A case-insensitive substring test of `column` (uses a pg_trgm GIN index on PostgreSQL when there
+    is one; SQLite stores use FTS5 trigram tables for the indexed search)."""
+    return column.ilike(f"%{like_escape(text)}%", escape="\\")
+
+
+def now_epoch(db: Db) -> Any:
+    """The database's clock as UNIX seconds (REAL/double)."""
+    if db.dialect == "postgresql":
+        return sa.func.extract("epoch", sa.func.now())
+    return (sa.func.julianday("now") - 2440587.5) * 86400.0
