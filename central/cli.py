@@ -55,9 +55,15 @@ def serve(
 
     from central.app import create_app
 
+    from central.store import StoreUnavailable
+
     s = _settings(config, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    application = create_app(s, start_bridge=False if no_bridge else None)
+    try:
+        application = create_app(s, start_bridge=False if no_bridge else None)
+    except StoreUnavailable as e:  # stop at start, saying where the database was expected
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
     tls = {}
     if s.security.tls_cert and s.security.tls_key:
         tls = {"ssl_certfile": str(s.security.tls_cert), "ssl_keyfile": str(s.security.tls_key)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -24,6 +25,9 @@ BRIDGE_THREADS = {"bridge-writer", "bridge-connected"}
 
 # Which backend this pass runs on (./run test runs the suite once per backend).
 BACKEND = os.environ.get("CITYBRAIN_TEST_DB", "sqlite")
+# pytest imports this file as `conftest`; tests that `from tests.conftest import ...` must get this same
+# module (with the session's server), not a second copy.
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
 _pg: object | None = None  # the session's tests.pg.PgServer in the PostgreSQL pass
 
 # Tests that touch no hub store are the same on both backends: they run in the SQLite pass only.

@@ -158,7 +158,8 @@ class Store:
         else:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_timeout=30,
                           connect_args={"connect_timeout": 10, "application_name": "citybrain-hub"})
-        self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        # rowcount of every statement (INSERT .. ON CONFLICT DO NOTHING included) on both backends
+        self.engine: Engine = sa.create_engine(self.url, execution_options={"preserve_rowcount": True}, **kwargs)
         self._legacy_engine: Engine | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)

@@ -1,22 +1,26 @@
-"""Schema upgrades, in one transaction (SQLite and PostgreSQL both have transactional DDL: a failure leaves
-nothing half-applied).
+"""Schema upgrades: one Alembic history (central/store/alembic/versions), run in ONE transaction (SQLite and
+PostgreSQL both have transactional DDL: a failing revision leaves nothing half-applied).
 
-Capabilities move from hand-written SQLite migrations (`MIGRATIONS = [(version, fn)]` in their store,
-recorded in `schema_migrations`) to Core tables on `central.store.metadata`. While both exist:
-1. the legacy migrations of capabilities that still have them run (SQLite only);
-2. a capability now on Core whose legacy tables are in this database is adopted: its store's
-   `adopt_legacy(db)` reshapes them in place (data kept) and its `schema_migrations` rows go;
-3. tables of the metadata that do not exist yet are created, then each store's
-   `create_extras(db, created)` adds what Core cannot say portably (full-text indexes, triggers).
+A database made by the pre-Alembic store (hand-written SQLite migrations recorded in `schema_migrations`)
+is adopted first, in the same transaction: each capability's `adopt_legacy(db)` reshapes its old tables in
+place into the baseline's shape (data kept), its `schema_migrations` rows go, and the database is stamped
+at the baseline revision; later revisions then apply as to any other database.
+
+Transitional, while some capabilities still carry legacy `MIGRATIONS` (SQLite only): those run first, as
+before, and their tables are not part of the Alembic history yet.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 
 if TYPE_CHECKING:
     from central.store import Db, Store
@@ -36,9 +40,24 @@ def _stores() -> list[tuple[str, Any]]:
     return sorted(capabilities.modules("store"), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0]))
 
 
-def upgrade(store: Store) -> list[str]:
-    from central.store import metadata
+BASELINE = "0001"
+_SCRIPTS = Path(__file__).parent / "alembic"
 
+
+def load_tables() -> list[tuple[str, Any]]:
+    """Import every capability's store, which declares its tables on `central.store.metadata`."""
+    return _stores()
+
+
+def _config(db: Db) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_SCRIPTS))
+    cfg.attributes["connection"] = db.sa
+    cfg.attributes["db"] = db
+    return cfg
+
+
+def upgrade(store: Store) -> list[str]:
     applied: list[str] = []
     with store.tx() as db:
         stores = _stores()  # importing them fills `metadata`
@@ -58,17 +77,40 @@ def upgrade(store: Store) -> list[str]:
                     adopt(db)
                 db.run(sa.delete(_SCHEMA_MIGRATIONS).where(_SCHEMA_MIGRATIONS.c.capability == cap))
                 applied.append(f"{cap}:adopted")
-        existing = set(sa.inspect(db.sa).get_table_names())
-        missing = [t for t in metadata.sorted_tables if t.name not in existing]
-        if missing:
-            metadata.create_all(db.sa, tables=missing)
-            created = {t.name for t in missing}
-            applied += [f"table:{n}" for n in sorted(created)]
-            for _cap, mod in stores:
-                extras = getattr(mod, "create_extras", None)
-                if extras is not None:
-                    extras(db, created)
+        cfg = _config(db)
+        before = _revision(db)
+        if before is None and any(f"{cap}:adopted" in applied for cap, _ in stores):
+            # adopted tables already have the baseline's shape: create what the old store never had, stamp
+            applied += create_missing(db)
+            command.stamp(cfg, BASELINE)
+            before = BASELINE
+        command.upgrade(cfg, "head")
+        after = _revision(db)
+        if after != before:
+            applied.append(f"alembic:{before or 'empty'}->{after}")
     return applied
+
+
+def create_missing(db: Db) -> list[str]:
+    """Create the metadata's tables that this database lacks, then each store's dialect extras for them."""
+    from central.store import metadata
+
+    stores = _stores()
+    existing = set(sa.inspect(db.sa).get_table_names())
+    missing = [t for t in metadata.sorted_tables if t.name not in existing]
+    if not missing:
+        return []
+    metadata.create_all(db.sa, tables=missing)
+    created = {t.name for t in missing}
+    for _cap, mod in stores:
+        extras = getattr(mod, "create_extras", None)
+        if extras is not None:
+            extras(db, created)
+    return [f"table:{n}" for n in sorted(created)]
+
+
+def _revision(db: Db) -> str | None:
+    return MigrationContext.configure(db.sa).get_current_revision()
 
 
 def _legacy(db: Db, cap: str, migs: list[Any], done: set[tuple[str, int]], existing: set[str]) -> list[str]:
@@ -99,6 +141,7 @@ def versions(store: Store) -> dict[str, int | str]:
         if "schema_migrations" in names:
             out.update({c: int(v) for c, v in db.run(
                 "SELECT capability, MAX(version) FROM schema_migrations GROUP BY capability").all()})
+        out["alembic"] = _revision(db) or "none"
     for cap, mod in _stores():
         if not getattr(mod, "MIGRATIONS", None) and any(t.name in names for t in getattr(mod, "TABLES", ())):
             out[cap] = "core"
