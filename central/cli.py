@@ -54,7 +54,6 @@ def serve(
     import uvicorn
 
     from central.app import create_app
-
     from central.store import StoreUnavailable
 
     s = _settings(config, host=host, port=port)
