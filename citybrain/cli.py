@@ -18,11 +18,14 @@ def demo(
     port: int = typer.Option(8080, help="Hub HTTP port"),
     mqtt_port: int = typer.Option(18830, help="Broker port"),
     fresh: bool = typer.Option(False, help="Start from an empty demo directory"),
+    database_url: str | None = typer.Option(None, "--database-url",
+                                            help="Run the hub on this database (default: SQLite in --dir), e.g. "
+                                                 "the postgresql:// URL `./run postgres` prints"),
 ) -> None:
     """Broker + hub + one camera gateway + one scan terminal on loopback. Ctrl-C stops all."""
     from citybrain.demo import run_demo
 
-    run_demo(dir, port, mqtt_port, fresh)
+    run_demo(dir, port, mqtt_port, fresh, database_url)
 
 
 app = typer.Typer(no_args_is_help=True, help="City Brain: edge agents, MQTT contract and the central hub.")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -54,25 +55,19 @@ def _demo_scanner(demo_dir: Path) -> dict[str, object]:
     return {"source": str(inbox)}
 
 
-def _feed_scanner_when_synced(demo_dir: Path, db: Path, timeout: float = 30.0) -> None:
+def _feed_scanner_when_synced(demo_dir: Path, hub: Any, timeout: float = 30.0) -> None:
     """Drop the sample code PNGs into the terminal's inbox once its heartbeat shows the synced lists, so
     the demo shows valid/revoked verdicts rather than unknown-key (which is what an unsynced terminal
-    rightly says)."""
+    rightly says). Reads the devices the hub process stores, through the devices service."""
     import json
-    import sqlite3
 
     samples = demo_dir / "samples" / "codes"
     if not samples.is_dir():
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            con = sqlite3.connect(db, timeout=5)
-            row = con.execute("SELECT hb FROM devices WHERE kind = 'scanner' AND hb IS NOT NULL").fetchone()
-            con.close()
-        except sqlite3.Error:
-            row = None
-        if row and json.loads(row[0]).get("revocation_version"):
+        if any(d.get("kind") == "scanner" and d.get("hb") and json.loads(d["hb"]).get("revocation_version")
+               for d in hub.services["devices"].list(None)):
             break
         time.sleep(0.5)
     inbox = demo_dir / "scan-inbox"
@@ -92,7 +87,7 @@ def _bootstrap_admin(hub: object, password: str) -> None:
     svc.grant_root(uid, "city_admin", "/city", actor="demo")
 
 
-def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
+def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_url: str | None = None) -> None:
     from central.app import build_hub
     from central.settings import load_settings
 
@@ -112,7 +107,7 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
     bcfg.add_user("hub", sec["hub_mqtt_password"], HUB_ACL.format(hub="hub"))
     broker = Broker(bcfg).start()
 
-    settings_dict = {
+    settings_dict: dict[str, Any] = {
         "data_dir": str(demo_dir / "hub"),
         "port": port,
         "public_url": f"http://127.0.0.1:{port}",
@@ -121,6 +116,8 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
             "passwd_file": str(bcfg.passwd), "acl_file": str(bcfg.acl), "pid_file": str(bcfg.pid_file),
         },
     }
+    if database_url:  # e.g. the URL `./run postgres` printed
+        settings_dict["database_url"] = database_url
     hub_cfg = demo_dir / "hub.yaml"
     hub_cfg.write_text(yaml.safe_dump(settings_dict))
     hub_cfg.chmod(0o600)
@@ -172,7 +169,7 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool) -> None:
     time.sleep(1.5)
     spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
     spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
-    _feed_scanner_when_synced(demo_dir, settings.database)
+    _feed_scanner_when_synced(demo_dir, hub)
     lines += [
         "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
         f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",
