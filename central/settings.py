@@ -55,6 +55,17 @@ class SecuritySettings(BaseModel):
     tls_key: Path | None = None
 
 
+class RetentionSettings(BaseModel):
+    """Days each kind of row is kept (None: for ever). Audit logs: at least 180 days, the floor China's
+    Cybersecurity Law (art. 21) and MLPS level 3 set for network logs."""
+
+    events_days: int | None = Field(default=90, ge=1)
+    scans_days: int | None = Field(default=180, ge=1)
+    cdrs_days: int | None = Field(default=365, ge=1)
+    audit_days: int | None = Field(default=None, ge=180)
+    interval_s: int = Field(default=3600, ge=10)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
@@ -68,6 +79,9 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     device_offline_after_s: int = Field(default=90, ge=5)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    # Snapshots and call recordings (files + checksums; the database holds references). Default data_dir/media.
+    media_dir: Path | None = None
     # Background consumers of the stored events (video correlation) run inside this process unless
     # they are run as their own processes (`citybrain hub video correlate`), e.g. to spread CPU.
     inline_consumers: bool = True
@@ -96,6 +110,10 @@ class Settings(BaseSettings):
     def store_url(self) -> str:
         """What the store connects to: `database_url`, else the SQLite file."""
         return self.database_url or f"sqlite:///{self.database}"
+
+    @property
+    def media_root(self) -> Path:
+        return self.media_dir or self.data_dir / "media"
 
     @property
     def keys_dir(self) -> Path:
