@@ -44,6 +44,29 @@ def migrate(config: Path | None = ConfigOpt) -> None:
     typer.echo(f"{store}: applied {len(applied)} migration(s) {applied}; versions {store.versions()}")
 
 
+@app.command("copy-store")
+def copy_store_cmd(
+    target: str = typer.Argument(..., help="database_url of the new, empty hub database"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Copy this hub's data (its database_url) into another, empty database, e.g. SQLite into PostgreSQL.
+    Stop the hub first; the target is migrated and filled in one transaction."""
+    from central.store import Store, StoreUnavailable
+    from central.store.copy import CopyError, copy_store
+
+    s = _settings(config)
+    src, dst = Store(s.store_url), Store(target)
+    try:
+        counts = copy_store(src, dst, progress=lambda t, n: typer.echo(f"  {t}: {n} row(s)"))
+    except (StoreUnavailable, CopyError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    finally:
+        src.close()
+        dst.close()
+    typer.echo(f"copied {sum(counts.values())} row(s) in {len(counts)} table(s) from {src} to {dst}")
+
+
 @app.command()
 def serve(
     config: Path | None = ConfigOpt, no_bridge: bool = typer.Option(False, help="Do not start the MQTT bridge"),
