@@ -78,6 +78,9 @@ def all_scenes(db: Db) -> list[dict[str, Any]]:
 
 
 def active_addresses(db: Db) -> set[str]:
+    """Client addresses in use. Called in the write transaction that then takes a free one: serialised, so
+    two hub processes never pick the same address (the partial unique index would refuse the second)."""
+    dialect.serialize(db, "channel_grants:pool")
     return set(db.run(sa.select(grants.c.peer_address).where(grants.c.status == "active")).scalars())
 
 
