@@ -85,8 +85,9 @@ def grant_caller(request: Request, hub: Hub = Depends(get_hub)) -> GrantCaller:
     if not p.has("channel.grant"):
         from central.iam.audit import record
 
-        record(hub.store.db, actor=p.name, action="denied", target=f"{request.method} {request.url.path}",
-               detail={"permission": "channel.grant"})
+        with hub.store.tx() as db:
+            record(db, actor=p.name, action="denied", target=f"{request.method} {request.url.path}",
+                   detail={"permission": "channel.grant"})
         raise HTTPException(403, f"forbidden: {p.name} lacks 'channel.grant'")
     return GrantCaller(p, None)
 

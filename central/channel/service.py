@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -29,6 +29,9 @@ from central.hub import Hub
 from central.iam.audit import record
 from central.iam.deps import Principal, under
 from protocol import signing, topics
+
+if TYPE_CHECKING:
+    from central.store import Db
 
 POOL = ipaddress.ip_network("10.77.0.0/16")  # pilot client addresses; .1 is the gateway itself
 PEERS_TOPIC = f"{topics.ROOT}/channel/{{app_id}}/peers"  # retained, signed peer list for the scene's gateway
@@ -158,29 +161,29 @@ class ChannelService:
                "endpoint": endpoint, "terminals": json.dumps(sorted(set(terminals))), "enabled": 1,
                "created_by": actor, "created_at": self.clock()}
         with self.hub.store.tx() as db:
-            db["channel_scenes"].upsert(row, pk="app_id")
+            store.upsert_scene(db, row)
             record(db, actor=actor, action="channel.scene.set", target=f"application:{app_id}", org=app["org"],
                    detail={"service": f"{addr}:{service_port}", "ttl_s": ttl_s, "terminals": sorted(set(terminals))})
         self.publish_peers(app_id)
         return self.scene(app_id)  # type: ignore[return-value]
 
     def scene(self, app_id: int) -> dict[str, Any] | None:
-        r = self.hub.store.conn.execute(
-            f"SELECT {', '.join(store.SCENE_COLS)} FROM channel_scenes WHERE app_id = ?", (app_id,)).fetchone()
-        return None if r is None else self._scene_dict(r)
+        with self.hub.store.read() as db:
+            r = store.scene(db, app_id)
+            return None if r is None else self._scene_dict(db, r)
 
-    def _scene_dict(self, r: Any) -> dict[str, Any]:
-        d = dict(zip(store.SCENE_COLS, r, strict=True))
+    def _scene_dict(self, db: Db, d: dict[str, Any]) -> dict[str, Any]:
+        from central.codes.store import scene_name
+
         d["terminals"] = json.loads(d["terminals"])
         d["enabled"] = bool(d["enabled"])
-        app = self.hub.store.conn.execute("SELECT scene_name FROM codes_applications WHERE id = ?",
-                                          (d["app_id"],)).fetchone()
-        d["scene_name"] = app[0] if app else None
+        d["scene_name"] = scene_name(db, d["app_id"])
         return d
 
     def scenes(self, scopes: list[str]) -> list[dict[str, Any]]:
-        rows = self.hub.store.conn.execute(f"SELECT {', '.join(store.SCENE_COLS)} FROM channel_scenes ORDER BY app_id")
-        return [d for d in map(self._scene_dict, rows) if any(under(d["org"], s) for s in scopes)]
+        with self.hub.store.read() as db:
+            out = [self._scene_dict(db, r) for r in store.all_scenes(db)]
+        return [d for d in out if any(under(d["org"], s) for s in scopes)]
 
     # ---- grants -----------------------------------------------------------------------------------
     def request_grant(self, text: str, principal: Principal | None = None, app_key_app: int | None = None
@@ -195,8 +198,9 @@ class ChannelService:
         scene = self.scene(int(result["application_id"])) if result.get("application_id") else None
 
         def refuse(status: int, field: str, why: str) -> ChannelError:
-            record(self.hub.store.db, actor=who, action="channel.grant.refused", target=result.get("serial"),
-                   org=scene["org"] if scene else None, detail={"why": why, "verdict": result["verdict"]})
+            with self.hub.store.tx() as db:
+                record(db, actor=who, action="channel.grant.refused", target=result.get("serial"),
+                       org=scene["org"] if scene else None, detail={"why": why, "verdict": result["verdict"]})
             return ChannelError(status, field, why)
 
         if result["verdict"] != "valid":
@@ -227,11 +231,11 @@ class ChannelService:
         code_exp = datetime.fromisoformat(result["expires_at"]).timestamp()
         exp = min(now + scene["ttl_s"], code_exp)
         with self.hub.store.tx() as db:
-            used = {r[0] for r in db.conn.execute("SELECT peer_address FROM channel_grants WHERE status = 'active'")}
+            used = store.active_addresses(db)
             address = next((str(h) for h in POOL.hosts() if h != POOL.network_address + 1 and str(h) not in used), None)
             if address is None:
                 raise ChannelError(503, "pool", f"client address pool {POOL} is exhausted")
-            db["channel_grants"].insert({
+            store.insert_grant(db, {
                 "id": gid, "app_id": scene["app_id"], "org": scene["org"], "serial": result["serial"],
                 "identity_id": result["identity_id"], "via": via, "peer_public_key": pub, "peer_address": address,
                 "allowed_ips": allowed, "issued_at": now, "expires_at": exp, "status": "active"})
@@ -249,19 +253,13 @@ class ChannelService:
         return {"grant": self.grant(gid), "token": token, "claims": claims, "wireguard_config": cfg}
 
     def grant(self, gid: str) -> dict[str, Any] | None:
-        r = self.hub.store.conn.execute(
-            f"SELECT {', '.join(store.GRANT_COLS)} FROM channel_grants WHERE id = ?", (gid,)).fetchone()
-        return None if r is None else dict(zip(store.GRANT_COLS, r, strict=True))
+        with self.hub.store.read() as db:
+            return store.grant(db, gid)
 
     def grants(self, scopes: list[str], status: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         self.sweep()
-        sql = f"SELECT {', '.join(store.GRANT_COLS)} FROM channel_grants"
-        args: list[Any] = []
-        if status:
-            sql += " WHERE status = ?"
-            args.append(status)
-        rows = self.hub.store.conn.execute(sql + " ORDER BY issued_at DESC", args)
-        out = [dict(zip(store.GRANT_COLS, r, strict=True)) for r in rows]
+        with self.hub.store.read() as db:
+            out = store.all_grants(db, status)
         return [g for g in out if any(under(g["org"], s) for s in scopes)][:limit]
 
     def revoke(self, actor: str, gid: str, reason: str) -> dict[str, Any]:
@@ -277,8 +275,7 @@ class ChannelService:
         now = self.clock()
         with self.hub.store.tx() as db:
             for gid, _app, org in rows:
-                db.conn.execute("UPDATE channel_grants SET status = ?, ended_at = ?, end_reason = ?"
-                                " WHERE id = ? AND status = 'active'", (status, now, reason, gid))
+                store.end_grant(db, gid, status, now, reason)
                 record(db, actor=actor, action=f"channel.grant.{status}", target=gid, org=org, detail={"why": reason})
         for app_id in sorted({r[1] for r in rows}):
             self.publish_peers(app_id)
@@ -287,13 +284,12 @@ class ChannelService:
         """End active grants whose time is up or whose code was revoked since. Called before every grant
         read and issue, so a revoked code never yields a live peer in what the hub serves or publishes."""
         now = self.clock()
-        conn = self.hub.store.conn
-        active = conn.execute("SELECT id, app_id, org, serial, expires_at FROM channel_grants"
-                              " WHERE status = 'active'").fetchall()
-        if not active:
-            return {"expired": 0, "revoked": 0}
+        with self.hub.store.read() as db:
+            active = [(r["id"], r["app_id"], r["org"], r["serial"], r["expires_at"]) for r in store.active_grants(db)]
+            if not active:
+                return {"expired": 0, "revoked": 0}
+            why = store.revoked_serials(db, sorted({r[3] for r in active}))
         expired = [(g, a, o) for g, a, o, _s, exp in active if exp <= now]
-        why = store.revoked_serials(self.hub.store.db, sorted({r[3] for r in active}))
         revoked = [(g, a, o, why[s]) for g, a, o, s, exp in active if exp > now and s in why]
         if expired:
             self._end(expired, "expired", "grant lifetime over", "system:channel")
@@ -306,20 +302,18 @@ class ChannelService:
         """[Peer] sections for the scene's WireGuard gateway: one per active grant, AllowedIPs = that client's
         single address. Append to the gateway's [Interface] (its private key never leaves the gateway)."""
         self.sweep()
-        rows = self.hub.store.conn.execute(
-            "SELECT id, peer_public_key, peer_address, expires_at FROM channel_grants WHERE app_id = ? AND"
-            " status = 'active' ORDER BY id", (app_id,)).fetchall()
-        return "".join(f"# grant {gid} until {int(exp)}\n[Peer]\nPublicKey = {pub}\nAllowedIPs = {addr}/32\n\n"
-                       for gid, pub, addr, exp in rows)
+        with self.hub.store.read() as db:
+            rows = store.scene_peers(db, app_id)
+        return "".join(f"# grant {r['id']} until {int(r['expires_at'])}\n[Peer]\nPublicKey = {r['peer_public_key']}\n"
+                       f"AllowedIPs = {r['peer_address']}/32\n\n" for r in rows)
 
     def publish_peers(self, app_id: int) -> None:
         """Retained, signed peer list on MQTT so the scene's gateway applies changes without polling."""
-        rows = self.hub.store.conn.execute(
-            "SELECT id, peer_public_key, peer_address, expires_at FROM channel_grants WHERE app_id = ? AND"
-            " status = 'active' ORDER BY id", (app_id,)).fetchall()
+        with self.hub.store.read() as db:
+            rows = store.scene_peers(db, app_id)
         body = {"app_id": app_id, "ts": self.clock(), "kid": self.signing_key.kid,
-                "peers": [{"grant": g, "public_key": p, "allowed_ips": f"{a}/32", "expires_at": e}
-                          for g, p, a, e in rows]}
+                "peers": [{"grant": r["id"], "public_key": r["peer_public_key"],
+                           "allowed_ips": f"{r['peer_address']}/32", "expires_at": r["expires_at"]} for r in rows]}
         sig = self.signing_key.sign(signing.canonical(body))
         try:
             self.hub.publish(PEERS_TOPIC.format(app_id=app_id), json.dumps({**body, "sig": signing.b64e(sig)}),

@@ -19,7 +19,7 @@ def seed(hub: Hub, demo_dir: Path) -> list[str]:
     from central.registry import service as registry
 
     codes = service_of(hub)
-    if hub.store.conn.execute("SELECT 1 FROM codes_departments WHERE id = ?", (DEPT,)).fetchone():
+    if codes.department_exists(DEPT):
         return [f"Codes:      department {DEPT} with an approved scene (GET /api/v1/codes/issued)"]
     iam_of(hub).ensure_org_chain(ORG, actor="demo")
     actor = registry.SystemActor("system:demo")

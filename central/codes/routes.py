@@ -41,7 +41,8 @@ def _ensure(hub: Hub, principal: Principal, perm: str, org: str, missing: str = 
     if not principal.allowed(perm, org):
         from central.iam.audit import record
 
-        record(hub.store.db, actor=principal.name, action="denied", target=perm, org=org, detail={"permission": perm})
+        with hub.store.tx() as db:
+            record(db, actor=principal.name, action="denied", target=perm, org=org, detail={"permission": perm})
         if org != "/" and principal.has(perm) and not principal.allowed("codes.read", org):
             raise HTTPException(404, missing)
         raise HTTPException(403, f"forbidden: {principal.name} lacks '{perm}' here")
@@ -583,10 +584,10 @@ def revoke(
         if body.identity_id:
             _city_level(hub, p, "codes.revoke")  # spans every department's codes
             return svc.revoke_identity(p.name, body.identity_id, body.reason, p.scopes("codes.revoke")[0])
-        row = hub.store.conn.execute("SELECT dept_id FROM codes_keys WHERE kid = ?", (body.kid,)).fetchone()
-        if row is None:
+        key_dept = svc.key_dept(str(body.kid))
+        if key_dept is None:
             raise HTTPException(404, f"kid: no key {body.kid}")
-        _ensure(hub, p, "codes.revoke", _dept(svc, row[0])["org"], f"kid: no key {body.kid}")
+        _ensure(hub, p, "codes.revoke", _dept(svc, key_dept)["org"], f"kid: no key {body.kid}")
         return svc.revoke_key(p.name, str(body.kid), body.reason)
     except CodesError as e:
         raise _err(e) from None

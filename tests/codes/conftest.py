@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from central.hub import Hub
@@ -133,18 +134,9 @@ def register_entity(hub: Hub, etype: str = "person", name: str = "Zhang San", st
 
     eid = make_id(etype, "310101", next(_serial))
     now = datetime.now(UTC).isoformat()
+    cols = ("id", "type", "region", "name", "org", "status", "created_by", "created_at", "updated_at")
+    entities = sa.table("registry_entities", *map(sa.column, cols))  # by name: the registry owns the Table
     with hub.store.tx() as db:
-        db["registry_entities"].insert(
-            {
-                "id": eid,
-                "type": etype,
-                "region": "310101",
-                "name": name,
-                "org": "/city",
-                "status": status,
-                "created_by": "test",
-                "created_at": now,
-                "updated_at": now,
-            }
-        )
+        db.run(sa.insert(entities).values(id=eid, type=etype, region="310101", name=name, org="/city", status=status,
+                                          created_by="test", created_at=now, updated_at=now))
     return eid

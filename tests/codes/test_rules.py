@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from central.codes.service import CodesService, service_of
+from central.codes.store import issued
 from protocol import citycode
 from protocol.messages import ScanBatch, ScanRecord
 from tests.helpers import auth, token_for
@@ -294,10 +296,8 @@ def test_zombies_are_old_unscanned_codes(city: City) -> None:
     )["codes"]
     old = int((datetime.now(UTC) - timedelta(days=200)).timestamp())
     with city.hub.store.tx() as db:
-        db.conn.execute("UPDATE codes_issued SET issued_at = ?", (old,))
-        db.conn.execute(
-            "UPDATE codes_issued SET last_scan_at = ? WHERE serial = ?", (int(time.time()), codes[0]["serial"])
-        )
+        db.run(sa.update(issued).values(issued_at=old))
+        db.run(sa.update(issued).where(issued.c.serial == codes[0]["serial"]).values(last_scan_at=int(time.time())))
     row = city.ok(city.c.get("/api/v1/codes/supervision", headers=city.admin))["rows"][0]
     assert row["zombies"] == 1
 

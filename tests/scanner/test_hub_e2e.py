@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from central.broker import Broker
+from central.codes.store import issued as codes_issued
+from central.codes.store import lists, scans
 from central.hub import Hub
 from edge.config import load_config
 from edge.scanner.verify import Verifier, data_dir_for
@@ -36,8 +39,8 @@ def live_hub(tmp_path: Path, broker: Broker) -> Iterator[tuple[Hub, TestClient]]
 
 
 def scans_of(hub: Hub, serial: str) -> list[tuple[str, str]]:
-    return [tuple(r) for r in hub.store.conn.execute(
-        "SELECT scan_id, verdict FROM codes_scans WHERE serial = ?", (serial,))]
+    with hub.store.read() as db:
+        return [tuple(r) for r in db.run(sa.select(scans.c.scan_id, scans.c.verdict).where(scans.c.serial == serial))]
 
 
 def test_hub_issued_codes_verified_offline(live_hub: tuple[Hub, TestClient], broker: Broker,
@@ -71,8 +74,9 @@ def test_hub_issued_codes_verified_offline(live_hub: tuple[Hub, TestClient], bro
         rev_v = hub.services["codes"].current("revocations")["version"]  # type: ignore[attr-defined]
         wait_for(lambda: st().get("revocation_version") == rev_v, what="revocation list synced")
         # Rolled back: the hub's own older (genuinely signed) list replayed on the topic is refused.
-        old = hub.store.conn.execute(
-            "SELECT body FROM codes_lists WHERE kind = 'revocations' ORDER BY version LIMIT 1").fetchone()[0]
+        with hub.store.read() as db:
+            old = db.scalar(sa.select(lists.c.body).where(lists.c.kind == "revocations").order_by(lists.c.version)
+                            .limit(1))
         assert json.loads(old)["version"] < rev_v
         hub.publish(topics.REVOCATIONS, old, qos=1, retain=True)
         wait_for(lambda: st().get("revocations_refused") == 1, what="rollback refused")
@@ -108,5 +112,5 @@ def test_hub_issued_codes_verified_offline(live_hub: tuple[Hub, TestClient], bro
         time.sleep(1.0)
         assert [v for _, v in scans_of(hub, good.serial)] == ["valid"]
         assert [v for _, v in scans_of(hub, doomed.serial)] == ["revoked"]
-        row = hub.store.conn.execute("SELECT scans FROM codes_issued WHERE serial = ?", (good.serial,)).fetchone()
-        assert row[0] == 1
+        with hub.store.read() as db:
+            assert db.scalar(sa.select(codes_issued.c.scans).where(codes_issued.c.serial == good.serial)) == 1

@@ -1,0 +1,111 @@
+"""What every part of the codes service shares: the error type, constants, the service's state (`Part`),
+and the calls into other capabilities (audit log, registry feed) made with the caller's `Db`."""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from central.hub import Hub, LoopWorker
+from protocol import signing
+
+if TYPE_CHECKING:
+    from central.store import Db
+
+DEPT_ID = re.compile(r"^[A-Z][0-9A-Z]{1,15}$")
+SCENE_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+ENTITY_TYPES = ("person", "enterprise", "object", "place")
+NO_SYSTEM = "-"  # trust-list placeholder: a key of a department with no approved scene may sign nothing
+KEY_LIFETIME_S = 2 * 366 * 86400
+WEBHOOK_MAX_ATTEMPTS = 6
+# A claimed delivery is the claiming sender's for this long (a sender that dies leaves it due again).
+WEBHOOK_LEASE_S = 300.0
+WEBHOOK_BATCH = 50
+
+
+class CodesError(Exception):
+    def __init__(self, status: int, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.status = status
+        self.field = field
+        self.detail = detail
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def audit(db: Db, actor: str, action: str, target: str, org: str | None, detail: dict[str, Any] | None = None) -> None:
+    """Chain an audit row inside the caller's transaction (`db`)."""
+    try:
+        from central.iam.audit import record
+    except ImportError:  # iam absent (bare protocol tests): nothing to chain into
+        return
+    record(db, actor=actor, action=action, target=target, org=org, detail=detail or {})
+
+
+def feed(db: Db, kind: str, entity_id: str | None, data: dict[str, Any]) -> None:
+    """Issuance and scans join the registry's change feed when the registry provides one."""
+    try:
+        from central.registry.service import append_feed
+    except ImportError:
+        return
+    append_feed(db, kind, entity_id, data)
+
+
+def new_serial() -> str:
+    # 80 random bits, base32: unguessable, so serials cannot be enumerated on the resolver.
+    return base64.b32encode(secrets.token_bytes(10)).decode()
+
+
+def under_any(org: str, scopes: list[str]) -> bool:
+    return any(org == s or org.startswith(s.rstrip("/") + "/") for s in scopes)
+
+
+class Part:
+    """The state every part of `CodesService` reads; the parts are mixed into that one class."""
+
+    CACHE_TTL_S = 5.0
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.profile: signing.Profile = hub.settings.security.crypto_profile
+        self.alg: signing.Algorithm = signing.PROFILE_ALG[self.profile]
+        self.keys_dir: Path = hub.settings.keys_dir / "codes"
+        self._lock = threading.RLock()
+        self._priv: dict[str, signing.PrivateKey] = {}
+        self._pub: dict[str, tuple[signing.PublicKey, str]] = {}  # kid (upper) -> key; immutable once made
+        self._root: signing.PrivateKey | None = None
+        self._stats: Counter[tuple[str, int, str]] = Counter()
+        self._stats_flushed = time.monotonic()
+        self.webhook_worker = LoopWorker("codes-webhooks", self._webhook_step, interval_s=1.0)
+        self.hub_resolver = hub.settings.public_url.rstrip("/") + "/c"
+        # Hot-path caches for online verification; cleared in-process on change, and expiring after
+        # CACHE_TTL_S so other hub processes pick up a change within that time.
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+
+    def _webhook_step(self) -> bool:  # the webhooks part
+        raise NotImplementedError
+
+    def _cached(self, kind: str, key: str, load: Any) -> Any:
+        hit = self._cache.get((kind, key))
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < self.CACHE_TTL_S:
+            return hit[1]
+        val = load()
+        self._cache[(kind, key)] = (now, val)
+        return val
+
+    def _invalidate(self) -> None:
+        self._cache.clear()
