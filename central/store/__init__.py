@@ -243,6 +243,12 @@ class Store:
             yield cur
             return
         self._check_open()
+        if self._legacy_engine is not None:
+            # SQLite: this thread's own autocommit handle. A pool checkout costs 30-55 us, which the hot
+            # read paths (online verify: one primary-key probe) measurably paid; a handle per thread is what
+            # SQLite wants anyway (its connections are cheap and never shared by two threads at once).
+            yield self.db
+            return
         with self.engine.connect() as conn:
             yield Db(self, conn)
 
