@@ -246,7 +246,9 @@ class Engine:
             tid = task["id"]
             sched = task["schedule"]
             mine = sum(1 for s in self.sessions if s.task["id"] == tid)
-            active = svc.active_calls(self.hub, tid)  # task-wide, across engine processes
+            # task-wide, across engine processes: a first look to skip a full task; claim_due counts the
+            # free slots again inside its claim transaction, which is what makes the limit hold
+            active = svc.active_calls(self.hub, tid)
             room = min(sched.max_concurrent - active, self.sip.max_calls - len(self.sessions))
             mono = time.monotonic()
             cps = sched.calls_per_second / self.cfg.workers  # each of N engine processes takes its share
@@ -311,8 +313,7 @@ class Engine:
                 self._finish(s)
 
     def idle(self) -> bool:
-        return not self.sessions and not self.hub.store.db.conn.execute(
-            "SELECT 1 FROM dialer_tasks WHERE status IN ('running', 'paused') LIMIT 1").fetchone()
+        return not self.sessions and not svc.any_active_task(self.hub)
 
     def run(self, until: Callable[[], bool] | None = None, exit_when_idle: bool = False,
             max_runtime_s: float | None = None) -> None:
