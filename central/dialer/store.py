@@ -159,7 +159,9 @@ def template_versions(db: Db, key: str) -> list[dict[str, Any]]:
 
 
 def template_owner(db: Db, key: str) -> dict[str, Any]:
-    """{"version": newest or None, "org": owner, "builtin": 0/1} of a key."""
+    """{"version": newest or None, "org": owner, "builtin": 0/1} of a key. Inside the save's transaction:
+    saves of one key are serialised, so two at once get versions n+1 and n+2, not a unique-key error."""
+    dialect.serialize(db, f"dialer.template.{key}")
     t = templates.c
     row = db.first(sa.select(sa.func.max(t.version).label("version"), sa.func.min(t.org).label("org"),
                              sa.func.max(t.builtin).label("builtin")).where(t.key == key))

@@ -238,3 +238,28 @@ def test_two_engines_never_share_a_contact_nor_exceed_max_concurrent(hub: MiniHu
         assert ds.status_counts(db, tid) == {"done": n}
         assert ds.attempt_outcomes(db, tid) == {"completed": n}
     assert svc.task_status(hub, tid) == "completed"  # type: ignore[arg-type]
+
+
+def test_concurrent_saves_of_one_template_get_consecutive_versions(hub: MiniHub) -> None:
+    body = builtin_templates()[0].model_dump_json()
+    errors: list[BaseException] = []
+
+    def save(n: int) -> None:
+        try:
+            for _ in range(n):
+                with hub.store.tx() as db:  # what service.save_template does, without its audit row
+                    v = (ds.template_owner(db, "k")["version"] or 0) + 1
+                    time.sleep(0.002)  # the other writer reads the same newest version meanwhile, unless serialised
+                    ds.insert_template(db, {"key": "k", "version": v, "name": "n", "org": "/city", "language": "zh",
+                                            "body": body, "created_at": "t"})
+        except BaseException as e:  # noqa: BLE001 - reported by the test below
+            errors.append(e)
+
+    threads = [threading.Thread(target=save, args=(10,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    with hub.store.read() as db:
+        assert [v["version"] for v in ds.template_versions(db, "k")] == list(range(1, 21))
