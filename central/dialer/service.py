@@ -408,6 +408,12 @@ def task_status(hub: Hub, task_id: int) -> str:
         return store.task_status(db, task_id) or "missing"
 
 
+def task_statuses(hub: Hub, task_ids: set[int]) -> dict[int, str]:
+    """Status of each of these tasks (a missing task is left out)."""
+    with hub.store.read() as db:
+        return store.task_statuses(db, task_ids)
+
+
 def active_calls(hub: Hub, task_id: int) -> int:
     """Calls in progress for a task across every engine process (max_concurrent is task-wide)."""
     with hub.store.read() as db:
@@ -459,9 +465,8 @@ def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime
             status, next_at = "pending", iso(now + timedelta(seconds=sched.retry_delay_s[outcome]))
         else:
             status, next_at = ("failed" if outcome in SIP_OUTCOMES else "done"), None
-        store.set_contact_result(db, contact_id, {
-            "status": status, "next_at": next_at, "outcome": outcome,
-            "answers": json.dumps(cdr.get("answers") or {}, ensure_ascii=False), "updated_at": iso(now)})
+        store.set_contact_result(db, contact_id, status, next_at, outcome,
+                                 json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now))
         finished = maybe_complete(hub, task_id, now)
     return {"task_id": task_id, "final": not retry, "status": status, "task_completed": finished}
 

@@ -263,3 +263,9 @@ def test_concurrent_saves_of_one_template_get_consecutive_versions(hub: MiniHub)
     assert not errors, errors
     with hub.store.read() as db:
         assert [v["version"] for v in ds.template_versions(db, "k")] == list(range(1, 21))
+
+
+def test_task_statuses_of_several_tasks(hub: MiniHub) -> None:
+    a = _task(hub, ["13800000001"])
+    b = _task(hub, ["13800000001"], status="cancelled")
+    assert svc.task_statuses(hub, {a, b, b + 1}) == {a: "running", b: "cancelled"}  # type: ignore[arg-type]
