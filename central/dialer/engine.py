@@ -239,6 +239,7 @@ class Engine:
         self.next_dial: dict[int, float] = {}
         self.stats = {"dialled": 0, "cdrs": 0}
         self._last_sched = 0.0
+        self._last_idle_check = 0.0
 
     def schedule(self) -> None:
         now = self.clock()
@@ -246,7 +247,9 @@ class Engine:
             tid = task["id"]
             sched = task["schedule"]
             mine = sum(1 for s in self.sessions if s.task["id"] == tid)
-            active = svc.active_calls(self.hub, tid)  # task-wide, across engine processes
+            # task-wide, across engine processes: a first look to skip a full task; claim_due counts the
+            # free slots again inside its claim transaction, which is what makes the limit hold
+            active = svc.active_calls(self.hub, tid)
             room = min(sched.max_concurrent - active, self.sip.max_calls - len(self.sessions))
             mono = time.monotonic()
             cps = sched.calls_per_second / self.cfg.workers  # each of N engine processes takes its share
@@ -269,8 +272,10 @@ class Engine:
                 if svc.maybe_complete(self.hub, tid, now):
                     self._task_done(tid)
         # Cancelled tasks: hang up their calls now; paused ones just stop taking new contacts.
+        live = {s.task["id"] for s in self.sessions if not s.hangup_sent}
+        statuses = svc.task_statuses(self.hub, live) if live else {}  # one query per tick, not one per call
         for s in self.sessions:
-            if not s.hangup_sent and svc.task_status(self.hub, s.task["id"]) == "cancelled":
+            if not s.hangup_sent and statuses.get(s.task["id"]) == "cancelled":
                 s._hangup("cancelled")
 
     def _finish(self, s: CallSession) -> None:
@@ -311,8 +316,13 @@ class Engine:
                 self._finish(s)
 
     def idle(self) -> bool:
-        return not self.sessions and not self.hub.store.db.conn.execute(
-            "SELECT 1 FROM dialer_tasks WHERE status IN ('running', 'paused') LIMIT 1").fetchone()
+        if self.sessions:
+            return False
+        mono = time.monotonic()  # the loop turns every ~10 ms: ask the store at the scheduler's pace
+        if mono - self._last_idle_check < 0.1:
+            return False
+        self._last_idle_check = mono
+        return not svc.any_active_task(self.hub)
 
     def run(self, until: Callable[[], bool] | None = None, exit_when_idle: bool = False,
             max_runtime_s: float | None = None) -> None:

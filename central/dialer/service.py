@@ -21,10 +21,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from central import csvsafe
+from central.dialer import store
 from central.dialer.templates import Template, builtin_templates
 
 if TYPE_CHECKING:
     from central.hub import Hub
+    from central.store import Db
 
 ROOT_ORG = "/city"  # built-in templates belong to the city and are visible to every department
 ACTIVE = ("pending", "calling")
@@ -146,15 +148,14 @@ def _under(path: str, scope: str) -> bool:
 
 
 def seed_builtins(hub: Hub) -> None:
-    db = hub.store.db
-    for t in builtin_templates():
-        if db.conn.execute("SELECT 1 FROM dialer_templates WHERE key = ?", (t.key,)).fetchone():
-            continue
-        with hub.store.tx() as tx:
-            tx["dialer_templates"].insert({
-                "key": t.key, "version": t.version, "name": t.name, "org": ROOT_ORG, "language": t.language,
-                "body": t.model_dump_json(), "builtin": 1, "created_by": "system", "created_at": iso(utc()),
-            })
+    with hub.store.read() as db:
+        have = store.template_keys(db)
+    rows = [{"key": t.key, "version": t.version, "name": t.name, "org": ROOT_ORG, "language": t.language,
+             "body": t.model_dump_json(), "builtin": 1, "created_by": "system", "created_at": iso(utc())}
+            for t in builtin_templates() if t.key not in have]
+    if rows:  # a write transaction only at the first start, not at every one
+        with hub.store.tx() as db:
+            store.insert_templates_ignore(db, rows)
 
 
 def visible(org: str, scopes: list[str]) -> bool:
@@ -163,32 +164,23 @@ def visible(org: str, scopes: list[str]) -> bool:
 
 
 def list_templates(hub: Hub, scopes: list[str]) -> list[dict[str, Any]]:
-    rows = hub.store.db.conn.execute(
-        "SELECT key, MAX(version), name, org, language, builtin, based_on FROM dialer_templates GROUP BY key"
-        " ORDER BY key").fetchall()
-    return [{"key": r[0], "latest_version": r[1], "name": r[2], "org": r[3], "language": r[4],
-             "builtin": bool(r[5]), "based_on": r[6]} for r in rows if visible(r[3], scopes)]
+    with hub.store.read() as db:
+        rows = store.latest_templates(db)
+    return [{**r, "builtin": bool(r["builtin"])} for r in rows if visible(r["org"], scopes)]
 
 
 def get_template(hub: Hub, key: str, version: int | None = None) -> tuple[Template, dict[str, Any]]:
-    sql = "SELECT body, org, version, based_on, builtin, created_at, created_by FROM dialer_templates WHERE key = ?"
-    args: list[Any] = [key]
-    if version is not None:
-        sql += " AND version = ?"
-        args.append(version)
-    row = hub.store.db.conn.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+    with hub.store.read() as db:
+        row = store.get_template(db, key, version)
     if row is None:
         raise DialerError("template", f"no template {key!r}" + (f" version {version}" if version else ""), 404)
-    meta = {"org": row[1], "version": row[2], "based_on": row[3], "builtin": bool(row[4]),
-            "created_at": row[5], "created_by": row[6]}
-    return Template.model_validate_json(row[0]), meta
+    body = row.pop("body")
+    return Template.model_validate_json(body), {**row, "builtin": bool(row["builtin"])}
 
 
 def template_versions(hub: Hub, key: str) -> list[dict[str, Any]]:
-    rows = hub.store.db.conn.execute(
-        "SELECT version, created_at, created_by, based_on FROM dialer_templates WHERE key = ? ORDER BY version",
-        (key,)).fetchall()
-    return [{"version": r[0], "created_at": r[1], "created_by": r[2], "based_on": r[3]} for r in rows]
+    with hub.store.read() as db:
+        return store.template_versions(db, key)
 
 
 def save_template(hub: Hub, tpl: Template, org: str, actor: str, based_on: str | None = None) -> Template:
@@ -196,12 +188,11 @@ def save_template(hub: Hub, tpl: Template, org: str, actor: str, based_on: str |
     from central.iam.audit import record
 
     with hub.store.tx() as db:
-        row = db.conn.execute("SELECT MAX(version), MIN(org), MAX(builtin) FROM dialer_templates WHERE key = ?",
-                              (tpl.key,)).fetchone()
-        if row[0] is not None and (row[2] or row[1] != org):
-            raise DialerError("key", f"template {tpl.key!r} belongs to {row[1]}; copy it under a new key", 409)
-        tpl = tpl.model_copy(update={"version": (row[0] or 0) + 1})
-        db["dialer_templates"].insert({
+        owner = store.template_owner(db, tpl.key)
+        if owner["version"] is not None and (owner["builtin"] or owner["org"] != org):
+            raise DialerError("key", f"template {tpl.key!r} belongs to {owner['org']}; copy it under a new key", 409)
+        tpl = tpl.model_copy(update={"version": (owner["version"] or 0) + 1})
+        store.insert_template(db, {
             "key": tpl.key, "version": tpl.version, "name": tpl.name, "org": org, "language": tpl.language,
             "body": tpl.model_dump_json(), "based_on": based_on, "builtin": 0, "created_by": actor,
             "created_at": iso(utc()),
@@ -242,34 +233,31 @@ def create_task(hub: Hub, spec: TaskIn, actor: str) -> int:
     if spec.webhook_url and not spec.webhook_secret:
         raise DialerError("webhook_secret", "needed with webhook_url (deliveries are HMAC-signed)")
     with hub.store.tx() as db:
-        tid = db["dialer_tasks"].insert({
+        tid = store.insert_task(db, {
             "name": spec.name, "org": spec.org, "template_key": tpl.key, "template_version": meta["version"],
             "template": tpl.model_dump_json(), "schedule": spec.schedule.model_dump_json(), "status": "draft",
             "priority": spec.priority, "webhook_url": spec.webhook_url, "webhook_secret": spec.webhook_secret,
             "created_by": actor, "created_at": iso(utc()),
-        }).last_pk
+        })
         record(db, actor=actor, action="dialer.task.create", target=f"task:{tid}", org=spec.org,
                detail={"template": f"{tpl.key}@{meta['version']}"})
-    return int(tid)  # type: ignore[arg-type]
+    return tid
 
 
 def get_task(hub: Hub, task_id: int) -> dict[str, Any]:
-    row = hub.store.db.conn.execute("SELECT * FROM dialer_tasks WHERE id = ?", (task_id,)).fetchone()
-    if row is None:
+    with hub.store.read() as db:
+        task = store.get_task(db, task_id)
+    if task is None:
         raise DialerError("task_id", f"no task {task_id}", 404)
-    cols = [d[0] for d in hub.store.db.conn.execute("SELECT * FROM dialer_tasks LIMIT 0").description]
-    task = dict(zip(cols, row, strict=True))
     task["schedule"] = json.loads(task["schedule"])
     task.pop("webhook_secret", None)
     return task
 
 
 def list_tasks(hub: Hub, scopes: list[str]) -> list[dict[str, Any]]:
-    rows = hub.store.db.conn.execute(
-        "SELECT id, name, org, template_key, template_version, status, created_at FROM dialer_tasks"
-        " ORDER BY id DESC").fetchall()
-    keys = ("id", "name", "org", "template_key", "template_version", "status", "created_at")
-    return [dict(zip(keys, r, strict=True)) for r in rows if any(_under(r[2], s) for s in scopes)]
+    with hub.store.read() as db:
+        rows = store.list_tasks(db)
+    return [r for r in rows if any(_under(r["org"], s) for s in scopes)]
 
 
 _PHONE_COLS = ("phone", "mobile", "tel", "number", "电话", "手机", "手机号", "号码")
@@ -315,10 +303,9 @@ def import_contacts(hub: Hub, task_id: int, filename: str, data: bytes, actor: s
     ncol = next((i for i, h in enumerate(header) if h in _NAME_COLS), None)
     prcol = next((i for i, h in enumerate(header) if h in _PRIO_COLS), None)
     c = _cipher(hub)
-    dnc = {r[0] for r in hub.store.db.conn.execute(
-        "SELECT phone_idx, org FROM dialer_dnc").fetchall() if _under(task["org"], r[1])}
-    existing = {r[0] for r in hub.store.db.conn.execute(
-        "SELECT phone_idx FROM dialer_contacts WHERE task_id = ?", (task_id,))}
+    with hub.store.read() as db:
+        dnc = _dnc_for(db, task["org"])
+        existing = store.contact_phone_indexes(db, task_id)
     errors: list[dict[str, Any]] = []
     good: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
@@ -355,8 +342,7 @@ def import_contacts(hub: Hub, task_id: int, filename: str, data: bytes, actor: s
             "attempts": 0, "updated_at": now,
         })
     with hub.store.tx() as db:
-        if good:
-            db["dialer_contacts"].insert_all(good)
+        store.insert_contacts(db, good)
         record(db, actor=actor, action="dialer.contacts.import", target=f"task:{task_id}", org=task["org"],
                detail={"file": filename, "imported": len(good), "errors": len(errors)})
     return {"imported": len(good), "dnc_skipped": sum(1 for g in good if g["status"] == "skipped"),
@@ -380,35 +366,30 @@ def change_state(hub: Hub, task_id: int, action: Literal["start", "pause", "resu
         new = _TRANSITIONS[action].get(task["status"])
         if new is None:
             raise DialerError("action", f"cannot {action} a {task['status']} task", 409)
-        if action == "start" and not db.conn.execute(
-                "SELECT 1 FROM dialer_contacts WHERE task_id = ? LIMIT 1", (task_id,)).fetchone():
+        if action == "start" and not store.has_contacts(db, task_id):
             raise DialerError("task_id", "import a call list before starting", 409)
         upd: dict[str, Any] = {"status": new}
         if action == "start":
             upd["started_at"] = iso(utc(now))
         if new == "cancelled":
             upd["finished_at"] = iso(utc(now))
-            db.conn.execute("UPDATE dialer_contacts SET status = 'skipped', outcome = 'cancelled', updated_at = ?"
-                            " WHERE task_id = ? AND status = 'pending'", (iso(utc(now)), task_id))
-        db["dialer_tasks"].update(task_id, upd)
+            store.cancel_pending(db, task_id, iso(utc(now)))
+        store.update_task(db, task_id, upd)
         record(db, actor=actor, action=f"dialer.task.{action}", target=f"task:{task_id}", org=task["org"])
     return new
 
 
 def progress(hub: Hub, task_id: int) -> dict[str, Any]:
     task = get_task(hub, task_id)
-    conn = hub.store.db.conn
-    by_status = dict(conn.execute(
-        "SELECT status, COUNT(*) FROM dialer_contacts WHERE task_id = ? GROUP BY status", (task_id,)).fetchall())
+    with hub.store.read() as db:
+        by_status = store.status_counts(db, task_id)
+        cdr = store.cdr_counts(db, task_id)
     total = sum(by_status.values())
-    cdr = conn.execute(
-        "SELECT COUNT(*), COUNT(answered_at), SUM(outcome = 'completed') FROM dialer_cdrs WHERE task_id = ?",
-        (task_id,)).fetchone()
     done = by_status.get("done", 0) + by_status.get("failed", 0) + by_status.get("skipped", 0)
     return {
         "task_id": task_id, "status": task["status"], "total": total,
         "pending": by_status.get("pending", 0), "calling": by_status.get("calling", 0),
-        "dialled": cdr[0], "answered": cdr[1], "completed": cdr[2] or 0,
+        "dialled": cdr["dialled"], "answered": cdr["answered"], "completed": cdr["completed"],
         "failed": by_status.get("failed", 0), "skipped": by_status.get("skipped", 0),
         "finished_contacts": done, "percent": round(100.0 * done / total, 1) if total else 0.0,
     }
@@ -416,64 +397,66 @@ def progress(hub: Hub, task_id: int) -> dict[str, Any]:
 
 # --- engine side: claim a due contact, record the attempt -----------------------------------------
 def running_tasks(hub: Hub) -> list[dict[str, Any]]:
-    rows = hub.store.db.conn.execute(
-        "SELECT id, org, schedule, template, priority FROM dialer_tasks WHERE status = 'running'"
-        " ORDER BY priority DESC, id").fetchall()
-    return [{"id": r[0], "org": r[1], "schedule": Schedule.model_validate_json(r[2]),
-             "template": Template.model_validate_json(r[3]), "priority": r[4]} for r in rows]
+    with hub.store.read() as db:
+        rows = store.running_tasks(db)
+    return [{"id": r["id"], "org": r["org"], "schedule": Schedule.model_validate_json(r["schedule"]),
+             "template": Template.model_validate_json(r["template"]), "priority": r["priority"]} for r in rows]
 
 
 def task_status(hub: Hub, task_id: int) -> str:
-    row = hub.store.db.conn.execute("SELECT status FROM dialer_tasks WHERE id = ?", (task_id,)).fetchone()
-    return row[0] if row else "missing"
+    with hub.store.read() as db:
+        return store.task_status(db, task_id) or "missing"
+
+
+def task_statuses(hub: Hub, task_ids: set[int]) -> dict[int, str]:
+    """Status of each of these tasks (a missing task is left out)."""
+    with hub.store.read() as db:
+        return store.task_statuses(db, task_ids)
 
 
 def active_calls(hub: Hub, task_id: int) -> int:
     """Calls in progress for a task across every engine process (max_concurrent is task-wide)."""
-    return hub.store.db.conn.execute("SELECT COUNT(*) FROM dialer_contacts WHERE task_id = ? AND status ="
-                                     " 'calling'", (task_id,)).fetchone()[0]
+    with hub.store.read() as db:
+        return store.active_calls(db, task_id)
+
+
+def any_active_task(hub: Hub) -> bool:
+    with hub.store.read() as db:
+        return store.any_active_task(db)
+
+
+def _dnc_for(db: Db, org: str) -> set[str]:
+    """Blind indexes of the do-not-call entries that cover `org` (an entry of an org covers its subtree)."""
+    return {idx for idx, o in store.dnc_entries(db) if _under(org, o)}
 
 
 def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int,
               engine_id: str = "engine-1") -> list[dict[str, Any]]:
-    """Atomically take up to `limit` due contacts of a running task (priority first), skipping numbers
-    put on the do-not-call list after import. Returns them with the decrypted phone."""
+    """Atomically take up to `limit` due contacts of a running task (priority first), never more than
+    the task's free slots (max_concurrent across every engine, counted in the claim's own transaction),
+    skipping numbers put on the do-not-call list after import. Returns them with the decrypted phone."""
     if limit <= 0 or not task["schedule"].open_at(now):
         return []
     c = _cipher(hub)
-    out: list[dict[str, Any]] = []
     with hub.store.tx() as db:
-        dnc = {r[0] for r in db.conn.execute("SELECT phone_idx, org FROM dialer_dnc").fetchall()
-               if _under(task["org"], r[1])}
-        rows = db.conn.execute(
-            "SELECT id, phone_enc, phone_idx, name, vars, attempts FROM dialer_contacts WHERE task_id = ?"
-            " AND status = 'pending' AND (next_at IS NULL OR next_at <= ?) ORDER BY priority DESC, row_no"
-            " LIMIT ?", (task["id"], iso(now), limit + len(dnc))).fetchall()
-        for cid, enc, idx, name, variables, attempts in rows:
-            if idx in dnc:
-                db.conn.execute("UPDATE dialer_contacts SET status = 'skipped', outcome = 'dnc', updated_at = ?"
-                                " WHERE id = ?", (iso(now), cid))
-                continue
-            if len(out) >= limit:
-                break
-            db.conn.execute("UPDATE dialer_contacts SET status = 'calling', attempts = attempts + 1,"
-                            " updated_at = ?, claimed_by = ? WHERE id = ?", (iso(now), engine_id, cid))
-            out.append({"id": cid, "task_id": task["id"], "phone": c.decrypt(enc), "name": name,
-                        "vars": {**json.loads(variables), "name": name or ""}, "attempt": attempts + 1})
-    return out
+        rows = store.claim_contacts(db, task["id"], iso(now), limit, task["schedule"].max_concurrent,
+                                    _dnc_for(db, task["org"]), engine_id)
+    return [{"id": r["id"], "task_id": task["id"], "phone": c.decrypt(r["phone_enc"]), "name": r["name"],
+             "vars": {**json.loads(r["vars"]), "name": r["name"] or ""}, "attempt": r["attempts"] + 1}
+            for r in rows]
 
 
 def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime) -> dict[str, Any]:
     """Store the CDR, then retry (busy/no answer/failed per the schedule) or close the contact. Returns
     the contact row and whether it is final; completes the task when nothing is left to call."""
     with hub.store.tx() as db:
-        row = db.conn.execute(
-            "SELECT c.task_id, c.attempts, t.schedule FROM dialer_contacts c JOIN dialer_tasks t"
-            " ON t.id = c.task_id WHERE c.id = ?", (contact_id,)).fetchone()
-        task_id, attempts, sched_json = row
-        sched = Schedule.model_validate_json(sched_json)
+        row = store.contact_for_finish(db, contact_id)
+        if row is None:
+            raise DialerError("contact_id", f"no contact {contact_id}", 404)
+        task_id, attempts = row["task_id"], row["attempts"]
+        sched = Schedule.model_validate_json(row["schedule"])
         outcome = cdr["outcome"]
-        db["dialer_cdrs"].insert({
+        store.insert_cdr(db, {
             **{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v) for k, v in cdr.items()},
             "task_id": task_id, "contact_id": contact_id, "attempt": attempts,
         })
@@ -482,30 +465,21 @@ def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime
             status, next_at = "pending", iso(now + timedelta(seconds=sched.retry_delay_s[outcome]))
         else:
             status, next_at = ("failed" if outcome in SIP_OUTCOMES else "done"), None
-        db.conn.execute(
-            "UPDATE dialer_contacts SET status = ?, next_at = ?, outcome = ?, answers = ?, updated_at = ?"
-            " WHERE id = ?",
-            (status, next_at, outcome, json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now),
-             contact_id))
+        store.set_contact_result(db, contact_id, status, next_at, outcome,
+                                 json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now))
         finished = maybe_complete(hub, task_id, now)
     return {"task_id": task_id, "final": not retry, "status": status, "task_completed": finished}
 
 
 def maybe_complete(hub: Hub, task_id: int, now: datetime) -> bool:
     with hub.store.tx() as db:
-        left = db.conn.execute("SELECT COUNT(*) FROM dialer_contacts WHERE task_id = ? AND status IN"
-                               " ('pending', 'calling')", (task_id,)).fetchone()[0]
-        if left == 0 and task_status(hub, task_id) == "running":
-            db["dialer_tasks"].update(task_id, {"status": "completed", "finished_at": iso(now)})
-            return True
-    return False
+        return store.complete_task(db, task_id, iso(now))
 
 
 def release_stale(hub: Hub, now: datetime, engine_id: str = "engine-1") -> int:
     """After an engine crash, its contacts left 'calling' go back to pending (the attempt did not finish)."""
     with hub.store.tx() as db:
-        return db.conn.execute("UPDATE dialer_contacts SET status = 'pending', updated_at = ? WHERE status"
-                               " = 'calling' AND claimed_by = ?", (iso(now), engine_id)).rowcount
+        return store.release_stale(db, iso(now), engine_id)
 
 
 # --- do-not-call ------------------------------------------------------------------------------------
@@ -517,22 +491,17 @@ def add_dnc(hub: Hub, phone: str, org: str, actor: str, reason: str = "") -> Non
     except ValueError as e:
         raise DialerError("phone", str(e)) from e
     with hub.store.tx() as db:
-        db["dialer_dnc"].upsert({"phone_idx": _cipher(hub).blind_index("phone", p), "org": org,
-                                 "phone_masked": mask_phone(p), "reason": reason, "added_at": iso(utc())},
-                                pk=("phone_idx", "org"))
+        store.upsert_dnc(db, {"phone_idx": _cipher(hub).blind_index("phone", p), "org": org,
+                              "phone_masked": mask_phone(p), "reason": reason, "added_at": iso(utc())})
         record(db, actor=actor, action="dialer.dnc.add", target=mask_phone(p), org=org, detail={"reason": reason})
 
 
 # --- results ----------------------------------------------------------------------------------------
 def cdrs(hub: Hub, task_id: int) -> list[dict[str, Any]]:
-    conn = hub.store.db.conn
-    cur = conn.execute(
-        "SELECT d.*, c.phone_masked, c.name FROM dialer_cdrs d JOIN dialer_contacts c ON c.id = d.contact_id"
-        " WHERE d.task_id = ? ORDER BY d.id", (task_id,))
-    cols = [x[0] for x in cur.description]
+    with hub.store.read() as db:
+        rows = store.task_cdrs(db, task_id)
     out = []
-    for r in cur.fetchall():
-        d = dict(zip(cols, r, strict=True))
+    for d in rows:
         for k in ("answers", "transcript"):
             d[k] = json.loads(d[k]) if d[k] else None
         out.append(d)
@@ -542,15 +511,12 @@ def cdrs(hub: Hub, task_id: int) -> list[dict[str, Any]]:
 def report(hub: Hub, task_id: int) -> dict[str, Any]:
     task = get_task(hub, task_id)
     tpl = Template.model_validate_json(task["template"])
-    conn = hub.store.db.conn
-    outcomes = dict(conn.execute(
-        "SELECT COALESCE(outcome, status), COUNT(*) FROM dialer_contacts WHERE task_id = ? GROUP BY 1",
-        (task_id,)).fetchall())
-    attempts = dict(conn.execute(
-        "SELECT outcome, COUNT(*) FROM dialer_cdrs WHERE task_id = ? GROUP BY outcome", (task_id,)).fetchall())
+    with hub.store.read() as db:
+        outcomes = store.outcome_counts(db, task_id)
+        attempts = store.attempt_outcomes(db, task_id)
+        raws = store.contact_answers(db, task_id)
     answers: dict[str, dict[str, int]] = {q: {} for q in tpl.questions()}
-    for (raw,) in conn.execute("SELECT answers FROM dialer_contacts WHERE task_id = ? AND answers IS NOT NULL",
-                               (task_id,)):
+    for raw in raws:
         for q, a in (json.loads(raw) or {}).items():
             v = a.get("value")
             key = json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v)
@@ -567,11 +533,12 @@ def export_csv(hub: Hub, task_id: int, unmask: bool = False) -> str:
     w = csvsafe.writer(buf)  # names and spoken answers are callee text: no formulas
     w.writerow(["row", "phone", "name", "status", "outcome", "attempts", *questions])
     c = _cipher(hub) if unmask else None
-    for row_no, enc, masked, name, status, outcome, attempts, ans in hub.store.db.conn.execute(
-            "SELECT row_no, phone_enc, phone_masked, name, status, outcome, attempts, answers FROM"
-            " dialer_contacts WHERE task_id = ? ORDER BY row_no", (task_id,)):
-        a = json.loads(ans) if ans else {}
-        w.writerow([row_no, c.decrypt(enc) if c else masked, name or "", status, outcome or "", attempts,
+    with hub.store.read() as db:
+        rows = store.export_rows(db, task_id)
+    for r in rows:
+        a = json.loads(r["answers"]) if r["answers"] else {}
+        w.writerow([r["row_no"], c.decrypt(r["phone_enc"]) if c else r["phone_masked"], r["name"] or "",
+                    r["status"], r["outcome"] or "", r["attempts"],
                     *[("" if q not in a else a[q].get("value")) for q in questions]])
     return buf.getvalue()
 
@@ -582,9 +549,8 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def webhook_target(hub: Hub, task_id: int) -> tuple[str, str] | None:
-    row = hub.store.db.conn.execute("SELECT webhook_url, webhook_secret FROM dialer_tasks WHERE id = ?",
-                                    (task_id,)).fetchone()
-    return (row[0], row[1]) if row and row[0] and row[1] else None
+    with hub.store.read() as db:
+        return store.webhook_target(db, task_id)
 
 
 def deliver_webhook(url: str, secret: str, event: str, payload: dict[str, Any], attempts: int = 3) -> bool:

@@ -10,9 +10,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import openpyxl
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from central.dialer import service as svc
+from central.dialer import store as dstore
 from central.hub import Hub
 from tests.helpers import auth, token_for
 
@@ -107,8 +109,11 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     assert r.status_code == 200 and body["imported"] == 2
     assert [(e["row"], e["field"]) for e in body["errors"]] == [(3, "手机号"), (4, "手机号")]
     assert "duplicate of row 2" in body["errors"][1]["error"]
-    raw = hub.store.db.conn.execute("SELECT phone_enc, phone_masked FROM dialer_contacts").fetchall()
-    assert all("13800138000" not in r[0] for r in raw) and raw[0][1] == "138****8000"  # PII encrypted
+    with hub.store.read() as db:
+        raw = db.all(sa.select(dstore.contacts.c.phone_enc, dstore.contacts.c.phone_masked)
+                     .order_by(dstore.contacts.c.id))
+    assert len(raw) == 2 and all("13800138000" not in r["phone_enc"] for r in raw)  # PII encrypted
+    assert raw[0]["phone_masked"] == "138****8000"
     r = client.post(f"{API}/tasks/{tid}/contacts", headers=admin, files={"file": ("x.csv", b"foo,bar\n1,2\n")})
     assert r.status_code == 400 and r.json()["detail"]["field"] == "file"
 
