@@ -318,8 +318,9 @@ def list_orgs(db: Db) -> list[dict[str, Any]]:
 
 def insert_org_if_missing(db: Db, path: str, parent: str | None, name: str, at: float) -> bool:
     """Whether the org was created (False: it existed)."""
-    r = db.run(dialect.insert_ignore(db, orgs, "path").values(path=path, parent=parent, name=name, created_at=at))
-    return bool(r.rowcount)
+    # RETURNING yields a row only for an insert that happened (no reliance on the driver's rowcount).
+    stmt = dialect.insert_ignore(db, orgs, "path").values(path=path, parent=parent, name=name, created_at=at)
+    return db.run(stmt.returning(orgs.c.path)).first() is not None
 
 
 def insert_org(db: Db, path: str, parent: str | None, name: str, at: float) -> None:
