@@ -229,12 +229,11 @@ class IamService:
             row = iam_store.session_row(db, th)
             if row is None:
                 return None
-            user_id, last_seen, ended_at, must_change, disabled = row
+            user_id, last_seen, ended_at, must_change, disabled, username = row
             now = self.now()
             if ended_at is not None or disabled:
                 return None
-            if now - last_seen <= self.sec.session_idle_minutes * 60:
-                principal = self.principal_for_user(user_id, session=th, must_change=bool(must_change), db=db)
+            held = self._active_bindings("user_id", user_id, db)
         if now - last_seen > self.sec.session_idle_minutes * 60:
             with self._tx() as db:
                 iam_store.end_session(db, th, now)
@@ -242,7 +241,8 @@ class IamService:
         if now - last_seen > 15:  # keep the write rate low: idle time is measured at 15 s resolution
             with self._tx() as db:
                 iam_store.touch_session(db, th, now)
-        return principal
+        return self.build_principal(f"user:{user_id}", username, held, kind="user", session=th,
+                                    must_change=bool(must_change))
 
     def principal_for_apikey(self, key: str) -> Principal | None:
         if not key.startswith(APIKEY_PREFIX):

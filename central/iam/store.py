@@ -1,9 +1,8 @@
 """IAM tables and every query iam makes (SQLAlchemy Core; SQLite and PostgreSQL). Times are UNIX seconds
 (REAL / double precision) so the service clock is injectable and comparisons are cheap.
 
-Statements the request path runs (session and API-key lookups, active bindings, audit appends) are built
-once at import with bind parameters: SQLAlchemy then reuses their compiled form, and nothing but the
-parameters is made per request.
+The statements of the request path (session and API-key lookups, active bindings) and of audit appends
+go through the driver: see "the raw-driver fast path" below.
 """
 
 from __future__ import annotations
@@ -178,18 +177,63 @@ def get_meta(db: Db, *keys: str) -> dict[str, str]:
     return {r[0]: r[1] for r in db.run(sa.select(meta.c.key, meta.c.value).where(meta.c.key.in_(keys)))}
 
 
+# --- the raw-driver fast path -------------------------------------------------------------------------
+# Every authenticated request resolves a session or API key, and every write appends an audit row. On
+# SQLite a Core statement costs ~50 us here against ~8 us through the driver (an API-key lookup ran at
+# 5.2k/s on Core against 30k/s before the layer; an audit append is four statements), so these few
+# statements go to the driver connection of the same transaction (`Db.raw`). Their SQL is the same on both backends but
+# for the parameter marks; the Core tables above stay the schema.
+_FAST_SQL = {
+    "apikey": "SELECT id, name, expires_at, revoked_at, last_used_at FROM iam_apikeys WHERE key_hash = {p}",
+    "session": "SELECT s.user_id, s.last_seen, s.ended_at, s.must_change, u.disabled, u.username"
+               " FROM iam_sessions s JOIN iam_users u ON u.id = s.user_id WHERE s.token_hash = {p}",
+    "user_id": "SELECT id, role, org FROM iam_bindings WHERE user_id = {p} AND revoked_at IS NULL"
+               " AND (expires_at IS NULL OR expires_at > {p})",
+    "apikey_id": "SELECT id, role, org FROM iam_bindings WHERE apikey_id = {p} AND revoked_at IS NULL"
+                 " AND (expires_at IS NULL OR expires_at > {p})",
+    "writer_meta": "SELECT key, value FROM iam_meta WHERE key IN ('crypto_profile', 'audit_key')",
+    "head": "SELECT seq, hash, alg FROM iam_audit ORDER BY seq DESC LIMIT 1",
+    "append": "INSERT INTO iam_audit (seq, ts, actor, action, target, org, detail, alg, prev_hash, hash)"
+              " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+    "set_meta": "INSERT INTO iam_meta (key, value) VALUES ({p}, {p})"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+}
+_MARK = {"sqlite": "?", "postgresql": "%s"}  # sqlite3 qmark, psycopg format
+_FAST = {d: {k: v.format(p=m) for k, v in _FAST_SQL.items()} for d, m in _MARK.items()}
+
+
+def _fast(db: Db, name: str, params: tuple[Any, ...] = ()) -> Any:
+    return db.raw.execute(_FAST[db.dialect][name], params)
+
+
+def session_row(db: Db, token_hash: str) -> tuple[Any, ...] | None:
+    """(user_id, last_seen, ended_at, must_change, disabled, username) of a session."""
+    row = _fast(db, "session", (token_hash,)).fetchone()
+    return None if row is None else tuple(row)
+
+
+def apikey_row(db: Db, key_hash: str) -> tuple[Any, ...] | None:
+    """(id, name, expires_at, revoked_at, last_used_at) of an API key."""
+    row = _fast(db, "apikey", (key_hash,)).fetchone()
+    return None if row is None else tuple(row)
+
+
+def active_bindings(db: Db, column: str, value: int, now: float) -> list[tuple[int, str, str]]:
+    """(id, role, org) of the unrevoked, unexpired bindings of a user (`user_id`) or key (`apikey_id`)."""
+    if column not in ("user_id", "apikey_id"):
+        raise ValueError(f"bindings of {column!r}?")
+    return [(r[0], r[1], r[2]) for r in _fast(db, column, (value, now)).fetchall()]
+
+
 # --- audit --------------------------------------------------------------------------------------------
 _AUDIT_COLS = [audit.c.seq, audit.c.ts, audit.c.actor, audit.c.action, audit.c.target, audit.c.org,
                audit.c.detail, audit.c.alg, audit.c.prev_hash, audit.c.hash]
 AUDIT_KEYS = [c.name for c in _AUDIT_COLS]
-_HEAD = sa.select(audit.c.seq, audit.c.hash, audit.c.alg).order_by(audit.c.seq.desc()).limit(1)
-_WRITER_META = sa.select(meta.c.key, meta.c.value).where(meta.c.key.in_(["crypto_profile", "audit_key"]))
-_APPEND = sa.insert(audit)
 
 
 def audit_head(db: Db) -> tuple[int, str, str] | None:
     """(seq, hash, alg) of the newest audit row."""
-    row = db.run(_HEAD).first()
+    row = _fast(db, "head").fetchone()
     return None if row is None else (int(row[0]), row[1], row[2])
 
 
@@ -199,13 +243,13 @@ def audit_max_seq(db: Db) -> int:
 
 def writer_meta(db: Db) -> dict[str, str]:
     """crypto_profile and audit_key: what a writer needs to hash its rows."""
-    return {r[0]: r[1] for r in db.run(_WRITER_META)}
+    return {r[0]: r[1] for r in _fast(db, "writer_meta").fetchall()}
 
 
 def append_audit(db: Db, row: dict[str, Any]) -> None:
     """Insert one chained row and move the head marker (the caller holds dialect.serialize)."""
-    db.run(_APPEND, row)
-    set_meta(db, "audit_head", f"{row['seq']}:{row['hash']}")
+    _fast(db, "append", tuple(row[k] for k in AUDIT_KEYS))
+    _fast(db, "set_meta", ("audit_head", f"{row['seq']}:{row['hash']}"))
 
 
 def audit_rows(db: Db, after: int = 0, upto: int | None = None) -> list[tuple[Any, ...]]:
@@ -252,44 +296,9 @@ def insert_role(db: Db, **row: Any) -> None:
     db.run(sa.insert(roles).values(**row))
 
 
-# --- principals (the request path) --------------------------------------------------------------------
-_SESSION = (sa.select(sessions.c.user_id, sessions.c.last_seen, sessions.c.ended_at, sessions.c.must_change,
-                      users.c.disabled)
-            .select_from(sessions.join(users, users.c.id == sessions.c.user_id))
-            .where(sessions.c.token_hash == sa.bindparam("th")))
-_APIKEY = (sa.select(apikeys.c.id, apikeys.c.name, apikeys.c.expires_at, apikeys.c.revoked_at,
-                     apikeys.c.last_used_at).where(apikeys.c.key_hash == sa.bindparam("kh")))
-_USERNAME = sa.select(users.c.username).where(users.c.id == sa.bindparam("uid"))
-
-
-def _active(col: sa.Column[Any]) -> sa.Select[Any]:
-    return (sa.select(bindings.c.id, bindings.c.role, bindings.c.org)
-            .where(col == sa.bindparam("v"), bindings.c.revoked_at.is_(None),
-                   sa.or_(bindings.c.expires_at.is_(None), bindings.c.expires_at > sa.bindparam("now"))))
-
-
-_ACTIVE = {"user_id": _active(bindings.c.user_id), "apikey_id": _active(bindings.c.apikey_id)}
-
-
-def session_row(db: Db, token_hash: str) -> tuple[Any, ...] | None:
-    """(user_id, last_seen, ended_at, must_change, disabled) of a session."""
-    row = db.run(_SESSION, {"th": token_hash}).first()
-    return None if row is None else tuple(row)
-
-
-def apikey_row(db: Db, key_hash: str) -> tuple[Any, ...] | None:
-    """(id, name, expires_at, revoked_at, last_used_at) of an API key."""
-    row = db.run(_APIKEY, {"kh": key_hash}).first()
-    return None if row is None else tuple(row)
-
-
+# --- principals (the request path: see the fast path above) -------------------------------------------
 def username_of(db: Db, user_id: int) -> str | None:
-    return db.run(_USERNAME, {"uid": user_id}).scalar()
-
-
-def active_bindings(db: Db, column: str, value: int, now: float) -> list[tuple[int, str, str]]:
-    """(id, role, org) of the unrevoked, unexpired bindings of a user (`user_id`) or key (`apikey_id`)."""
-    return [tuple(r) for r in db.run(_ACTIVE[column], {"v": value, "now": now})]  # type: ignore[misc]
+    return db.scalar(sa.select(users.c.username).where(users.c.id == user_id))
 
 
 def touch_session(db: Db, token_hash: str, now: float) -> None:
