@@ -197,10 +197,9 @@ def bind(db: Db, keys_dir: Path, profile: Profile, checkpoint_file: Path | None 
     return chain
 
 
-def _writer_chain(db: Db) -> tuple[Profile, ChainKey | None]:
+def _chain_of(meta: dict[str, str]) -> tuple[Profile, ChainKey | None]:
     # One query, as before keying (the profile was read per row then too): the key file named in
     # iam_meta. A forged path there only makes this writer's rows fail to verify; it cannot forge any.
-    meta = iam_store.writer_meta(db)
     profile: Profile = "gm" if meta.get("crypto_profile") == "gm" else "intl"
     path = meta.get("audit_key")
     if not path:
@@ -238,19 +237,19 @@ def record(db: Db, actor: str, action: str, target: str | None = None,
     """Append one audit row; returns its seq. Call inside the write's own transaction so the row and the
     change commit (or roll back) together; outside one, it opens its own. Appends are serialised (the
     read of the chain head and the append never interleave with another writer's): the chain never forks."""
-    with db.store.tx() as d:
-        dialect.serialize(d, SERIAL)
-        profile, key = _writer_chain(d)
+    def make_row(meta: dict[str, str], last: tuple[int, str, str] | None) -> tuple[Any, ...]:
+        profile, key = _chain_of(meta)
         alg = _KEYED_ALG[profile] if key is not None else _LEGACY_ALG[profile]
-        last = iam_store.audit_head(d)
         prev = last[1] if last else GENESIS
         seq = (last[0] if last else 0) + 1
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
         det = json.dumps(detail or {}, sort_keys=True, ensure_ascii=False, default=str)
         h = row_hash(alg, prev, row_body(ts, str(actor), action, target, org, det), key)
-        iam_store.append_audit(d, {"seq": seq, "ts": ts, "actor": str(actor), "action": action, "target": target,
-                                   "org": org, "detail": det, "alg": alg, "prev_hash": prev, "hash": h})
-    return seq
+        return (seq, ts, str(actor), action, target, org, det, alg, prev, h)
+
+    with db.store.tx() as d:
+        dialect.serialize(d, SERIAL)
+        return int(iam_store.append_chained(d, make_row)[0])
 
 
 # --- verification ------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ go through the driver: see "the raw-driver fast path" below.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -246,10 +246,18 @@ def writer_meta(db: Db) -> dict[str, str]:
     return {r[0]: r[1] for r in _fast(db, "writer_meta").fetchall()}
 
 
-def append_audit(db: Db, row: dict[str, Any]) -> None:
-    """Insert one chained row and move the head marker (the caller holds dialect.serialize)."""
-    _fast(db, "append", tuple(row[k] for k in AUDIT_KEYS))
-    _fast(db, "set_meta", ("audit_head", f"{row['seq']}:{row['hash']}"))
+def append_chained(db: Db, make_row: Callable[[dict[str, str], tuple[int, str, str] | None], tuple[Any, ...]]
+                   ) -> tuple[Any, ...]:
+    """One audit append on one driver handle (the hot path of every write): reads the writer's meta and
+    the head, has `make_row(meta, head)` build the row (in AUDIT_KEYS order), inserts it and moves the
+    head marker. The caller holds dialect.serialize."""
+    raw, sql = db.raw, _FAST[db.dialect]
+    meta_ = dict(raw.execute(sql["writer_meta"]).fetchall())
+    head = raw.execute(sql["head"]).fetchone()
+    row = make_row(meta_, None if head is None else (int(head[0]), head[1], head[2]))
+    raw.execute(sql["append"], row)
+    raw.execute(sql["set_meta"], ("audit_head", f"{row[0]}:{row[9]}"))
+    return row
 
 
 def audit_rows(db: Db, after: int = 0, upto: int | None = None) -> list[tuple[Any, ...]]:
