@@ -15,18 +15,7 @@ def token_for(hub: Hub, username: str, role: str = "city_admin", org: str = "/ci
     `Authorization: Bearer <token>`."""
     from central.iam.service import service_of
 
-    svc = service_of(hub)
-    svc.ensure_org_chain(org)
-    user = svc.user(username)
-    with hub.store.tx() as db:
-        uid = user["id"] if user else svc._insert_user(db, username, org, "!no-password", must_change=False)
-    have = hub.store.db.conn.execute(
-        "SELECT 1 FROM iam_bindings WHERE user_id = ? AND role = ? AND org = ? AND revoked_at IS NULL",
-        (uid, role, org),
-    ).fetchone()
-    if not have:
-        svc.grant_root(uid, role, org)
-    return svc.new_session(uid)
+    return service_of(hub).session_for(username, role, org)
 
 
 def auth(token: str) -> dict[str, str]:

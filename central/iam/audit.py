@@ -30,11 +30,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
+from central.iam import store as iam_store
+from central.store import dialect
 from protocol.signing import Profile, b64d, b64e, canonical, digest
+
+if TYPE_CHECKING:
+    from central.store import Db
 
 GENESIS = "0" * 64
 KEY_FILE = "audit-chain.key"
@@ -44,6 +47,7 @@ _PROFILE_OF_LEGACY: dict[str, Profile] = {"sha256": "intl", "sm3": "gm"}
 _PROFILE_OF_KEYED: dict[str, Profile] = {"hmac-sha256": "intl", "hmac-sm3": "gm"}
 _BLOCK = 64  # HMAC block size: 64 bytes for both SHA-256 and SM3
 TAG_HEX = 16  # a content tag in a checkpoint: 8 bytes of keyed hash
+SERIAL = "iam_audit"  # the dialect.serialize name every appender takes before reading the head
 
 _lock = threading.Lock()
 _keys: dict[str, ChainKey] = {}  # key file path -> key (a key file never changes once made)
@@ -142,74 +146,60 @@ class Checkpoint:
                 for i in range(len(self.tags) // TAG_HEX)}
 
 
-def _db_file(db: sqlite_utils.Database) -> str:
-    row = db.conn.execute("PRAGMA database_list").fetchone()
-    return str(row[2]) if row and row[2] else ""
+def _db_key(db: Db) -> str:
+    """Which database `db` is, as the key hubs bind chains under (the resolved file for SQLite)."""
+    path = db.store.path  # set for SQLite only
+    if path is not None:
+        return "" if str(path) == ":memory:" else str(path.resolve())
+    return db.store.url.render_as_string(hide_password=True)
 
 
-def bound_chain(db: sqlite_utils.Database) -> Chain | None:
-    """The chain a hub in this process bound to this database file (authoritative: from its settings)."""
-    f = _db_file(db)
+def bound_chain(db: Db) -> Chain | None:
+    """The chain a hub in this process bound to this database (authoritative: from its settings)."""
+    f = _db_key(db)
     with _lock:
         return _bound.get(f) if f else None
 
 
-def set_profile(db: sqlite_utils.Database, profile: str) -> None:
+def set_profile(db: Db, profile: str) -> None:
     """Called by the iam service at hub start: record() has only a db handle, so the profile lives there."""
-    db.conn.execute(
-        "INSERT INTO iam_meta(key, value) VALUES ('crypto_profile', ?)"
-        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (profile,),
-    )
+    iam_store.set_meta(db, "crypto_profile", profile)
 
 
-def _set_meta(db: sqlite_utils.Database, key: str, value: str) -> None:
-    db.conn.execute("INSERT INTO iam_meta(key, value) VALUES (?, ?)"
-                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
-
-
-def bind(db: sqlite_utils.Database, keys_dir: Path, profile: Profile,
-         checkpoint_file: Path | None = None) -> Chain:
+def bind(db: Db, keys_dir: Path, profile: Profile, checkpoint_file: Path | None = None) -> Chain:
     """Key this database's chain (hub setup): load or make the key, note its file in iam_meta so every
     process writing here (e.g. the bulk-import writer) keys its rows too, and seal a plain prefix.
-    Call outside a transaction: the key's boundary is read and written under the write lock."""
+    The key's boundary is read and written in one transaction, serialised with the appenders."""
     path = keys_dir / KEY_FILE
-    conn = db.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        last = conn.execute("SELECT seq, alg FROM iam_audit ORDER BY seq DESC LIMIT 1").fetchone()
+    with db.store.tx() as d:
+        dialect.serialize(d, SERIAL)
+        last = iam_store.audit_head(d)
         try:
             key, made = ChainKey.load(path), False
         except FileNotFoundError:
             key, made = ChainKey.create(path, keyed_from=(last[0] if last else 0) + 1), True
-        _set_meta(db, "audit_key", str(path))
-        _set_meta(db, "crypto_profile", profile)
+        iam_store.set_meta(d, "audit_key", str(path))
+        iam_store.set_meta(d, "crypto_profile", profile)
         # Only when this call made the key: a plain last row under an existing key is a downgrade for
         # verify to name, not a prefix to seal.
-        if made and last is not None and last[1] not in _PROFILE_OF_KEYED:
-            plain = verify_rows(fetch_rows(db), None)
+        if made and last is not None and last[2] not in _PROFILE_OF_KEYED:
+            plain = verify_rows(fetch_rows(d), None)
             # The boundary row: its keyed hash covers the last plain hash, so the plain prefix is sealed.
-            record(db, actor="system", action="audit.chain.keyed", target=f"audit:{last[0] + 1}",
+            record(d, actor="system", action="audit.chain.keyed", target=f"audit:{last[0] + 1}",
                    detail={"legacy_rows": last[0], "legacy_verified": not plain,
                            "legacy_problems": [[p["seq"], p["kind"]] for p in plain[:20]],
                            "keyed_from": key.keyed_from})
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
     chain = Chain(key=key, profile=profile, keys_dir=keys_dir, checkpoint_file=checkpoint_file)
-    f = _db_file(db)
+    f = _db_key(db)
     if f:
         with _lock:
             _bound[f] = chain
     return chain
 
 
-def _writer_chain(db: sqlite_utils.Database) -> tuple[Profile, ChainKey | None]:
+def _chain_of(meta: dict[str, str]) -> tuple[Profile, ChainKey | None]:
     # One query, as before keying (the profile was read per row then too): the key file named in
     # iam_meta. A forged path there only makes this writer's rows fail to verify; it cannot forge any.
-    meta = dict(db.conn.execute(
-        "SELECT key, value FROM iam_meta WHERE key IN ('crypto_profile', 'audit_key')").fetchall())
     profile: Profile = "gm" if meta.get("crypto_profile") == "gm" else "intl"
     path = meta.get("audit_key")
     if not path:
@@ -242,40 +232,24 @@ def profile_of_alg(alg: str) -> Profile | None:
     return _PROFILE_OF_KEYED.get(alg) or _PROFILE_OF_LEGACY.get(alg)
 
 
-def record(db: sqlite_utils.Database, actor: str, action: str, target: str | None = None,
+def record(db: Db, actor: str, action: str, target: str | None = None,
            org: str | None = None, detail: dict[str, Any] | None = None) -> int:
     """Append one audit row; returns its seq. Call inside the write's own transaction so the row and the
-    change commit (or roll back) together; outside one, it opens its own."""
-    conn = db.conn
-    own = not conn.in_transaction
-    if own:
-        conn.execute("BEGIN IMMEDIATE")  # the read of the chain head and the append must not interleave
-    try:
-        profile, key = _writer_chain(db)
+    change commit (or roll back) together; outside one, it opens its own. Appends are serialised (the
+    read of the chain head and the append never interleave with another writer's): the chain never forks."""
+    def make_row(meta: dict[str, str], last: tuple[int, str, str] | None) -> tuple[Any, ...]:
+        profile, key = _chain_of(meta)
         alg = _KEYED_ALG[profile] if key is not None else _LEGACY_ALG[profile]
-        last = conn.execute("SELECT seq, hash FROM iam_audit ORDER BY seq DESC LIMIT 1").fetchone()
         prev = last[1] if last else GENESIS
         seq = (last[0] if last else 0) + 1
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
         det = json.dumps(detail or {}, sort_keys=True, ensure_ascii=False, default=str)
         h = row_hash(alg, prev, row_body(ts, str(actor), action, target, org, det), key)
-        conn.execute(
-            "INSERT INTO iam_audit(seq, ts, actor, action, target, org, detail, alg, prev_hash, hash)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (seq, ts, str(actor), action, target, org, det, alg, prev, h),
-        )
-        conn.execute(
-            "INSERT INTO iam_meta(key, value) VALUES ('audit_head', ?)"
-            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (f"{seq}:{h}",),
-        )
-    except BaseException:
-        if own:
-            conn.execute("ROLLBACK")
-        raise
-    if own:
-        conn.execute("COMMIT")
-    return seq
+        return (seq, ts, str(actor), action, target, org, det, alg, prev, h)
+
+    with db.store.tx() as d:
+        dialect.serialize(d, SERIAL)
+        return int(iam_store.append_chained(d, make_row)[0])
 
 
 # --- verification ------------------------------------------------------------------------------------
@@ -283,10 +257,8 @@ def record(db: sqlite_utils.Database, actor: str, action: str, target: str | Non
 Row = tuple[int, str, str, str, str | None, str | None, str, str, str, str]
 
 
-def fetch_rows(db: sqlite_utils.Database, after: int = 0, upto: int | None = None) -> list[Row]:
-    sql = ("SELECT seq, ts, actor, action, target, org, detail, alg, prev_hash, hash FROM iam_audit"
-           " WHERE seq > ?" + (" AND seq <= ?" if upto is not None else "") + " ORDER BY seq")
-    return db.conn.execute(sql, (after,) if upto is None else (after, upto)).fetchall()
+def fetch_rows(db: Db, after: int = 0, upto: int | None = None) -> list[Row]:
+    return iam_store.audit_rows(db, after, upto)  # type: ignore[return-value]
 
 
 def _body(r: Row) -> bytes:
@@ -477,7 +449,7 @@ def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint,
     return problems, intact
 
 
-def verify(db: sqlite_utils.Database, chain: Chain | None = None, checkpoints: list[Checkpoint] | None = None,
+def verify(db: Db, chain: Chain | None = None, checkpoints: list[Checkpoint] | None = None,
            checkpoint_problems: list[dict[str, Any]] | None = None, notes: list[str] | None = None) -> VerifyResult:
     """Walk the chain in seq order and name each break, then check it against the signed checkpoints.
     Without `chain`, the one a hub in this process bound to this database is used, with its checkpoint
@@ -495,10 +467,10 @@ def verify(db: sqlite_utils.Database, chain: Chain | None = None, checkpoints: l
         notes += file_notes
     rows = fetch_rows(db)
     problems = verify_rows(rows, key)
-    head = db.conn.execute("SELECT value FROM iam_meta WHERE key = 'audit_head'").fetchone()
+    head = iam_store.get_meta(db, "audit_head").get("audit_head")
     last_seq, last_hash = (rows[-1][0], rows[-1][9]) if rows else (0, GENESIS)
     if head:
-        head_seq, _, head_hash = head[0].partition(":")
+        head_seq, _, head_hash = head.partition(":")
         if int(head_seq) != last_seq or head_hash != last_hash:
             if int(head_seq) > last_seq:
                 problems.append({"seq": int(head_seq), "kind": "deleted",

@@ -27,15 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from central.iam import audit
+from central.iam import store as iam_store
 from central.iam.audit import GENESIS, Chain, Checkpoint, VerifyResult
 from protocol import signing, topics
 
 if TYPE_CHECKING:
     from central.hub import Hub
     from central.settings import MqttSettings, Settings
+    from central.store import Db
 
 log = logging.getLogger("citybrain.iam.checkpoints")
 
@@ -88,7 +88,8 @@ def key_ring(keys_dir: Path) -> signing.KeyRing:
 
 def bind(hub: Hub) -> Chain:
     s = hub.settings
-    return audit.bind(hub.store.db, s.keys_dir, s.security.crypto_profile, checkpoint_file(s))
+    with hub.store.read() as db:
+        return audit.bind(db, s.keys_dir, s.security.crypto_profile, checkpoint_file(s))
 
 
 # --- the checkpoint record --------------------------------------------------------------------------
@@ -188,7 +189,7 @@ def _last_line(f: IO[bytes]) -> dict[str, Any] | None:
     return None
 
 
-def make(db: sqlite_utils.Database, chain: Chain) -> dict[str, Any] | None:
+def make(db: Db, chain: Chain) -> dict[str, Any] | None:
     """Append a checkpoint for the rows added since the last one; returns it (without its tags) for
     publishing, or None when nothing was added. Raises CheckpointWithheld when those rows do not verify
     or the head moved back."""
@@ -201,7 +202,7 @@ def make(db: sqlite_utils.Database, chain: Chain) -> dict[str, Any] | None:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # other hub processes append here too
         last = _last_line(f)
         last_seq, last_head = (int(last["seq"]), str(last["head"])) if last else (0, GENESIS)
-        head = db.conn.execute("SELECT seq, hash FROM iam_audit ORDER BY seq DESC LIMIT 1").fetchone()
+        head = iam_store.audit_head(db)
         if head is None:
             if last_seq:
                 raise CheckpointWithheld(f"the audit table is empty, but {last_seq} rows were checkpointed")
@@ -257,8 +258,12 @@ class Checkpointer:
         self.withheld = 0
         self._last_error = ""
 
+    def _head(self) -> int:
+        with self.hub.store.read() as db:
+            return iam_store.audit_max_seq(db)
+
     def step(self) -> bool:
-        head = self.hub.store.conn.execute("SELECT MAX(seq) FROM iam_audit").fetchone()[0] or 0
+        head = self._head()
         if head == self.done_seq:
             return False
         if self.done_seq >= 0 and head - self.done_seq < EVERY_ROWS and time.monotonic() - self.done_at < EVERY_S:
@@ -267,9 +272,10 @@ class Checkpointer:
         return False
 
     def checkpoint(self) -> dict[str, Any] | None:
-        head = self.hub.store.conn.execute("SELECT MAX(seq) FROM iam_audit").fetchone()[0] or 0
+        head = self._head()
         try:
-            cp = make(self.hub.store.db, self.chain)
+            with self.hub.store.read() as db:
+                cp = make(db, self.chain)
         except CheckpointWithheld as e:
             self.withheld += 1
             if str(e) != self._last_error:  # once per distinct finding, not every pass
@@ -359,7 +365,9 @@ def fetch_retained(m: MqttSettings, timeout: float = 5.0) -> tuple[bytes | None,
 
 def verify_hub(hub: Hub, mqtt: bool = True, timeout: float = 5.0) -> VerifyResult:
     """`audit verify`: the rows against the key, the checkpoint file and the retained MQTT checkpoint."""
-    chain = audit.bound_chain(hub.store.db) or bind(hub)
+    with hub.store.read() as db:
+        chain = audit.bound_chain(db)
+    chain = chain or bind(hub)
     cps, problems, notes = read_file(chain)
     if mqtt and hub.settings.mqtt.enabled:
         payload, note = fetch_retained(hub.settings.mqtt, timeout)
@@ -380,14 +388,18 @@ def verify_hub(hub: Hub, mqtt: bool = True, timeout: float = 5.0) -> VerifyResul
                     problems.append({"seq": m.seq, "kind": "checkpoint",
                                      "why": "the retained MQTT checkpoint and the file disagree on the head"})
                 cps.append(m)
-    return audit.verify(hub.store.db, chain, checkpoints=cps, checkpoint_problems=problems, notes=notes)
+    with hub.store.read() as db:
+        return audit.verify(db, chain, checkpoints=cps, checkpoint_problems=problems, notes=notes)
 
 
 def make_now(hub: Hub) -> dict[str, Any] | None:
     """`audit checkpoint`: make one now and publish it (through the hub's bridge when it runs, else a
     short-lived MQTT connection). Raises CheckpointWithheld."""
-    chain = audit.bound_chain(hub.store.db) or bind(hub)
-    cp = make(hub.store.db, chain)
+    with hub.store.read() as db:
+        chain = audit.bound_chain(db)
+    chain = chain or bind(hub)
+    with hub.store.read() as db:
+        cp = make(db, chain)
     if cp is None:
         cp = latest_published(chain)
     if cp is not None and hub.settings.mqtt.enabled:

@@ -32,7 +32,7 @@ def bootstrap_admin(
 
     hub = _hub(config)
     svc = service_of(hub)  # type: ignore[arg-type]
-    if svc.db.conn.execute("SELECT 1 FROM iam_users LIMIT 1").fetchone():
+    if svc.has_users():
         typer.echo("refused: users already exist; create more through the API", err=True)
         raise typer.Exit(1)
     try:

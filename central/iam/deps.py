@@ -161,8 +161,9 @@ def read_perm(perm: str) -> str:
 def _audit_denial(request: Request, hub: Hub, principal: Principal, perm: str, org: str | None) -> None:
     from central.iam.audit import record
 
-    record(hub.store.db, actor=principal.name, action="denied", target=f"{request.method} {request.url.path}",
-           org=org, detail={"permission": perm})
+    with hub.store.tx() as db:
+        record(db, actor=principal.name, action="denied", target=f"{request.method} {request.url.path}",
+               org=org, detail={"permission": perm})
 
 
 def _deny(request: Request, hub: Hub, principal: Principal, perm: str, org: str | None) -> None:

@@ -142,7 +142,8 @@ def present(hub: Hub, principal: Any, org: str, kind: str, token: str | None, *,
     if unmask and principal.allowed("pii.read", org):
         from central.iam.audit import record
 
-        record(hub.store.db, actor=principal.name, action="pii.read", target=target or kind, org=org,
-               detail={"field": kind})
+        with hub.store.tx() as db:
+            record(db, actor=principal.name, action="pii.read", target=target or kind, org=org,
+                   detail={"field": kind})
         return plain
     return MASKS.get(kind, lambda v: "*" * len(v or ""))(plain)

@@ -16,6 +16,7 @@ from central.iam.deps import Principal, authenticated, public, require
 from central.iam.middleware import BodyLimit, SecurityHeaders
 from central.iam.pii import present
 from central.iam.service import Forbidden, IamError, IamService, NotFound, service_of
+from central.iam.store import audit_page
 
 router = APIRouter()
 
@@ -102,8 +103,7 @@ def org_of_binding(binding_id: int, s: IamService = Depends(svc)) -> str | None:
 
 
 def org_of_key(key_id: int, s: IamService = Depends(svc)) -> str | None:
-    row = s.db.conn.execute("SELECT org FROM iam_bindings WHERE apikey_id = ?", (key_id,)).fetchone()
-    return None if row is None else row[0]
+    return s.apikey_org(key_id)
 
 
 # --- session ------------------------------------------------------------------------------
@@ -292,23 +292,26 @@ def audit(after: int = Query(default=0, ge=0), limit: int = Query(default=100, g
     """Rows after `seq`, those whose org lies in the caller's audit scope (org-less rows: city scope only)."""
     if org is not None and not p.allowed("audit.read", org):
         raise Forbidden("forbidden: no 'audit.read' there", "org")
-    cols = ["seq", "ts", "actor", "action", "target", "org", "detail", "alg", "prev_hash", "hash"]
     out: list[dict[str, Any]] = []
-    cur = hub.store.db.conn.execute(f"SELECT {', '.join(cols)} FROM iam_audit WHERE seq > ? ORDER BY seq", (after,))  # noqa: S608
-    for row in cur:
-        r = dict(zip(cols, row, strict=True))
-        if org is not None and not (r["org"] and (r["org"] == org or r["org"].startswith(org + "/"))):
-            continue
-        if p.visible("audit.read", r["org"]):
-            out.append(r)
-            if len(out) >= limit:
-                break
-    return out
+    while True:  # pages of rows until `limit` visible ones (the scope filter is the principal's, in Python)
+        with hub.store.read() as db:
+            page = audit_page(db, after)
+        for r in page:
+            if org is not None and not (r["org"] and (r["org"] == org or r["org"].startswith(org + "/"))):
+                continue
+            if p.visible("audit.read", r["org"]):
+                out.append(r)
+                if len(out) >= limit:
+                    return out
+        if not page:
+            return out
+        after = page[-1]["seq"]
 
 
 @router.get("/audit/verify")
 def audit_verify(p: Principal = Depends(require("audit.read")), hub: Hub = Depends(get_hub)) -> dict[str, Any]:
-    return verify(hub.store.db).to_dict()
+    with hub.store.read() as db:
+        return verify(db).to_dict()
 
 
 # --- hub-wide security baseline -----------------------------------------------------------
@@ -319,8 +322,9 @@ def install(app: FastAPI, hub: Hub) -> None:
     async def iam_error(request: Request, exc: IamError) -> JSONResponse:
         if exc.status == 403 or exc.denied:
             p = getattr(request.state, "principal", None)
-            record(hub.store.db, actor=p.name if p else "?", action="denied",
-                   target=f"{request.method} {request.url.path}", detail={"why": exc.message})
+            with hub.store.tx() as db:
+                record(db, actor=p.name if p else "?", action="denied",
+                       target=f"{request.method} {request.url.path}", detail={"why": exc.message})
         body: dict[str, Any] = {"detail": exc.message}
         if exc.field:
             body["field"] = exc.field

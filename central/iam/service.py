@@ -14,16 +14,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from central.hub import Hub
 from central.iam import BUILTIN_ROLES, all_permissions, expand
+from central.iam import store as iam_store
 from central.iam.audit import record, set_profile
 from central.iam.deps import Principal, minimal, read_perm, under
 from central.iam.pii import pii_cipher
+
+if TYPE_CHECKING:
+    from central.store import Db
 
 # OWASP's argon2id floor (19 MiB, t=2, p=1): ~25 ms per hash here, so logins stay cheap but GPU-hostile.
 _HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
@@ -104,18 +108,18 @@ def out_of_scope(actor: Principal, perm: str, org: str, field: str = "org") -> I
 
 
 # ---- separation of duties (MLPS level 3: maker-checker) ----------------------------------------------
-def note_maker(db: Any, obj: str, actor: str, act: str) -> None:
+def note_maker(db: Db, obj: str, actor: str, act: str) -> None:
     """Remember that `actor` filed or edited `obj` (e.g. "codes.application:7"); call it inside the write's
     transaction. Such an actor may never decide `obj` (see `maker_refusal`)."""
-    db.conn.execute("INSERT OR IGNORE INTO iam_makers(object, actor, act, at) VALUES (?,?,?,?)",
-                    (obj, actor, act, time.time()))
+    with db.store.tx() as d:
+        iam_store.note_maker(d, obj, actor, act, time.time())
 
 
-def maker_refusal(db: Any, obj: str, actor: str, filer: str | None = None) -> str | None:
+def maker_refusal(db: Db, obj: str, actor: str, filer: str | None = None) -> str | None:
     """Why `actor` may not approve or reject `obj` (it filed or edited it), or None. `filer` covers rows
     filed before makers were recorded."""
-    acts = [r[0] for r in db.conn.execute("SELECT act FROM iam_makers WHERE object = ? AND actor = ?",
-                                          (obj, actor))]
+    with db.store.read() as d:
+        acts = iam_store.maker_acts(d, obj, actor)
     if filer == actor and "file" not in acts:
         acts.append("file")
     if not acts:
@@ -143,9 +147,12 @@ class IamService:
         self._attempts: dict[str, deque[float]] = {}
 
     # ---- basics ---------------------------------------------------------------------------
-    @property
-    def db(self) -> Any:
-        return self.hub.store.db
+    def _read(self) -> Any:
+        """A connection for reads (inside this thread's write transaction: that one)."""
+        return self.hub.store.read()
+
+    def _tx(self) -> Any:
+        return self.hub.store.tx()
 
     @property
     def sec(self) -> Any:
@@ -158,9 +165,10 @@ class IamService:
 
     def roles(self) -> dict[str, list[str]]:
         if self._roles is None:
-            rows = self.db.conn.execute("SELECT name, patterns, scope FROM iam_roles").fetchall()
-            self._role_scope = {r[0]: r[2] for r in rows}
-            self._roles = {r[0]: json.loads(r[1]) for r in rows}
+            with self._read() as db:
+                rows = iam_store.role_rows(db)
+            self._role_scope = {r["name"]: r["scope"] for r in rows}
+            self._roles = {r["name"]: json.loads(r["patterns"]) for r in rows}
             self._expanded = {}
         return self._roles
 
@@ -180,24 +188,20 @@ class IamService:
         self._expanded = {}
 
     def seed(self) -> None:
-        with self.hub.store.tx() as db:
+        with self._tx() as db:
             set_profile(db, self.sec.crypto_profile)
             for name, (desc, patterns) in BUILTIN_ROLES.items():
-                db.conn.execute(
-                    "INSERT INTO iam_roles(name, description, patterns, builtin, created_by, created_at)"
-                    " VALUES (?,?,?,1,'system',?) ON CONFLICT(name) DO UPDATE SET"
-                    " description=excluded.description, patterns=excluded.patterns, builtin=1",
-                    (name, desc, json.dumps(patterns), self.now()),
-                )
+                iam_store.upsert_builtin_role(db, name, desc, json.dumps(patterns), self.now())
         self._invalidate_roles()
 
     # ---- principals ----------------------------------------------------------------------
-    def _active_bindings(self, column: str, value: int) -> list[tuple[list[str], str, int, str]]:
-        rows = self.db.conn.execute(
-            f"SELECT id, role, org FROM iam_bindings WHERE {column} = ? AND revoked_at IS NULL"  # noqa: S608
-            " AND (expires_at IS NULL OR expires_at > ?)",
-            (value, self.now()),
-        ).fetchall()
+    def _active_bindings(self, column: str, value: int, db: Db | None = None
+                         ) -> list[tuple[list[str], str, int, str]]:
+        if db is None:
+            with self._read() as d:
+                rows = iam_store.active_bindings(d, column, value, self.now())
+        else:
+            rows = iam_store.active_bindings(db, column, value, self.now())
         roles = self.roles()
         # A binding of a scoped role outside its scope grants nothing (grant() refuses to make one).
         return [(roles.get(role, []), org, bid, role) for bid, role, org in rows
@@ -207,72 +211,70 @@ class IamService:
                         **kw: Any) -> Principal:
         return Principal.build(pid, name, bindings, self.universe(), expanded=self.role_perms, **kw)
 
-    def principal_for_user(self, user_id: int, session: str | None = None, must_change: bool = False) -> Principal:
-        row = self.db.conn.execute("SELECT username FROM iam_users WHERE id = ?", (user_id,)).fetchone()
-        if row is None:
+    def principal_for_user(self, user_id: int, session: str | None = None, must_change: bool = False,
+                           db: Db | None = None) -> Principal:
+        if db is None:
+            with self._read() as d:
+                return self.principal_for_user(user_id, session, must_change, d)
+        name = iam_store.username_of(db, user_id)
+        if name is None:
             raise NotFound("user not found")
-        return self.build_principal(f"user:{user_id}", row[0], self._active_bindings("user_id", user_id),
+        return self.build_principal(f"user:{user_id}", name, self._active_bindings("user_id", user_id, db),
                                     kind="user", session=session, must_change=must_change)
 
+    # The request path: one pooled connection per lookup, statements prepared in the store.
     def principal_for_session(self, token: str) -> Principal | None:
         th = _sha256(token)
-        row = self.db.conn.execute(
-            "SELECT s.user_id, s.last_seen, s.ended_at, s.must_change, u.disabled FROM iam_sessions s"
-            " JOIN iam_users u ON u.id = s.user_id WHERE s.token_hash = ?",
-            (th,),
-        ).fetchone()
-        if row is None:
-            return None
-        user_id, last_seen, ended_at, must_change, disabled = row
-        now = self.now()
-        if ended_at is not None or disabled:
-            return None
+        with self._read() as db:
+            row = iam_store.session_row(db, th)
+            if row is None:
+                return None
+            user_id, last_seen, ended_at, must_change, disabled, username = row
+            now = self.now()
+            if ended_at is not None or disabled:
+                return None
+            held = self._active_bindings("user_id", user_id, db)
         if now - last_seen > self.sec.session_idle_minutes * 60:
-            with self.hub.store.tx() as db:
-                db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE token_hash = ?", (now, th))
+            with self._tx() as db:
+                iam_store.end_session(db, th, now)
             return None
         if now - last_seen > 15:  # keep the write rate low: idle time is measured at 15 s resolution
-            with self.hub.store.tx() as db:
-                db.conn.execute("UPDATE iam_sessions SET last_seen = ? WHERE token_hash = ?", (now, th))
-        return self.principal_for_user(user_id, session=th, must_change=bool(must_change))
+            with self._tx() as db:
+                iam_store.touch_session(db, th, now)
+        return self.build_principal(f"user:{user_id}", username, held, kind="user", session=th,
+                                    must_change=bool(must_change))
 
     def principal_for_apikey(self, key: str) -> Principal | None:
         if not key.startswith(APIKEY_PREFIX):
             return None
-        row = self.db.conn.execute(
-            "SELECT id, name, expires_at, revoked_at, last_used_at FROM iam_apikeys WHERE key_hash = ?",
-            (_sha256(key),),
-        ).fetchone()
-        if row is None:
-            return None
-        kid, name, expires_at, revoked_at, last_used = row
-        now = self.now()
-        if revoked_at is not None or (expires_at is not None and expires_at <= now):
-            return None
+        with self._read() as db:
+            row = iam_store.apikey_row(db, _sha256(key))
+            if row is None:
+                return None
+            kid, name, expires_at, revoked_at, last_used = row
+            now = self.now()
+            if revoked_at is not None or (expires_at is not None and expires_at <= now):
+                return None
+            held = self._active_bindings("apikey_id", kid, db)
         if last_used is None or now - last_used > 60:
-            with self.hub.store.tx() as db:
-                db.conn.execute("UPDATE iam_apikeys SET last_used_at = ? WHERE id = ?", (now, kid))
-        return self.build_principal(f"apikey:{kid}", f"apikey:{name}", self._active_bindings("apikey_id", kid),
-                                    kind="apikey")
+            with self._tx() as db:
+                iam_store.touch_apikey(db, kid, now)
+        return self.build_principal(f"apikey:{kid}", f"apikey:{name}", held, kind="apikey")
 
     # ---- orgs ----------------------------------------------------------------------------
     def org(self, path: str) -> dict[str, Any] | None:
-        row = self.db.conn.execute("SELECT path, parent, name, created_at FROM iam_orgs WHERE path = ?",
-                                   (path,)).fetchone()
-        return None if row is None else {"path": row[0], "parent": row[1], "name": row[2], "created_at": row[3]}
+        with self._read() as db:
+            return iam_store.org(db, path)
 
     def ensure_org_chain(self, path: str, actor: str = "system") -> None:
         """Create `path` and any missing ancestors (bootstrap and tests; no permission check)."""
         check_org_path(path)
         parts = path.strip("/").split("/")
-        with self.hub.store.tx() as db:
+        with self._tx() as db:
             for i in range(1, len(parts) + 1):
                 p = "/" + "/".join(parts[:i])
                 parent = "/" + "/".join(parts[: i - 1]) if i > 1 else None
-                cur = db.conn.execute(
-                    "INSERT INTO iam_orgs(path, parent, name, created_at) VALUES (?,?,?,?)"
-                    " ON CONFLICT(path) DO NOTHING", (p, parent, parts[i - 1], self.now()))
-                if cur.rowcount:
+                if iam_store.insert_org_if_missing(db, p, parent, parts[i - 1], self.now()):
                     record(db, actor=actor, action="org.create", target=p, org=p, detail={"name": parts[i - 1]})
 
     def create_org(self, actor: Principal, parent: str, slug: str, name: str) -> dict[str, Any]:
@@ -284,11 +286,10 @@ class IamService:
         if self.org(parent) is None:
             raise NotFound("parent: not found", "parent")
         path = f"{parent}/{slug}"
-        with self.hub.store.tx() as db:
+        with self._tx() as db:
             if self.org(path) is not None:
                 raise Conflict(f"slug: org {path} already exists", "slug")
-            db.conn.execute("INSERT INTO iam_orgs(path, parent, name, created_at) VALUES (?,?,?,?)",
-                            (path, parent, name, self.now()))
+            iam_store.insert_org(db, path, parent, name, self.now())
             record(db, actor=actor.name, action="org.create", target=path, org=path, detail={"name": name})
         return self.org(path)  # type: ignore[return-value]
 
@@ -298,8 +299,8 @@ class IamService:
             raise NotFound(f"org {path} not found")
         if not actor.allowed("iam.orgs.write", org["parent"] or path):
             raise Forbidden(f"forbidden: no 'iam.orgs.write' on {org['parent'] or path}")
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_orgs SET name = ? WHERE path = ?", (name, path))
+        with self._tx() as db:
+            iam_store.rename_org(db, path, name)
             record(db, actor=actor.name, action="org.rename", target=path, org=path,
                    detail={"from": org["name"], "to": name})
         return self.org(path)  # type: ignore[return-value]
@@ -310,45 +311,36 @@ class IamService:
             raise NotFound(f"org {path} not found")
         if org["parent"] is None or not actor.allowed("iam.orgs.write", org["parent"]):
             raise Forbidden(f"forbidden: only admins of the parent of {path} may delete it")
-        c = self.db.conn
-        if c.execute("SELECT 1 FROM iam_orgs WHERE parent = ? LIMIT 1", (path,)).fetchone():
-            raise Conflict(f"org {path} still has child orgs")
-        if c.execute("SELECT 1 FROM iam_users WHERE org = ? LIMIT 1", (path,)).fetchone() or c.execute(
-            "SELECT 1 FROM iam_bindings WHERE org = ? AND revoked_at IS NULL LIMIT 1", (path,)
-        ).fetchone():
-            raise Conflict(f"org {path} still has users or active bindings")
-        with self.hub.store.tx() as db:
-            db.conn.execute("DELETE FROM iam_orgs WHERE path = ?", (path,))
+        with self._tx() as db:
+            if iam_store.org_has_children(db, path):
+                raise Conflict(f"org {path} still has child orgs")
+            if iam_store.org_in_use(db, path):
+                raise Conflict(f"org {path} still has users or active bindings")
+            iam_store.delete_org(db, path)
             record(db, actor=actor.name, action="org.delete", target=path, org=path, detail={})
 
     def list_orgs(self, actor: Principal) -> list[dict[str, Any]]:
-        rows = self.db.conn.execute("SELECT path, parent, name, created_at FROM iam_orgs ORDER BY path").fetchall()
-        return [{"path": r[0], "parent": r[1], "name": r[2], "created_at": r[3]} for r in rows
-                if actor.allowed("iam.orgs.read", r[0])]
+        with self._read() as db:
+            rows = iam_store.list_orgs(db)
+        return [r for r in rows if actor.allowed("iam.orgs.read", r["path"])]
 
     # ---- users ---------------------------------------------------------------------------
-    def user(self, username: str) -> dict[str, Any] | None:
-        row = self.db.conn.execute(
-            "SELECT id, username, org, must_change, disabled, locked_until, phone_enc, id_card_enc, created_at"
-            " FROM iam_users WHERE username = ?", (username,)).fetchone()
-        if row is None:
-            return None
-        keys = ["id", "username", "org", "must_change", "disabled", "locked_until", "phone_enc",
-                "id_card_enc", "created_at"]
-        return dict(zip(keys, row, strict=True))
+    def has_users(self) -> bool:
+        with self._read() as db:
+            return iam_store.any_user(db)
 
-    def _insert_user(self, db: Any, username: str, org: str, pw_hash: str, must_change: bool,
+    def user(self, username: str) -> dict[str, Any] | None:
+        with self._read() as db:
+            return iam_store.user(db, username)
+
+    def _insert_user(self, db: Db, username: str, org: str, pw_hash: str, must_change: bool,
                      phone: str | None = None, id_card: str | None = None) -> int:
         c = pii_cipher(self.hub)
-        cur = db.conn.execute(
-            "INSERT INTO iam_users(username, org, pw_hash, must_change, phone_enc, phone_bi, id_card_enc,"
-            " id_card_bi, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (username, org, pw_hash, int(must_change),
-             c.encrypt(phone) if phone else None, c.blind_index("phone", phone) if phone else None,
-             c.encrypt(id_card) if id_card else None, c.blind_index("id_card", id_card) if id_card else None,
-             self.now()),
-        )
-        return int(cur.lastrowid)
+        return iam_store.insert_user(
+            db, username=username, org=org, pw_hash=pw_hash, must_change=int(must_change),
+            phone_enc=c.encrypt(phone) if phone else None, phone_bi=c.blind_index("phone", phone) if phone else None,
+            id_card_enc=c.encrypt(id_card) if id_card else None,
+            id_card_bi=c.blind_index("id_card", id_card) if id_card else None, created_at=self.now())
 
     def create_user(self, actor: Principal | None, username: str, password: str, org: str,
                     phone: str | None = None, id_card: str | None = None, must_change: bool = True) -> int:
@@ -363,7 +355,7 @@ class IamService:
         if problem:
             raise Invalid(problem, "password")
         pw_hash = _HASHER.hash(password)
-        with self.hub.store.tx() as db:
+        with self._tx() as db:
             if self.user(username) is not None:
                 raise Conflict(f"username: {username} is taken", "username")
             uid = self._insert_user(db, username, org, pw_hash, must_change, phone, id_card)
@@ -404,18 +396,16 @@ class IamService:
 
     def unlock(self, actor: Principal, username: str) -> None:
         u = self._user_for_admin(actor, username)
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_users SET failed = 0, first_failed_at = NULL, locked_until = NULL"
-                            " WHERE id = ?", (u["id"],))
+        with self._tx() as db:
+            iam_store.update_user(db, u["id"], failed=0, first_failed_at=None, locked_until=None)
             record(db, actor=actor.name, action="user.unlock", target=username, org=u["org"], detail={})
 
     def set_disabled(self, actor: Principal, username: str, disabled: bool) -> None:
         u = self._user_for_admin(actor, username)
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_users SET disabled = ? WHERE id = ?", (int(disabled), u["id"]))
+        with self._tx() as db:
+            iam_store.update_user(db, u["id"], disabled=int(disabled))
             if disabled:
-                db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE user_id = ? AND ended_at IS NULL",
-                                (self.now(), u["id"]))
+                iam_store.end_user_sessions(db, u["id"], self.now())
             record(db, actor=actor.name, action="user.disable" if disabled else "user.enable", target=username,
                    org=u["org"], detail={})
 
@@ -425,21 +415,18 @@ class IamService:
         if problem:
             raise Invalid(problem, "password")
         pw_hash = _HASHER.hash(password)
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_users SET pw_hash = ?, must_change = 1, failed = 0, locked_until = NULL"
-                            " WHERE id = ?", (pw_hash, u["id"]))
-            db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE user_id = ? AND ended_at IS NULL",
-                            (self.now(), u["id"]))
+        with self._tx() as db:
+            iam_store.update_user(db, u["id"], pw_hash=pw_hash, must_change=1, failed=0, locked_until=None)
+            iam_store.end_user_sessions(db, u["id"], self.now())
             record(db, actor=actor.name, action="user.reset_password", target=username, org=u["org"], detail={})
 
     def list_users(self, actor: Principal, phone: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT username FROM iam_users"
-        args: tuple[Any, ...] = ()
-        if phone:  # exact lookup through the keyed blind index: the column itself stays ciphertext
-            sql += " WHERE phone_bi = ?"
-            args = (pii_cipher(self.hub).blind_index("phone", phone),)
+        # A phone is looked up exactly through the keyed blind index: the column itself stays ciphertext.
+        bi = pii_cipher(self.hub).blind_index("phone", phone) if phone else None
+        with self._read() as db:
+            names = iam_store.usernames(db, bi)
         out = []
-        for (name,) in self.db.conn.execute(sql + " ORDER BY username", args).fetchall():
+        for name in names:
             u = self.user(name)
             if u and actor.allowed("iam.users.read", u["org"]):
                 out.append(u)
@@ -461,16 +448,15 @@ class IamService:
         """A known and an unknown name are indistinguishable: both cost one argon2 verify (a dummy hash for
         unknown names), both count failures and lock after `lockout_failures`, with the same answers."""
         if not self._rate_ok(f"ip:{client}") or not self._rate_ok(f"user:{username}"):
-            record(self.db, actor=username or "?", action="login.rate_limited", target=username,
-                   detail={"client": client})
+            with self._tx() as db:
+                record(db, actor=username or "?", action="login.rate_limited", target=username,
+                       detail={"client": client})
             raise RateLimited("too many login attempts; wait a minute")
         now = self.now()
-        row = self.db.conn.execute(
-            "SELECT id, org, pw_hash, must_change, failed, first_failed_at, locked_until, disabled"
-            " FROM iam_users WHERE username = ?", (username,)).fetchone()
+        with self._read() as db:
+            row = iam_store.login_row(db, username)
+            ghost = iam_store.ghost_failures(db, username) if row is None else None
         if row is None:
-            ghost = self.db.conn.execute("SELECT failed, first_failed_at, locked_until FROM iam_login_failures"
-                                         " WHERE username = ?", (username,)).fetchone()
             uid, org, pw_hash, must_change, disabled = None, None, _DUMMY_HASH, 0, 0
             failed, first_failed, locked_until = ghost or (0, None, None)
         else:
@@ -481,8 +467,9 @@ class IamService:
         except (VerificationError, InvalidHashError):
             ok = False
         if locked_until is not None and locked_until > now:
-            record(self.db, actor=username or "?", action="login.locked", target=username, org=org,
-                   detail={"client": client, "until": locked_until})
+            with self._tx() as db:
+                record(db, actor=username or "?", action="login.locked", target=username, org=org,
+                       detail={"client": client, "until": locked_until})
             raise Locked(f"account locked after {self.sec.lockout_failures} failures; try again in "
                          f"{int((locked_until - now) // 60) + 1} min")
         if not ok or disabled:
@@ -491,31 +478,23 @@ class IamService:
                 failed, first_failed = 0, now
             failed += 1
             lock = now + window if failed >= self.sec.lockout_failures else None
-            with self.hub.store.tx() as db:
+            with self._tx() as db:
                 if uid is not None:
-                    db.conn.execute("UPDATE iam_users SET failed = ?, first_failed_at = ?, locked_until = ?"
-                                    " WHERE id = ?", (failed, first_failed, lock, uid))
+                    iam_store.update_user(db, uid, failed=failed, first_failed_at=first_failed, locked_until=lock)
                     why = "disabled" if disabled and ok else "bad password"
                 else:
-                    # Forget names whose window has passed: spraying random names cannot grow the table.
-                    db.conn.execute("DELETE FROM iam_login_failures WHERE max(first_failed_at + ?,"
-                                    " coalesce(locked_until, 0)) < ?", (window, now))
-                    db.conn.execute("INSERT INTO iam_login_failures(username, failed, first_failed_at, locked_until)"
-                                    " VALUES (?,?,?,?) ON CONFLICT(username) DO UPDATE SET failed = excluded.failed,"
-                                    " first_failed_at = excluded.first_failed_at, locked_until = excluded.locked_until",
-                                    (username, failed, first_failed, lock))
+                    iam_store.note_ghost_failure(db, username, failed, first_failed, lock, window, now)
                     why = "unknown user"
                 record(db, actor=username or "?", action="login.failed", target=username, org=org,
                        detail={"client": client, "failures": failed, "locked": lock is not None, "why": why})
             raise Unauthorized("wrong username or password")
         token = secrets.token_urlsafe(32)
-        with self.hub.store.tx() as db:
+        with self._tx() as db:
             if _HASHER.check_needs_rehash(pw_hash):
-                db.conn.execute("UPDATE iam_users SET pw_hash = ? WHERE id = ?", (_HASHER.hash(password), uid))
-            db.conn.execute("UPDATE iam_users SET failed = 0, first_failed_at = NULL, locked_until = NULL"
-                            " WHERE id = ?", (uid,))
-            db.conn.execute("INSERT INTO iam_sessions(token_hash, user_id, created_at, last_seen, must_change,"
-                            " client) VALUES (?,?,?,?,?,?)", (_sha256(token), uid, now, now, must_change, client))
+                iam_store.update_user(db, uid, pw_hash=_HASHER.hash(password))
+            iam_store.update_user(db, uid, failed=0, first_failed_at=None, locked_until=None)
+            iam_store.insert_session(db, token_hash=_sha256(token), user_id=uid, created_at=now, last_seen=now,
+                                     must_change=must_change, client=client)
             record(db, actor=username, action="login.ok", target=username, org=org, detail={"client": client})
         return {"token": token, "must_change_password": bool(must_change),
                 "idle_timeout_s": self.sec.session_idle_minutes * 60}
@@ -523,43 +502,57 @@ class IamService:
     def new_session(self, user_id: int, must_change: bool = False) -> str:
         """A session without a password check: bootstrap tooling and test helpers."""
         token = secrets.token_urlsafe(32)
-        with self.hub.store.tx() as db:
-            db.conn.execute("INSERT INTO iam_sessions(token_hash, user_id, created_at, last_seen, must_change)"
-                            " VALUES (?,?,?,?,?)", (_sha256(token), user_id, self.now(), self.now(), int(must_change)))
+        with self._tx() as db:
+            iam_store.insert_session(db, token_hash=_sha256(token), user_id=user_id, created_at=self.now(),
+                                     last_seen=self.now(), must_change=int(must_change))
         return token
+
+    def session_for(self, username: str, role: str = "city_admin", org: str = "/city") -> str:
+        """A session token for `username` holding `role` over `org`, creating the org chain, the user (no
+        usable password, no forced change) and a root binding when missing (test helpers, demos)."""
+        self.ensure_org_chain(org)
+        with self._tx() as db:
+            u = iam_store.user(db, username)
+            uid = u["id"] if u else self._insert_user(db, username, org, "!no-password", must_change=False)
+            have = iam_store.has_active_binding(db, uid, role, org)
+        if not have:
+            self.grant_root(uid, role, org)
+        return self.new_session(uid)
 
     def logout(self, principal: Principal) -> None:
         if principal.session is None:
             raise Invalid("logout: not a session (API keys are revoked, not logged out)", "authorization")
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE token_hash = ?",
-                            (self.now(), principal.session))
+        with self._tx() as db:
+            iam_store.end_session(db, principal.session, self.now())
             record(db, actor=principal.name, action="logout", target=principal.name, detail={})
 
     def change_password(self, principal: Principal, old: str, new: str) -> None:
         if principal.kind != "user":
             raise Forbidden("only users have passwords")
         uid = int(principal.id.split(":")[1])
-        row = self.db.conn.execute("SELECT pw_hash, org FROM iam_users WHERE id = ?", (uid,)).fetchone()
+        with self._read() as db:
+            row = iam_store.password_row(db, uid)
+        if row is None:
+            raise NotFound("user not found")
         try:
             ok = _HASHER.verify(row[0], old)
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok:
-            record(self.db, actor=principal.name, action="password.change_failed", target=principal.name,
-                   org=row[1], detail={})
+            with self._tx() as db:
+                record(db, actor=principal.name, action="password.change_failed", target=principal.name,
+                       org=row[1], detail={})
             raise Invalid("old_password: does not match", "old_password")
         if new == old:
             raise Invalid("new_password: must differ from the old one", "new_password")
         problem = password_problem(new, principal.name)
         if problem:
             raise Invalid("new_" + problem, "new_password")
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_users SET pw_hash = ?, must_change = 0 WHERE id = ?", (_HASHER.hash(new), uid))
+        with self._tx() as db:
+            iam_store.update_user(db, uid, pw_hash=_HASHER.hash(new), must_change=0)
             # Other sessions may have been opened with the old password: end them; keep this one.
-            db.conn.execute("UPDATE iam_sessions SET ended_at = ? WHERE user_id = ? AND token_hash != ?"
-                            " AND ended_at IS NULL", (self.now(), uid, principal.session or ""))
-            db.conn.execute("UPDATE iam_sessions SET must_change = 0 WHERE token_hash = ?", (principal.session or "",))
+            iam_store.end_user_sessions(db, uid, self.now(), keep=principal.session or "")
+            iam_store.clear_session_must_change(db, principal.session or "")
             record(db, actor=principal.name, action="password.change", target=principal.name, org=row[1], detail={})
 
     # ---- roles ---------------------------------------------------------------------------
@@ -567,9 +560,11 @@ class IamService:
         """Built-ins plus the custom roles that apply where `actor` reads roles (scoped at or above one of
         its scopes) or that were made inside its scopes."""
         reach = actor.scopes("iam.roles.read") if actor is not None else None
-        rows = self.db.conn.execute("SELECT name, description, patterns, builtin, scope FROM iam_roles ORDER BY name")
+        with self._read() as db:
+            rows = iam_store.role_rows(db)
         out = []
-        for name, desc, pats, builtin, scope in rows.fetchall():
+        for r in rows:
+            name, desc, pats, builtin, scope = r["name"], r["description"], r["patterns"], r["builtin"], r["scope"]
             if scope is not None and reach is not None and not any(under(scope, r) or under(r, scope) for r in reach):
                 continue
             out.append({"name": name, "description": desc, "patterns": json.loads(pats), "builtin": bool(builtin),
@@ -601,12 +596,11 @@ class IamService:
         if beyond:
             raise Forbidden("patterns: a role cannot grant what its creator does not hold in its scope: "
                             + ", ".join(beyond[:20]), "patterns")
-        with self.hub.store.tx() as db:
-            if db.conn.execute("SELECT 1 FROM iam_roles WHERE name = ?", (name,)).fetchone():
+        with self._tx() as db:
+            if iam_store.role_exists(db, name):
                 raise Conflict(f"name: role {name} exists", "name")
-            db.conn.execute("INSERT INTO iam_roles(name, description, patterns, builtin, created_by, created_at, scope)"
-                            " VALUES (?,?,?,0,?,?,?)",
-                            (name, description, json.dumps(patterns), actor.name, self.now(), scope))
+            iam_store.insert_role(db, name=name, description=description, patterns=json.dumps(patterns), builtin=0,
+                                  created_by=actor.name, created_at=self.now(), scope=scope)
             record(db, actor=actor.name, action="role.create", target=name, org=scope,
                    detail={"patterns": patterns, "scope": scope})
         self._invalidate_roles()
@@ -624,8 +618,9 @@ class IamService:
                     best = (bid, b_org)
         if best is None:
             raise Forbidden(f"forbidden: {actor.name} can delegate only roles it holds ({role} not held over {org})")
-        row = self.db.conn.execute("SELECT expires_at FROM iam_bindings WHERE id = ?", (best[0],)).fetchone()
-        return best[0], row[0] if row else None
+        with self._read() as db:
+            _found, expires_at = iam_store.binding_expiry(db, best[0])
+        return best[0], expires_at
 
     def _check_grant(self, actor: Principal, role: str, org: str, expires_at: float | None, perm: str
                      ) -> tuple[int | None, float | None]:
@@ -657,11 +652,9 @@ class IamService:
         if not self.dominates(actor, self.held("user_id", u["id"]), "iam.bindings.write"):
             raise Forbidden(f"username: {username} holds access beyond yours; only an admin who holds all of it "
                             "may change its bindings", "username")
-        with self.hub.store.tx() as db:
-            cur = db.conn.execute(
-                "INSERT INTO iam_bindings(user_id, role, org, parent_id, granted_by, expires_at, created_at)"
-                " VALUES (?,?,?,?,?,?,?)", (u["id"], role, org, parent, actor.name, expires_at, self.now()))
-            bid = int(cur.lastrowid)
+        with self._tx() as db:
+            bid = iam_store.insert_binding(db, user_id=u["id"], role=role, org=org, parent_id=parent,
+                                           granted_by=actor.name, expires_at=expires_at, created_at=self.now())
             record(db, actor=actor.name, action="binding.grant", target=f"binding:{bid}", org=org,
                    detail={"user": username, "role": role, "parent": parent, "expires_at": expires_at})
         return self.binding(bid)  # type: ignore[return-value]
@@ -674,31 +667,24 @@ class IamService:
         if scope is not None and not under(org, scope):
             raise Invalid(f"org: role {role} applies only inside {scope}", "org")
         self.ensure_org_chain(org, actor)
-        with self.hub.store.tx() as db:
-            cur = db.conn.execute(
-                "INSERT INTO iam_bindings(user_id, role, org, parent_id, granted_by, created_at)"
-                " VALUES (?,?,?,NULL,?,?)", (user_id, role, org, actor, self.now()))
-            bid = int(cur.lastrowid)
+        with self._tx() as db:
+            bid = iam_store.insert_binding(db, user_id=user_id, role=role, org=org, parent_id=None,
+                                           granted_by=actor, created_at=self.now())
             record(db, actor=actor, action="binding.grant", target=f"binding:{bid}", org=org,
                    detail={"user_id": user_id, "role": role, "root": True})
         return bid
 
     def binding(self, bid: int) -> dict[str, Any] | None:
-        row = self.db.conn.execute(
-            "SELECT b.id, u.username, b.apikey_id, b.role, b.org, b.parent_id, b.granted_by, b.expires_at,"
-            " b.revoked_at, b.created_at FROM iam_bindings b LEFT JOIN iam_users u ON u.id = b.user_id"
-            " WHERE b.id = ?", (bid,)).fetchone()
-        if row is None:
+        with self._read() as db:
+            d = iam_store.binding(db, bid)
+        if d is None:
             return None
-        keys = ["id", "username", "apikey_id", "role", "org", "parent_id", "granted_by", "expires_at",
-                "revoked_at", "created_at"]
-        d = dict(zip(keys, row, strict=True))
         d["active"] = d["revoked_at"] is None and (d["expires_at"] is None or d["expires_at"] > self.now())
         return d
 
     def list_bindings(self, actor: Principal, include_inactive: bool = False) -> list[dict[str, Any]]:
-        ids = [r[0] for r in self.db.conn.execute("SELECT id, org FROM iam_bindings ORDER BY id").fetchall()
-               if actor.allowed("iam.bindings.read", r[1])]
+        with self._read() as db:
+            ids = [i for i, org in iam_store.binding_orgs(db) if actor.allowed("iam.bindings.read", org)]
         out = [b for b in (self.binding(i) for i in ids) if b]
         return out if include_inactive else [b for b in out if b["active"]]
 
@@ -709,7 +695,10 @@ class IamService:
             raise NotFound(f"binding {bid} not found")
         if not actor.allowed("iam.bindings.write", b["org"]):
             raise Forbidden("forbidden: no 'iam.bindings.write' over this binding")
-        row = self.db.conn.execute("SELECT user_id, apikey_id FROM iam_bindings WHERE id = ?", (bid,)).fetchone()
+        with self._read() as db:
+            row = iam_store.binding_holder(db, bid)
+        if row is None:
+            raise NotFound(f"binding {bid} not found")
         held = self.held("user_id", row[0]) if row[0] is not None else self.held("apikey_id", row[1])
         if not self.dominates(actor, [*held, (b["role"], b["org"])], "iam.bindings.write"):
             raise Forbidden("forbidden: its holder has access beyond yours; only an admin who holds all of it "
@@ -717,14 +706,8 @@ class IamService:
         return self._revoke_tree(actor.name, bid)
 
     def _revoke_tree(self, actor: str, bid: int) -> list[int]:
-        with self.hub.store.tx() as db:
-            ids = [r[0] for r in db.conn.execute(
-                "WITH RECURSIVE t(id) AS (SELECT ? UNION SELECT b.id FROM iam_bindings b JOIN t ON b.parent_id = t.id)"
-                " SELECT b.id FROM iam_bindings b JOIN t ON b.id = t.id WHERE b.revoked_at IS NULL", (bid,)).fetchall()]
-            now = self.now()
-            for i in ids:
-                db.conn.execute("UPDATE iam_bindings SET revoked_at = ? WHERE id = ?", (now, i))
-            org = db.conn.execute("SELECT org FROM iam_bindings WHERE id = ?", (bid,)).fetchone()[0]
+        with self._tx() as db:
+            ids, org = iam_store.revoke_tree(db, bid, self.now())
             record(db, actor=actor, action="binding.revoke", target=f"binding:{bid}", org=org,
                    detail={"cascade": [i for i in ids if i != bid]})
         return ids
@@ -737,38 +720,36 @@ class IamService:
         parent, expires_at = self._check_grant(actor, role, org, expires_at, "iam.apikeys.write")
         key = APIKEY_PREFIX + secrets.token_urlsafe(32)
         now = self.now()
-        with self.hub.store.tx() as db:
-            cur = db.conn.execute("INSERT INTO iam_apikeys(name, key_hash, created_by, created_at, expires_at)"
-                                  " VALUES (?,?,?,?,?)", (name, _sha256(key), actor.name, now, expires_at))
-            kid = int(cur.lastrowid)
-            db.conn.execute(
-                "INSERT INTO iam_bindings(apikey_id, role, org, parent_id, granted_by, expires_at, created_at)"
-                " VALUES (?,?,?,?,?,?,?)", (kid, role, org, parent, actor.name, expires_at, now))
+        with self._tx() as db:
+            kid = iam_store.insert_apikey(db, name=name, key_hash=_sha256(key), created_by=actor.name, created_at=now,
+                                          expires_at=expires_at)
+            iam_store.insert_binding(db, apikey_id=kid, role=role, org=org, parent_id=parent, granted_by=actor.name,
+                                     expires_at=expires_at, created_at=now)
             record(db, actor=actor.name, action="apikey.create", target=f"apikey:{kid}", org=org,
                    detail={"name": name, "role": role, "expires_at": expires_at})
         return {"id": kid, "name": name, "role": role, "org": org, "expires_at": expires_at, "key": key}
 
     def list_apikeys(self, actor: Principal) -> list[dict[str, Any]]:
-        rows = self.db.conn.execute(
-            "SELECT k.id, k.name, b.role, b.org, k.created_by, k.created_at, k.expires_at, k.revoked_at,"
-            " k.last_used_at FROM iam_apikeys k JOIN iam_bindings b ON b.apikey_id = k.id ORDER BY k.id").fetchall()
-        keys = ["id", "name", "role", "org", "created_by", "created_at", "expires_at", "revoked_at", "last_used_at"]
-        return [dict(zip(keys, r, strict=True)) for r in rows if actor.allowed("iam.apikeys.read", r[3])]
+        with self._read() as db:
+            rows = iam_store.list_apikeys(db)
+        return [r for r in rows if actor.allowed("iam.apikeys.read", r["org"])]
+
+    def apikey_org(self, kid: int) -> str | None:
+        """The org an API key is bound over (None: no such key)."""
+        with self._read() as db:
+            return iam_store.apikey_binding_org(db, kid)
 
     def revoke_apikey(self, actor: Principal, kid: int) -> None:
-        row = self.db.conn.execute("SELECT b.org, k.revoked_at, b.role FROM iam_apikeys k JOIN iam_bindings b"
-                                   " ON b.apikey_id = k.id WHERE k.id = ?", (kid,)).fetchone()
+        with self._read() as db:
+            row = iam_store.apikey_scope(db, kid)
         if row is None or not actor.allowed("iam.apikeys.read", row[0]):
             raise NotFound(f"API key {kid} not found")
         if not actor.allowed("iam.apikeys.write", row[0]):
             raise Forbidden("forbidden: no 'iam.apikeys.write' over this key")
         if not self.dominates(actor, [*self.held("apikey_id", kid), (row[2], row[0])], "iam.apikeys.write"):
             raise Forbidden("forbidden: this key holds access beyond yours")
-        with self.hub.store.tx() as db:
-            db.conn.execute("UPDATE iam_apikeys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                            (self.now(), kid))
-            db.conn.execute("UPDATE iam_bindings SET revoked_at = ? WHERE apikey_id = ? AND revoked_at IS NULL",
-                            (self.now(), kid))
+        with self._tx() as db:
+            iam_store.revoke_apikey(db, kid, self.now())
             record(db, actor=actor.name, action="apikey.revoke", target=f"apikey:{kid}", org=row[0], detail={})
 
     # ---- console data --------------------------------------------------------------------

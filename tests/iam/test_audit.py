@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from central.hub import Hub
-from central.iam.audit import record, verify
+from central.iam import store as iam_store
+from central.iam.audit import record
 from central.iam.cli import app as cli
-from tests.iam.conftest import make_hub
+from tests.iam.conftest import attacker, audit_column, hub_config, hub_url, make_hub, verify_in
 
 
 def _hub_with_rows(tmp_path: Path, profile: str, n: int = 6) -> Hub:
@@ -23,85 +25,77 @@ def _hub_with_rows(tmp_path: Path, profile: str, n: int = 6) -> Hub:
     return hub
 
 
-def _untrigger(hub: Hub) -> None:
-    # What an attacker with the database file does first: the triggers refuse in-product tampering.
-    hub.store.conn.execute("DROP TRIGGER iam_audit_no_update")
-    hub.store.conn.execute("DROP TRIGGER iam_audit_no_delete")
-
-
 def _kinds(hub: Hub) -> set[tuple[int, str]]:
-    return {(p["seq"], p["kind"]) for p in verify(hub.store.db).problems}
+    return {(p["seq"], p["kind"]) for p in verify_in(hub).problems}
 
 
 def test_chain_is_intact_and_uses_profile_hash(tmp_path: Path, profile: str) -> None:
     hub = _hub_with_rows(tmp_path, profile)
-    res = verify(hub.store.db)
+    res = verify_in(hub)
     assert res.ok and res.rows >= 6
-    algs = {r[0] for r in hub.store.conn.execute("SELECT alg FROM iam_audit")}
+    algs = set(audit_column(hub, "alg"))
     assert algs == {"hmac-sm3" if profile == "gm" else "hmac-sha256"}  # keyed: see test_audit_attacks
 
 
 def test_append_only_inside_the_product(tmp_path: Path) -> None:
-    import sqlite3
-
     hub = _hub_with_rows(tmp_path, "intl")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        hub.store.conn.execute("UPDATE iam_audit SET actor = 'mallory' WHERE seq = 2")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        hub.store.conn.execute("DELETE FROM iam_audit WHERE seq = 2")
+    t = iam_store.audit
+    with pytest.raises(sa.exc.IntegrityError, match="append-only"), hub.store.tx() as db:
+        db.run(sa.update(t).where(t.c.seq == 2).values(actor="mallory"))
+    with pytest.raises(sa.exc.IntegrityError, match="append-only"), hub.store.tx() as db:
+        db.run(sa.delete(t).where(t.c.seq == 2))
+    assert audit_column(hub, "actor")[1] == "alice"
 
 
 def test_rollback_takes_the_audit_row_with_it(tmp_path: Path) -> None:
     hub = _hub_with_rows(tmp_path, "intl")
-    before = hub.store.conn.execute("SELECT COUNT(*) FROM iam_audit").fetchone()[0]
+    before = len(audit_column(hub, "seq"))
     with pytest.raises(RuntimeError), hub.store.tx() as db:
         record(db, actor="alice", action="test.write", target="x")
         raise RuntimeError("the write failed")
-    assert hub.store.conn.execute("SELECT COUNT(*) FROM iam_audit").fetchone()[0] == before
-    assert verify(hub.store.db).ok
+    assert len(audit_column(hub, "seq")) == before
+    assert verify_in(hub).ok
 
 
 def test_changed_row_detected(tmp_path: Path, profile: str) -> None:
     hub = _hub_with_rows(tmp_path, profile)
-    _untrigger(hub)
-    hub.store.conn.execute("UPDATE iam_audit SET detail = '{\"i\": 99}' WHERE seq = 4")
+    with attacker(hub) as c:
+        c.execute("UPDATE iam_audit SET detail = '{\"i\": 99}' WHERE seq = 4")
     assert _kinds(hub) == {(4, "changed")}
 
 
 def test_deleted_row_detected(tmp_path: Path, profile: str) -> None:
     hub = _hub_with_rows(tmp_path, profile)
-    _untrigger(hub)
-    hub.store.conn.execute("DELETE FROM iam_audit WHERE seq = 3")
+    with attacker(hub) as c:
+        c.execute("DELETE FROM iam_audit WHERE seq = 3")
     assert (4, "deleted") in _kinds(hub)
 
 
 def test_deleted_tail_detected(tmp_path: Path) -> None:
     hub = _hub_with_rows(tmp_path, "intl")
-    _untrigger(hub)
-    last = hub.store.conn.execute("SELECT MAX(seq) FROM iam_audit").fetchone()[0]
-    hub.store.conn.execute("DELETE FROM iam_audit WHERE seq = ?", (last,))
+    last = audit_column(hub, "seq")[-1]
+    with attacker(hub) as c:
+        c.execute("DELETE FROM iam_audit WHERE seq = ?", (last,))
     assert (last, "deleted") in _kinds(hub)
 
 
 def test_deleted_and_renumbered_detected(tmp_path: Path) -> None:
     hub = _hub_with_rows(tmp_path, "intl")
-    _untrigger(hub)
-    c = hub.store.conn
-    c.execute("DELETE FROM iam_audit WHERE seq = 3")
-    last = c.execute("SELECT MAX(seq) FROM iam_audit").fetchone()[0]
-    for s in range(4, last + 1):  # close the gap so seq looks continuous
-        c.execute("UPDATE iam_audit SET seq = ? WHERE seq = ?", (s - 1, s))
+    with attacker(hub) as c:
+        c.execute("DELETE FROM iam_audit WHERE seq = 3")
+        last = c.execute("SELECT MAX(seq) FROM iam_audit").scalar()
+        for s in range(4, last + 1):  # close the gap so seq looks continuous
+            c.execute("UPDATE iam_audit SET seq = ? WHERE seq = ?", (s - 1, s))
     kinds = _kinds(hub)
     assert (3, "deleted") in kinds
 
 
 def test_reordered_rows_detected(tmp_path: Path, profile: str) -> None:
     hub = _hub_with_rows(tmp_path, profile)
-    _untrigger(hub)
-    c = hub.store.conn
-    c.execute("UPDATE iam_audit SET seq = -1 WHERE seq = 4")
-    c.execute("UPDATE iam_audit SET seq = 4 WHERE seq = 5")
-    c.execute("UPDATE iam_audit SET seq = 5 WHERE seq = -1")
+    with attacker(hub) as c:
+        c.execute("UPDATE iam_audit SET seq = -1 WHERE seq = 4")
+        c.execute("UPDATE iam_audit SET seq = 4 WHERE seq = 5")
+        c.execute("UPDATE iam_audit SET seq = 5 WHERE seq = -1")
     kinds = _kinds(hub)
     assert (4, "reordered") in kinds and (5, "reordered") in kinds
     assert not any(k == "changed" for _s, k in kinds)  # each row is intact; only the order is wrong
@@ -110,13 +104,12 @@ def test_reordered_rows_detected(tmp_path: Path, profile: str) -> None:
 def test_cli_audit_verify_exit_codes(tmp_path: Path) -> None:
     hub = _hub_with_rows(tmp_path, "gm")
     cfg = tmp_path / "hub.yaml"
-    cfg.write_text(json.dumps({"data_dir": str(tmp_path / "hub"), "mqtt": {"enabled": False},
-                               "security": {"crypto_profile": "gm"}}))
+    cfg.write_text(json.dumps(hub_config(hub)))
     runner = CliRunner()
     ok = runner.invoke(cli, ["audit-verify", "--config", str(cfg)])
     assert ok.exit_code == 0 and "OK" in ok.output
-    _untrigger(hub)
-    hub.store.conn.execute("UPDATE iam_audit SET actor = 'mallory' WHERE seq = 2")
+    with attacker(hub) as c:
+        c.execute("UPDATE iam_audit SET actor = 'mallory' WHERE seq = 2")
     bad = runner.invoke(cli, ["audit-verify", "--config", str(cfg)])
     assert bad.exit_code == 1
     assert "row 2: changed" in bad.output and "BROKEN" in bad.output
@@ -126,7 +119,9 @@ def test_cli_audit_verify_exit_codes(tmp_path: Path) -> None:
 
 def test_cli_bootstrap_admin_then_login(tmp_path: Path) -> None:
     cfg = tmp_path / "hub.yaml"
-    cfg.write_text(json.dumps({"data_dir": str(tmp_path / "hub"), "mqtt": {"enabled": False}}))
+    url = hub_url(tmp_path)  # the database make_hub below opens too
+    cfg.write_text(json.dumps({"data_dir": str(tmp_path / "hub"), "mqtt": {"enabled": False},
+                               **({"database_url": url} if url else {})}))
     runner = CliRunner()
     r = runner.invoke(cli, ["bootstrap-admin", "--username", "admin", "--password", "Weak", "--config", str(cfg)])
     assert r.exit_code == 2 and "password" in r.output

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from central.app import create_app
 from central.iam.pii import PiiError, mask_id_card, mask_phone, pii_cipher
 from tests.helpers import auth, token_for
-from tests.iam.conftest import make_hub
+from tests.iam.conftest import audit_column, dump, make_hub
 
 PHONE = "13812345678"
 ID_CARD = "11010519491231002X"
@@ -61,11 +61,11 @@ def test_masked_unless_pii_read_and_unmasked_read_is_audited(tmp_path: Path, pro
                            "id_card": "12345"})
         assert bad.status_code == 422 and "id_card" in bad.text
         # At rest: ciphertext only.
-        dump = "\n".join(hub.store.conn.iterdump())
-        assert PHONE not in dump and ID_CARD not in dump
+        rows = dump(hub)
+        assert "pat" in rows and PHONE not in rows and ID_CARD not in rows
 
         def pii_reads() -> int:
-            return hub.store.conn.execute("SELECT COUNT(*) FROM iam_audit WHERE action = 'pii.read'").fetchone()[0]
+            return audit_column(hub, "action").count("pii.read")
 
         masked = c.get("/api/v1/iam/users/pat", headers=auth(admin)).json()
         assert masked["phone"] == "138****5678" and masked["id_card"] == "110105********002X"
@@ -73,8 +73,9 @@ def test_masked_unless_pii_read_and_unmasked_read_is_audited(tmp_path: Path, pro
         plain = c.get("/api/v1/iam/users/pat?unmask=true", headers=auth(admin)).json()
         assert plain["phone"] == PHONE and plain["id_card"] == ID_CARD
         assert pii_reads() == 2
-        row = hub.store.conn.execute("SELECT actor, target FROM iam_audit WHERE action = 'pii.read'").fetchone()
-        assert row == ("alice", "user:pat")
+        reads = [(a, t) for a, t, act in zip(audit_column(hub, "actor"), audit_column(hub, "target"),
+                                             audit_column(hub, "action"), strict=True) if act == "pii.read"]
+        assert reads[0] == ("alice", "user:pat")
         denied = c.get("/api/v1/iam/users/pat?unmask=true", headers=auth(aud)).json()
         assert denied["phone"] == "138****5678" and pii_reads() == 2
         # Exact lookup through the blind index.
