@@ -3,6 +3,6 @@ parts Core cannot say portably (`schema`: legacy adoption, full-text indexes). A
 
 from central.registry.store.queries import *  # noqa: F403
 from central.registry.store.schema import adopt_legacy, create_extras
-from central.registry.store.tables import ENTITY_COLS, TABLES
+from central.registry.store.tables import ENTITY_COLS, TABLES, entities
 
-__all__ = ["ENTITY_COLS", "TABLES", "adopt_legacy", "create_extras"]
+__all__ = ["ENTITY_COLS", "TABLES", "entities", "adopt_legacy", "create_extras"]
