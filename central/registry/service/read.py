@@ -112,12 +112,13 @@ def _view(hub: Hub, actor: Actor, eid: str, missing: RegistryError | None = None
     """The actor's view of `eid`. Outside its scope (and any grant) the entity answers exactly like a
     missing one (`missing`, default "<id> is not registered"): neither its org nor that it exists leaks."""
     missing = missing or NotFound("id", f"{eid} is not registered")
-    with hub.store.read() as db:
+    with hub.store.read() as db:  # one connection for the row and the grants
         r = store.entity(db, eid)
-    if r is None:
-        raise missing
+        if r is None:
+            raise missing
+        vis = visibility(hub, actor, db)
     d = _entity_dict(r)
-    mode, fields, app_id = visibility(hub, actor).access(d["org"])
+    mode, fields, app_id = vis.access(d["org"])
     if mode == "none":
         with hub.store.tx() as db:
             _audit(db, actor, "registry.denied", eid, d["org"], {"perm": "registry.read"})

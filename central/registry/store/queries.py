@@ -56,8 +56,30 @@ def savepoint(db: Db) -> Any:
 
 # ---------------------------------------------------------------- entities
 
+# Hot point reads are built once (bound parameters): building a Core expression per call cost more than the
+# query itself. SQLite reads the entity row through the driver (the service's hottest read, >10 % cheaper).
+_EID = sa.bindparam("eid")
+_Q_ENTITY = sa.select(*_ENTITY).where(E.id == _EID)
+_SQL_ENTITY = f"SELECT {', '.join(ENTITY_COLS)} FROM registry_entities WHERE id = ?"
+_Q_ORG = sa.select(E.org).where(E.id == _EID)
+_Q_RID = sa.select(E.rid).where(E.id == _EID)
+_Q_EXISTS = sa.select(sa.literal(1)).where(E.id == _EID)
+_Q_ACTIVE_TYPE = sa.select(E.type).where(E.id == _EID, E.status == "active")
+_Q_BY_EXT = sa.select(E.id).where(E.ext_bi == sa.bindparam("bi"))
+_Q_BRIEF = sa.select(E.id, E.type, E.region, E.name, E.org, E.status).where(E.id == _EID)
+_Q_ALIAS = sa.select(A.base_id).where(A.org == sa.bindparam("org"), A.local_id == sa.bindparam("local_id"))
+_NOW = sa.bindparam("now")
+_Q_GRANTS = sa.select(P.id, P.owner_org, P.fields, P.applicant_org).where(
+    P.status == "approved", P.valid_from <= _NOW, P.valid_to > _NOW).order_by(P.id)
+_SQL_GRANTS = ("SELECT id, owner_org, fields, applicant_org FROM registry_applications WHERE status = 'approved'"
+               " AND valid_from <= ? AND valid_to > ? ORDER BY id")
+
+
 def entity(db: Db, eid: str) -> dict[str, Any] | None:
-    return db.first(sa.select(*_ENTITY).where(E.id == eid))
+    if db.dialect == "sqlite":
+        r = db.raw.execute(_SQL_ENTITY, (eid,)).fetchone()
+        return dict(zip(ENTITY_COLS, r, strict=True)) if r is not None else None
+    return db.first(_Q_ENTITY, {"eid": eid})
 
 
 def entity_fields(db: Db, eid: str, *cols: str) -> dict[str, Any] | None:
@@ -65,23 +87,23 @@ def entity_fields(db: Db, eid: str, *cols: str) -> dict[str, Any] | None:
 
 
 def org_of(db: Db, eid: str) -> str | None:
-    return db.scalar(sa.select(E.org).where(E.id == eid))  # type: ignore[no-any-return]
+    return db.scalar(_Q_ORG, {"eid": eid})  # type: ignore[no-any-return]
 
 
 def rid_of(db: Db, eid: str) -> int | None:
-    return db.scalar(sa.select(E.rid).where(E.id == eid))  # type: ignore[no-any-return]
+    return db.scalar(_Q_RID, {"eid": eid})  # type: ignore[no-any-return]
 
 
 def exists(db: Db, eid: str) -> bool:
-    return db.scalar(sa.select(sa.literal(1)).where(E.id == eid)) is not None
+    return db.scalar(_Q_EXISTS, {"eid": eid}) is not None
 
 
 def active_type(db: Db, eid: str) -> str | None:
-    return db.scalar(sa.select(E.type).where(E.id == eid, E.status == "active"))  # type: ignore[no-any-return]
+    return db.scalar(_Q_ACTIVE_TYPE, {"eid": eid})  # type: ignore[no-any-return]
 
 
 def id_by_ext(db: Db, bi: str) -> str | None:
-    return db.scalar(sa.select(E.id).where(E.ext_bi == bi))  # type: ignore[no-any-return]
+    return db.scalar(_Q_BY_EXT, {"bi": bi})  # type: ignore[no-any-return]
 
 
 def ids_by_ext(db: Db, bis: Sequence[str]) -> dict[str, str]:
@@ -93,7 +115,7 @@ def ids_by_ext(db: Db, bis: Sequence[str]) -> dict[str, str]:
 
 def brief(db: Db, eid: str) -> dict[str, Any] | None:
     """What other capabilities may know of an entity (no PII)."""
-    return db.first(sa.select(E.id, E.type, E.region, E.name, E.org, E.status).where(E.id == eid))
+    return db.first(_Q_BRIEF, {"eid": eid})
 
 
 def update_entity(db: Db, eid: str, changes: dict[str, Any], now: str) -> None:
@@ -146,7 +168,7 @@ def release_serials(db: Db, rows: Sequence[tuple[int, str, str, int]]) -> None:
 # ---------------------------------------------------------------- aliases
 
 def alias_target(db: Db, org: str, local_id: str) -> str | None:
-    return db.scalar(sa.select(A.base_id).where(A.org == org, A.local_id == local_id))  # type: ignore[no-any-return]
+    return db.scalar(_Q_ALIAS, {"org": org, "local_id": local_id})  # type: ignore[no-any-return]
 
 
 def alias_targets(db: Db, org: str, local_ids: Sequence[str]) -> dict[str, str]:
@@ -253,14 +275,15 @@ def _walk_sqlite(db: Db, rid: int, depth: int, limit: int, down: bool, orgs: lis
     cat = "l.category = 'physical'" if down else f"l.rel IN ({', '.join(repr(r) for r in PHYSICAL_RELS)})"
     tclause = " AND e.type = :type" if type else ""
     cap = limit * 4 + 1000
-    sql = sa.text(
+    sql = (
         f"WITH RECURSIVE w(id, depth) AS (SELECT :rid, 0 UNION ALL SELECT {step}, w.depth + 1"
         f" FROM registry_links l JOIN w ON {start} = w.id WHERE {cat} AND w.depth < :depth LIMIT {int(cap)}),"
         f" m AS (SELECT id, min(depth) AS d FROM w WHERE depth > 0 GROUP BY id)"
         f" SELECT e.id, e.type, e.name, e.org, m.d FROM m JOIN registry_entities e ON e.rid = m.id"
         f" WHERE {clause}{tclause} ORDER BY m.d, e.id LIMIT :limit")
     params = {"rid": rid, "depth": depth, "limit": limit, **args, **({"type": type} if type else {})}
-    return list(db.run(sql, params).all())  # type: ignore[arg-type]
+    # through the driver: 10k rows as SQLAlchemy Rows cost more than the walk itself
+    return db.raw.execute(sql, params).fetchall()  # type: ignore[no-any-return]
 
 
 def linked(db: Db, rid: int, depth: int, limit: int, orgs: Iterable[str]) -> list[tuple[Any, ...]]:
@@ -320,10 +343,16 @@ def search(db: Db, terms: Sequence[str], orgs: Iterable[str], *, type: str | Non
 # ---------------------------------------------------------------- usage applications
 
 def grants(db: Db, applicant_scopes: Iterable[str], now: str) -> list[tuple[int, str, str]]:
-    """(id, owner_org, fields JSON) of approved, in-period applications by orgs under the scopes."""
-    return list(db.run(sa.select(P.id, P.owner_org, P.fields).where(
-        P.status == "approved", P.valid_from <= now, P.valid_to > now,
-        org_in(P.applicant_org, applicant_scopes)).order_by(P.id)).all())  # type: ignore[arg-type]
+    """(id, owner_org, fields JSON) of approved, in-period applications by orgs under the scopes. Few rows
+    (departments' usage applications): the scope test runs here, so the statement is built once."""
+    scopes = [s.rstrip("/") for s in applicant_scopes]
+    if db.dialect == "sqlite":  # read on every entity view: through the driver (Core's execute was 40 % of it)
+        rows = db.raw.execute(_SQL_GRANTS, (now, now)).fetchall()
+    else:
+        rows = db.run(_Q_GRANTS, {"now": now}).all()
+    if "" in scopes:
+        return [(r[0], r[1], r[2]) for r in rows]
+    return [(r[0], r[1], r[2]) for r in rows if any(r[3] == s or r[3].startswith(s + "/") for s in scopes)]
 
 
 def insert_application(db: Db, **values: Any) -> int:
