@@ -1,10 +1,17 @@
 """Registry benchmark: bulk registration rate, point lookup and FTS latency at N entities, descendants of a
 building with 10k linked objects.
 
-    .venv/bin/python bench/registry.py [--count 1000000]
+    .venv/bin/python bench/registry.py [--n 1000000] [--no-pg]
 
 Every figure is printed as one JSON line; the LAST line is the headline (bulk registration rate) with its
 same-run baseline: raw sqlite3 executemany of the very same entity rows into a plain table.
+
+Then the store on each backend, side by side (`registry_store_*` lines, `backend` sqlite | postgresql; a
+PostgreSQL 15 server is started with tests/pg.py's PgServer): the rows the service import prepared
+(entities, links, aliases, feed) written again through `store.bulk.write_rows` (executemany on SQLite, COPY
+on PostgreSQL) in 10k-row transactions, then point lookups, searches and the building's descendants through
+the store's queries. Store level, because a hub runs on PostgreSQL only once every capability is on the
+data-access layer; the service-level figures above are SQLite's.
 """
 
 from __future__ import annotations
@@ -25,12 +32,16 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from central.app import build_hub  # noqa: E402
 from central.registry import service as svc  # noqa: E402
 from central.registry.ids import id_card_check, uscc_check  # noqa: E402
+from central.registry.store import tables as rtables  # noqa: E402
 from central.settings import MqttSettings, Settings  # noqa: E402
+from central.store import Store  # noqa: E402
 
 ORG = "/city/district-a"
 STREETS = ["文三路", "教工路", "天目山路", "莫干山路", "延安路", "Wensan Rd", "Jiaogong Rd", "Tianmushan Rd"]
@@ -91,7 +102,8 @@ def rows(n: int, parents: list[str], owners: list[str], seed: int = 7) -> Iterat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=1_000_000, help="entities to load (default 1,000,000)")
+    ap.add_argument("--count", "--n", type=int, default=1_000_000, help="entities to load (default 1,000,000)")
+    ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL store figures")
     ap.add_argument("--children", type=int, default=10_000, help="objects linked under the test building")
     ap.add_argument("--queries", type=int, default=2000, help="point lookups to time")
     ap.add_argument("--chunk", type=int, default=10_000,
@@ -133,10 +145,10 @@ def main() -> None:
     print(f"# loaded {created} entities in {took:.1f}s", file=sys.stderr)
 
     # baseline: the same final entity rows, raw executemany into a plain table (no checks, no FTS/links/feed)
-    conn = hub.store.connect()
-    cols = ", ".join(svc.ENTITY_COLS)
-    same = conn.execute(f"SELECT {cols} FROM registry_entities WHERE created_by = 'bench' ORDER BY rowid"
-                        f" LIMIT -1 OFFSET 100").fetchall()
+    e = rtables.entities
+    with hub.store.read() as db:
+        same = [tuple(r) for r in db.run(sa.select(*[e.c[c] for c in svc.ENTITY_COLS])
+                                         .where(e.c.created_by == "bench").order_by(e.c.rid).offset(100))]
     base_db = sqlite3.connect(str(work / "baseline.db"), isolation_level=None)
     base_db.execute("PRAGMA journal_mode=WAL")
     base_db.execute("PRAGMA synchronous=NORMAL")
@@ -170,13 +182,14 @@ def main() -> None:
     #   doubles read latencies for a minute and says nothing about them;
     # - the loader freed ~1.5 GB of row objects, and the fragmented heap it leaves behind makes every later
     #   allocation slower (+20-50 % on a 10k-item walk, measured) in this process only.
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with hub.store.read() as db:  # SQLite: leave a short WAL behind for the query process
+        db.raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     hub.close()
     os.sync()
     sys.stdout.flush()
     subprocess.run([sys.executable, __file__, "--query-only", "--dir", str(work), "--count", str(args.count),
-                    "--children", str(args.children), "--queries", str(args.queries), "--building", bld],
-                   check=True)
+                    "--children", str(args.children), "--queries", str(args.queries), "--building", bld,
+                    *(["--no-pg"] if args.no_pg else [])], check=True)
     emit("registry_bulk_registration_rate", rate, "entities/s", 20000.0, base_rate, entities=created,
          seconds=round(took, 1), cpu_us_per_row=round(cpu / created * 1e6, 1),
          writer_cpu_us_per_row=round(writer_cpu / created * 1e6, 1), baseline_cpu_rate=round(base_cpu_rate),
@@ -185,15 +198,16 @@ def main() -> None:
 
 def query(args: argparse.Namespace, work: Path) -> None:
     hub = build_hub(Settings(data_dir=work / "hub", mqtt=MqttSettings(enabled=False)))
-    conn = hub.store.conn
     reader = ReadActor()
     bld = args.building
 
     # point lookups by id (service level: check char, visibility, row -> view)
-    maxrow = conn.execute("SELECT max(rowid) FROM registry_entities").fetchone()[0]
-    rnd = random.Random(1)
-    picks = [rnd.randint(1, maxrow) for _ in range(args.queries)]
-    all_ids = [conn.execute("SELECT id FROM registry_entities WHERE rowid = ?", (p,)).fetchone()[0] for p in picks]
+    e = rtables.entities
+    with hub.store.read() as db:
+        maxrow = db.scalar(sa.select(sa.func.max(e.c.rid)))
+        rnd = random.Random(1)
+        picks = [rnd.randint(1, maxrow) for _ in range(args.queries)]
+        all_ids = [db.scalar(sa.select(e.c.id).where(e.c.rid == p)) for p in picks]
     for eid in all_ids[:50]:  # warm the page cache like a running hub
         svc.get_entity(hub, reader, eid)
     lat = []
@@ -235,7 +249,94 @@ def query(args: argparse.Namespace, work: Path) -> None:
     assert len(res["items"]) == args.children, len(res["items"])
     emit("registry_descendants_10k_p99", pct(lat, 99), "ms", 50.0, p50=round(statistics.median(lat), 3),
          items=len(res["items"]))
+    batch = prepared_rows(hub.store)
     hub.close()
+    store_level(args, work, batch, bld, all_ids, queries)
+
+
+def prepared_rows(st: Store) -> list[tuple[list[Any], list[Any], list[Any], list[Any]]]:
+    """What the service import stored, as write_rows batches of 10k entities (a link goes with its source)."""
+    e, lk, al, fd = rtables.entities, rtables.links, rtables.aliases, rtables.feed
+    with st.read() as db:
+        ents = [tuple(r) for r in db.run(sa.select(e.c.rid, *[e.c[c] for c in svc.ENTITY_COLS]).order_by(e.c.rid))]
+        links: dict[str, list[Any]] = {}
+        for r in db.run(sa.select(lk.c.src, lk.c.rel, lk.c.dst, lk.c.category, lk.c.org, lk.c.created_by,
+                                  lk.c.created_at).order_by(lk.c.id)):
+            links.setdefault(r[0], []).append(tuple(r))
+        aliases: dict[str, list[Any]] = {}
+        for r in db.run(sa.select(al.c.org, al.c.local_id, al.c.base_id, al.c.created_by, al.c.created_at)):
+            aliases.setdefault(r[2], []).append(tuple(r))
+        feeds = {r[1]: tuple(r) for r in db.run(sa.select(fd.c.ts, fd.c.entity_id, fd.c.org, fd.c.data)
+                                                 .where(fd.c.kind == "entity.create"))}
+    out = []
+    for i in range(0, len(ents), 10_000):
+        part = [x[1:] for x in ents[i:i + 10_000]]
+        out.append((part, [x for p in part for x in links.get(p[0], [])],
+                    [x for p in part for x in aliases.get(p[0], [])], [feeds[p[0]] for p in part if p[0] in feeds]))
+    return out
+
+
+def store_level(args: argparse.Namespace, work: Path, batch: list[Any], bld: str, ids: list[str],
+                queries: list[str]) -> None:
+    from central.registry import store as rstore
+    from central.registry.store.bulk import write_rows
+
+    backends: list[tuple[str, str]] = [("sqlite", str(work / "store-sqlite.db"))]
+    srv = None
+    if not args.no_pg:
+        from tests.pg import PgServer
+
+        srv = PgServer().start()
+        backends.append(("postgresql", srv.url(srv.create_database())))
+    try:
+        for backend, url in backends:
+            st = Store(url)
+            st.migrate()
+            n = sum(len(b[0]) for b in batch)
+            t = time.perf_counter()
+            for ents, links, aliases, feeds in batch:
+                with st.tx() as db:
+                    write_rows(db, ents, links, aliases, feeds, [])
+            took = time.perf_counter() - t
+            emit("registry_store_bulk_write_rate", n / took, "entities/s", 20000.0, backend=backend, entities=n,
+                 seconds=round(took, 1), what="write_rows of prepared rows (executemany | COPY), 10k per tx")
+            if backend == "postgresql":
+                with st.tx() as db:
+                    db.run("ANALYZE")
+            lat = []
+            for eid in ids[:50] + ids:
+                t = time.perf_counter()
+                with st.read() as db:
+                    assert rstore.entity(db, eid) is not None
+                lat.append((time.perf_counter() - t) * 1000)
+            lat = lat[50:]
+            emit("registry_store_point_lookup_p99", pct(lat, 99), "ms", 2.0, backend=backend,
+                 p50=round(pct(lat, 50), 3), n=len(lat))
+            lat = []
+            for q in queries[:10] + queries:
+                t = time.perf_counter()
+                with st.read() as db:
+                    rstore.search(db, q.split(), ["/"], limit=50)
+                lat.append((time.perf_counter() - t) * 1000)
+            lat = lat[10:]
+            emit("registry_store_search_p99", pct(lat, 99), "ms", 50.0, backend=backend,
+                 p50=round(pct(lat, 50), 3), n=len(lat))
+            with st.read() as db:
+                rid = rstore.rid_of(db, bld)
+            lat = []
+            for _ in range(33):
+                t = time.perf_counter()
+                with st.read() as db:
+                    items = rstore.walk(db, rid, 16, 100_000, True, ["/"])
+                lat.append((time.perf_counter() - t) * 1000)
+            assert len(items) == args.children, len(items)
+            lat = lat[3:]
+            emit("registry_store_descendants_10k_p99", pct(lat, 99), "ms", 50.0, backend=backend,
+                 p50=round(statistics.median(lat), 3), items=len(items))
+            st.close()
+    finally:
+        if srv is not None:
+            srv.stop()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from central.hub import Hub, get_hub
 from central.iam.deps import Principal, require
 from central.registry import service as svc
+from central.registry import store
 from central.registry.ids import IdError, normalize_id
 from central.registry.importer import HeaderError, reader_for
 from central.registry.models import (
@@ -42,15 +43,14 @@ def entity_org(entity_id: str, hub: Hub = Depends(get_hub)) -> str | None:
         eid = normalize_id(entity_id)
     except IdError as e:
         raise HTTPException(400, {"field": "entity_id", "error": str(e)}) from None
-    r = hub.store.conn.execute("SELECT org FROM registry_entities WHERE id = ?", (eid,)).fetchone()
-    return r[0] if r else None
+    with hub.store.read() as db:
+        return store.org_of(db, eid)
 
 
 def application_org(application_id: int, hub: Hub = Depends(get_hub)) -> str | None:
-    r = hub.store.conn.execute(
-        "SELECT owner_org FROM registry_applications WHERE id = ?", (application_id,)
-    ).fetchone()
-    return r[0] if r else None
+    with hub.store.read() as db:
+        app = store.application(db, application_id)
+    return app["owner_org"] if app else None
 
 
 @router.post("/entities", status_code=201)

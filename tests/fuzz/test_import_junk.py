@@ -12,9 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from central.hub import Hub
+from central.registry.store import tables
 from central.settings import Settings
 from tests.helpers import auth, token_for
 
@@ -31,7 +33,8 @@ def _csv(rows: list[list[str]]) -> str:
 
 
 def _names(hub: Hub) -> set[str]:
-    return {r[0] for r in hub.store.connect().execute("SELECT name FROM registry_entities")}
+    with hub.store.read() as db:
+        return set(db.run(sa.select(tables.entities.c.name)).scalars())
 
 
 def test_api_import_rejects_the_bad_rows_only(hub: Hub, client: TestClient) -> None:

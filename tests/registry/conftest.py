@@ -13,6 +13,7 @@ if str(Path(__file__).resolve().parents[2]) not in sys.path:
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from central.hub import Hub  # noqa: E402
@@ -83,3 +84,22 @@ def city(admin_a: Api) -> dict[str, str]:
         "grid": "wtmkq8v1", "valid_from": "2024-01-01", "valid_to": "2030-01-01", "attrs": {"kind": "hydrant"},
     })
     return {"building": bld["id"], "enterprise": ent["id"], "person": per["id"], "hydrant": hyd["id"]}
+
+
+# iam's audit table, for counting what the registry audited (read through the store, either backend)
+AUDIT = sa.table("iam_audit", sa.column("seq"), sa.column("actor"), sa.column("action"), sa.column("detail"))
+
+
+def count(hub: Hub, table: Any, *where: Any) -> int:
+    with hub.store.read() as db:
+        return int(db.scalar(sa.select(sa.func.count()).select_from(table).where(*where)))
+
+
+def rows(hub: Hub, *cols: Any, where: Any = None, order_by: Any = None) -> list[tuple[Any, ...]]:
+    q = sa.select(*cols)
+    if where is not None:
+        q = q.where(where)
+    if order_by is not None:
+        q = q.order_by(order_by)
+    with hub.store.read() as db:
+        return [tuple(r) for r in db.run(q)]

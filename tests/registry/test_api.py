@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from central.hub import Hub
 from central.registry.ids import geohash_encode, make_id
-from tests.registry.conftest import Api, id_card, uscc
+from central.registry.store import tables as tb
+from tests.registry.conftest import AUDIT, Api, count, id_card, rows, uscc
 
 
 def test_register_types_and_identifier_shape(admin_a: Api, city: dict[str, str]) -> None:
@@ -66,17 +67,17 @@ def test_pii_encrypted_found_by_blind_index_and_masked(hub: Hub, client, admin_a
     from tests.helpers import token_for
 
     key = id_card(1)
-    raw = hub.store.conn.execute("SELECT ext_enc, ext_bi, phone_enc FROM registry_entities WHERE id = ?",
-                                 (city["person"],)).fetchone()
-    dump = "\n".join(hub.store.conn.iterdump())
+    e = tb.entities.c
+    raw = rows(hub, e.ext_enc, e.ext_bi, e.phone_enc, where=e.id == city["person"])[0]
+    dump = "\n".join(str(r) for x in (tb.entities, tb.feed, tb.links, tb.aliases) for r in rows(hub, *x.c))
+    dump += "\n".join(str(r) for r in rows(hub, AUDIT.c.detail))
     assert key not in dump and "13812345678" not in dump and raw[0].startswith("aes:") and raw[2]
     found = admin_a.ok("post", "/lookup", {"type": "person", "external_key": key.lower()})
     assert found["id"] == city["person"] and found["external_key"] == key  # district_admin holds pii.read
     op = Api(client, token_for(hub, "op-a", role="street_operator", org="/city/district-a"))
     masked = op.ok("get", f"/entities/{city['person']}")
     assert masked["external_key"] == key[:6] + "********" + key[-4:]
-    n = hub.store.conn.execute("SELECT count(*) FROM iam_audit WHERE action = 'registry.pii_read'").fetchone()[0]
-    assert n >= 1
+    assert count(hub, AUDIT, AUDIT.c.action == "registry.pii_read") >= 1
     assert admin_a.post("/lookup", {"type": "person", "external_key": id_card(77)}).status_code == 404
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import threading
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from central.hub import Hub
 from central.registry import service as svc
 from central.registry.ids import make_id
+from central.registry.store import tables as tb
 from tests.helpers import token_for
-from tests.registry.conftest import Api
+from tests.registry.conftest import Api, rows
 
 
 def test_resuming_consumer_sees_every_change_exactly_once(hub: Hub, client: TestClient, admin_a: Api,
@@ -45,11 +47,10 @@ def test_resuming_consumer_sees_every_change_exactly_once(hub: Hub, client: Test
     finally:
         stop.set()
         t.join()
-    all_seqs = [r[0] for r in hub.store.connect().execute("SELECT seq FROM registry_feed ORDER BY seq")]
+    all_seqs = [r[0] for r in rows(hub, tb.feed.c.seq, order_by=tb.feed.c.seq)]
     assert seen == all_seqs  # nothing missed, nothing twice, in order
-    marks = ",".join("?" * len(written))
-    creates = [json.loads(r[0])["name"] for r in hub.store.connect().execute(
-        f"SELECT data FROM registry_feed WHERE kind = 'entity.create' AND entity_id IN ({marks})", written)]
+    creates = [json.loads(r[0])["name"] for r in rows(
+        hub, tb.feed.c.data, where=sa.and_(tb.feed.c.kind == "entity.create", tb.feed.c.entity_id.in_(written)))]
     assert len(creates) == len(written) == 300
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -20,6 +21,7 @@ from central.registry import service as svc
 from central.registry.cli import app as cli_app
 from central.registry.ids import make_id
 from central.registry.importer import read_csv
+from central.registry.store import tables as tb
 from central.settings import Settings
 from tests.registry.conftest import Api, id_card, uscc
 
@@ -35,9 +37,24 @@ def _csv(rows: list[list[str]]) -> str:
 
 
 def _counts(hub: Hub) -> tuple[int, int, int, int]:
-    c = hub.store.connect()
-    return tuple(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[return-value]
-                 for t in ("registry_entities", "registry_links", "registry_aliases", "registry_feed"))
+    with hub.store.read() as db:
+        return tuple(db.scalar(sa.select(sa.func.count()).select_from(x))  # type: ignore[return-value]
+                     for x in (tb.entities, tb.links, tb.aliases, tb.feed))
+
+
+def _count(hub: Hub, table: sa.Table, *where: object) -> int:
+    with hub.store.read() as db:
+        return int(db.scalar(sa.select(sa.func.count()).select_from(table).where(*where)))
+
+
+def _rid_mismatches(hub: Hub) -> int:
+    """Links whose src_rid/dst_rid are not the keys of the entities their text ends name (or name none)."""
+    s, d = tb.entities.alias("s"), tb.entities.alias("d")
+    q = (sa.select(sa.func.count()).select_from(tb.links).outerjoin(s, s.c.rid == tb.links.c.src_rid)
+         .outerjoin(d, d.c.rid == tb.links.c.dst_rid)
+         .where(sa.or_(s.c.id.is_(None), d.c.id.is_(None), s.c.id != tb.links.c.src, d.c.id != tb.links.c.dst)))
+    with hub.store.read() as db:
+        return int(db.scalar(q))
 
 
 def test_csv_with_bad_rows_lands_the_good_ones_whole(hub: Hub, admin_a: Api, city: dict[str, str]) -> None:
@@ -101,8 +118,7 @@ def test_cli_import_with_progress(tmp_path: Path, settings: Settings, hub: Hub) 
     assert summary["created"] == 50 and summary["rejected"] == 1
     assert json.loads(errors.read_text())["field"] == "region"
     assert len(ids.read_text().splitlines()) == 51
-    assert hub.store.connect().execute(
-        "SELECT count(*) FROM registry_entities WHERE org = '/city/district-a'").fetchone()[0] == 50
+    assert _count(hub, tb.entities, tb.entities.c.org == "/city/district-a") == 50
     res = CliRunner().invoke(cli_app, ["export-feed", "--config", str(cfg)])
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == 50
     first = ids.read_text().splitlines()[1].split(",")[1]
@@ -132,8 +148,7 @@ def test_import_100k_rows_csv(tmp_path: Path, hub: Hub, admin_a: Api, city: dict
     assert report.created == 99_900 and len(report.errors) == 100 and {e["field"] for e in report.errors} == {"region"}
     # CPU time, not wall: on the shared 2-core test box other suites' load would make wall time meaningless
     assert cpu < 30, f"100k rows took {cpu:.1f}s of CPU ({took:.1f}s wall)"
-    n = hub.store.conn.execute("SELECT count(*) FROM registry_links WHERE dst = ?", (city["building"],)).fetchone()[0]
-    assert n == 99_901  # + the fixture's hydrant
+    assert _count(hub, tb.links, tb.links.c.dst == city["building"]) == 99_901  # + the fixture's hydrant
     hits = svc.search(hub, svc.SystemActor("t"), "hydrant 4242")
     # terms are ANDed substrings: every hydrant whose number contains 4242 (the broken rows never landed)
     assert {h["name"] for h in hits} == {f"消防栓 hydrant {i}" for i in range(100_000)
@@ -141,14 +156,17 @@ def test_import_100k_rows_csv(tmp_path: Path, hub: Hub, admin_a: Api, city: dict
     print(f"100k CSV import: {took:.1f}s wall, {cpu:.1f}s CPU ({report.created / took:.0f} rows/s wall)")
 
 
+@pytest.mark.sqlite_only(reason="inspects the SQLite connection settings the writer process changes for itself")
 def test_import_leaves_connection_and_gc_as_it_found_them(hub: Hub, city: dict[str, str]) -> None:
     """The importer switches off cyclic GC for its duration only, and leaves the caller's connection as it found
     it (FK probes off and a big page cache are the writer process's own settings)."""
     import gc
 
-    conn = hub.store.conn
-    fk, cache, ckpt = (conn.execute(f"PRAGMA {p}").fetchone()[0]
-                       for p in ("foreign_keys", "cache_size", "wal_autocheckpoint"))
+    def pragma(name: str) -> int:
+        with hub.store.read() as db:
+            return int(db.raw.execute(f"PRAGMA {name}").fetchone()[0])
+
+    fk, cache, ckpt = (pragma(p) for p in ("foreign_keys", "cache_size", "wal_autocheckpoint"))
     rows: list[tuple[int, dict[str, object] | Exception]] = [
         (1, {"type": "object", "region": "330106", "name": "lamp",
              "links": [{"rel": "attached_to", "target": city["building"]},
@@ -161,15 +179,14 @@ def test_import_leaves_connection_and_gc_as_it_found_them(hub: Hub, city: dict[s
     report = svc.import_rows(hub, svc.SystemActor("t", "/city/district-a"), rows, org="/city/district-a")
     assert report.created == 1 and [e["row"] for e in report.errors] == [2, 3]
     assert gc.isenabled()
-    assert fk == 1 and conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA cache_size").fetchone()[0] == cache
-    assert ckpt == 1000 and conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == ckpt
+    assert fk == 1 and pragma("foreign_keys") == 1
+    assert pragma("cache_size") == cache
+    assert ckpt == 1000 and pragma("wal_autocheckpoint") == ckpt
     # with FK probes off, the registrar's own target check is what keeps links whole: none dangles
-    assert conn.execute("SELECT count(*) FROM registry_links l LEFT JOIN registry_entities e ON e.id = l.dst"
-                        " WHERE e.id IS NULL").fetchone()[0] == 0
+    assert _rid_mismatches(hub) == 0
 
 
-def test_links_carry_the_rowids_of_their_ends_and_repeats_are_refused(hub: Hub, city: dict[str, str]) -> None:
+def test_links_carry_the_keys_of_their_ends_and_repeats_are_refused(hub: Hub, city: dict[str, str]) -> None:
     link = [{"rel": "contained_in", "target": city["building"]}, {"rel": "managed_by", "target": city["enterprise"]}]
     rows: list[tuple[int, dict[str, object] | Exception]] = [
         (1, {"type": "object", "region": "330106", "name": "floor", "local_id": "F1", "links": link}),
@@ -181,10 +198,7 @@ def test_links_carry_the_rowids_of_their_ends_and_repeats_are_refused(hub: Hub, 
     assert report.created == 2
     repeat = f"repeats links.0 (contained_in {city['building']})"
     assert report.errors == [{"row": 3, "field": "links.2", "error": repeat}]
-    conn = hub.store.conn
-    assert conn.execute("SELECT count(*) FROM registry_links l JOIN registry_entities s ON s.id = l.src"
-                        " JOIN registry_entities d ON d.id = l.dst WHERE l.src_rid != s.rowid OR l.dst_rid != d.rowid"
-                        ).fetchone()[0] == 0
+    assert _rid_mismatches(hub) == 0
     room = report.ids[1]["id"]
     assert [i["id"] for i in svc.ancestors(hub, svc.SystemActor("t"), room)["items"]] == [
         report.ids[0]["id"], city["building"]]
@@ -209,8 +223,7 @@ def test_a_discarded_row_leaves_nothing_later_rows_can_find(hub: Hub, city: dict
         again = reg.prepare(svc._parse({"type": "object", "region": "330106", "name": "back", "local_id": "G1",
                                         "external_key": "sys:G1", "links": link}))
         reg.flush()
-    row = hub.store.conn.execute("SELECT rowid FROM registry_entities WHERE id = ?", (again,)).fetchone()
-    assert row is not None
+    assert _count(hub, tb.entities, tb.entities.c.id == again) == 1
 
 
 def _objects(city: dict[str, str], n: int, bad_every: int = 0) -> Iterator[tuple[int, dict[str, object] | Exception]]:
@@ -262,8 +275,10 @@ def test_chunks_prepared_beside_the_writer_land_in_order(hub: Hub, city: dict[st
         assert [(x["rel"], x["dst"]) for x in out if x["category"] == "physical"] == [("attached_to", lamps[k - 1])]
     assert not _writer_processes()
     # the writer audited each chunk it stored, under the importer's name
-    audits = hub.store.conn.execute("SELECT actor, detail FROM iam_audit WHERE action = 'registry.import'"
-                                    " ORDER BY rowid").fetchall()
+    audit = sa.table("iam_audit", sa.column("seq"), sa.column("actor"), sa.column("action"), sa.column("detail"))
+    with hub.store.read() as db:
+        audits = db.run(sa.select(audit.c.actor, audit.c.detail).where(audit.c.action == "registry.import")
+                        .order_by(audit.c.seq)).all()
     assert {a[0] for a in audits} == {"t"} and sum(json.loads(a[1])["rows"] for a in audits) == report.created
 
 
@@ -322,9 +337,7 @@ def test_a_chunk_that_fails_in_the_writer_is_redone_row_by_row(hub: Hub, city: d
     assert ("attached_to", intruder[0]) in [(x["rel"], x["dst"]) for x in up]
     up = svc.links_of(hub, reader, by_row[129])["outgoing"]
     assert ("attached_to", by_row[128]) in [(x["rel"], x["dst"]) for x in up]
-    c = hub.store.conn
-    assert c.execute("SELECT count(*) FROM registry_links l LEFT JOIN registry_entities e ON e.rowid = l.dst_rid"
-                     " WHERE e.id IS NULL OR e.id != l.dst").fetchone()[0] == 0
+    assert _rid_mismatches(hub) == 0
     assert not _writer_processes()
 
 
@@ -361,29 +374,23 @@ def test_an_import_whose_writer_dies_raises_and_keeps_the_chunks_it_stored(hub: 
 def test_a_batch_linking_to_an_unknown_id_fails_whole_even_without_fk_probes(hub: Hub, city: dict[str, str]) -> None:
     """The writer process runs with FK probes off; a link whose end it cannot map to a rowid must still fail
     the whole batch (NOT NULL on src_rid/dst_rid), not land a dangling link."""
-    import sqlite3
+    from central.registry import store
+    from central.registry.store.bulk import write_rows
 
-    from central.registry.bulkwrite import Rows, write_rows
-
-    conn = hub.store.connect()
-    conn.execute("PRAGMA foreign_keys = OFF")
     before = _counts(hub)
     eid, ts = make_id("object", "330106", 900_001), "2026-11-25T00:00:00+00:00"
     ent = (eid, "object", "330106", "orphan", None, "/city/district-a", None, None, None, None, None, None, None, None,
            "{}", "active", "t", ts, ts)
     links = [(eid, "contained_in", make_id("place", "330106", 999_999), "physical", "/city/district-a", "t", ts),
              (eid, "managed_by", city["enterprise"], "business", "/city/district-a", "t", ts)]
-    rows = Rows([ent], links, [], [(ts, eid, "/city/district-a", "{}")], [])
-    conn.execute("BEGIN IMMEDIATE")
-    with pytest.raises(sqlite3.IntegrityError, match="src_rid|dst_rid"):
-        write_rows(conn, rows)
-    conn.execute("ROLLBACK")
+    feed = [(ts, eid, "/city/district-a", "{}")]
+    with pytest.raises(store.IntegrityError, match="src_rid|dst_rid"), hub.store.tx() as db:
+        write_rows(db, [ent], links, [], feed, [])
     assert _counts(hub) == before
-    # the same batch with a real parent lands, its links on the right rowids
+    # the same batch with a real parent lands, its links on the right keys
     links[0] = (eid, "contained_in", city["building"], "physical", "/city/district-a", "t", ts)
-    conn.execute("BEGIN IMMEDIATE")
-    write_rows(conn, Rows([ent], links, [], [(ts, eid, "/city/district-a", "{}")], []))
-    conn.execute("COMMIT")
-    assert conn.execute("SELECT count(*) FROM registry_links l JOIN registry_entities s ON s.rowid = l.src_rid"
-                        " JOIN registry_entities d ON d.rowid = l.dst_rid WHERE s.id = ? AND d.id = l.dst",
-                        (eid,)).fetchone()[0] == 2
+    with hub.store.tx() as db:
+        write_rows(db, [ent], links, [], feed, [])
+    assert _rid_mismatches(hub) == 0
+    with hub.store.read() as db:
+        assert len(store.links_out(db, store.rid_of(db, eid))) == 2

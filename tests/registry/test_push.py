@@ -13,10 +13,11 @@ from central.app import build_hub
 from central.bridge.service import Bridge
 from central.broker import Broker
 from central.hub import Hub
+from central.registry.store import tables as tb
 from protocol import topics
 from tests.conftest import make_settings
 from tests.helpers import wait_for
-from tests.registry.conftest import Api, id_card, uscc
+from tests.registry.conftest import AUDIT, Api, count, id_card, rows, uscc
 
 
 def test_http_push_is_idempotent_on_external_key(hub: Hub, admin_a: Api, city: dict[str, str]) -> None:
@@ -63,15 +64,14 @@ def test_mqtt_push_through_real_broker(tmp_path: Path, broker: Broker) -> None:
             pub.publish(topics.REGISTRY_PUSH, payload, qos=1).wait_for_publish(5)
 
         def rejects() -> list[tuple[str, str]]:
-            return hub.store.connect().execute("SELECT source, error FROM registry_rejects").fetchall()
+            return rows(hub, tb.rejects.c.source, tb.rejects.c.error)  # type: ignore[return-value]
 
         wait_for(lambda: len(rejects()) >= 3, 15, "three rejects")
-        conn = hub.store.connect()
-        rows = conn.execute("SELECT id, name, org FROM registry_entities").fetchall()
-        assert len(rows) == 1 and rows[0][1:] == ("Lakeside Boats", "/city/district-a")  # sent twice, stored once
+        stored = rows(hub, tb.entities.c.id, tb.entities.c.name, tb.entities.c.org)
+        assert len(stored) == 1 and stored[0][1:] == ("Lakeside Boats", "/city/district-a")  # sent twice, stored once
         errs = [json.loads(e)["field"] for _, e in rejects()]
         assert sorted(errs) == ["external_key", "org", "payload"]
-        assert conn.execute("SELECT count(*) FROM iam_audit WHERE actor = 'mqtt:registry_push'").fetchone()[0] == 1
+        assert count(hub, AUDIT, AUDIT.c.actor == "mqtt:registry_push") == 1
     finally:
         pub.loop_stop()
         bridge.stop()

@@ -6,13 +6,13 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from central.hub import Hub
+from central.registry.store import tables as tb
 from tests.helpers import token_for
-from tests.registry.conftest import Api, uscc
+from tests.registry.conftest import AUDIT, Api, count, uscc
 
 
 def _denials(hub: Hub) -> int:
-    return hub.store.conn.execute(
-        "SELECT count(*) FROM iam_audit WHERE action IN ('denied', 'registry.denied')").fetchone()[0]
+    return count(hub, AUDIT, AUDIT.c.action.in_(("denied", "registry.denied")))
 
 
 def test_other_district_is_denied_and_audited(hub: Hub, admin_b: Api, city: dict[str, str]) -> None:
@@ -59,10 +59,8 @@ def test_usage_application_grants_projected_audited_read(hub: Hub, client: TestC
     assert "external_key" not in person
     hits = admin_b.ok("get", "/search", params={"q": "hydrant"})["items"]
     assert [h["id"] for h in hits] == [city["hydrant"]] and "attrs" not in hits[0]
-    n = hub.store.conn.execute("SELECT count(*) FROM iam_audit WHERE action = 'registry.grant_read'").fetchone()[0]
-    assert n >= 3
-    assert hub.store.conn.execute(
-        "SELECT count(*) FROM iam_audit WHERE action = 'registry.application.approved'").fetchone()[0] == 1
+    assert count(hub, AUDIT, AUDIT.c.action == "registry.grant_read") >= 3
+    assert count(hub, AUDIT, AUDIT.c.action == "registry.application.approved") == 1
     # a decided application cannot be decided again
     assert admin_a.post(f"/applications/{app['id']}/reject").status_code == 409
 
@@ -96,4 +94,4 @@ def test_bulk_import_into_another_scope_is_denied(hub: Hub, client: TestClient, 
     r = client.post("/api/v1/registry/import", content="type,region,name,org\nplace,330106,kiosk,/city/district-a\n",
                     headers=admin_b.h)
     assert r.json()["created"] == 0 and r.json()["errors"][0]["field"] == "org"
-    assert hub.store.conn.execute("SELECT count(*) FROM registry_entities").fetchone()[0] == 0
+    assert count(hub, tb.entities) == 0
