@@ -248,3 +248,25 @@ def test_scans_and_rejects(store: Store) -> None:
         assert bridge_store.existing_scan_ids(db, ["r1", "r2", "r3"]) == {"r1", "r2"}
         assert bridge_store.reject_counts(db) == {"schema": 2, "oversize": 1}
         assert [r["topic"] for r in bridge_store.rejects(db, 2)] == ["t/c", "t/b"]
+
+
+def test_an_event_failing_in_the_database_is_rolled_back_alone(store: Store,
+                                                               video: video_service.VideoService) -> None:
+    """A statement failing mid-event (PostgreSQL then refuses the rest of the transaction until the
+    savepoint is rolled back) undoes that event only; the events around it and the cursor move commit."""
+    evs = [_ev(i, incident=f"k{i}") for i in range(3)]
+    real = video.ingest
+
+    def failing(db: Any, site: str, device: str, ev: Event) -> int | None:
+        case_id = real(db, site, device, ev)
+        if ev.event_id == evs[1].event_id:  # its row again: a primary-key violation in the database
+            video_store.insert_case_event(db, {"event_id": ev.event_id, "case_id": case_id, "site": site,
+                                               "device": device, "incident_id": None, "camera": None,
+                                               "phase": "instant", "ts": "x", "score": None, "count": None})
+        return case_id
+
+    video.ingest = failing  # type: ignore[method-assign]
+    _store(store, [("s1", "gw1", e) for e in evs])
+    assert video.process_pending() == 3
+    assert sorted(_correlated(store)) == sorted([evs[0].event_id, evs[2].event_id])
+    assert not _pending(store)
