@@ -126,8 +126,27 @@ def _ids(db: Db, column: sa.Column, ids: list[str]) -> set[str]:
     return found
 
 
+_MARK = {"sqlite": "?", "postgresql": "%s"}
+
+
 def existing_event_ids(db: Db, ids: list[str]) -> set[str]:
-    return _ids(db, events.c.event_id, ids)
+    """The ingest hot path's duplicate check, on the driver: Core's expanding IN of 500 parameters cost
+    about a fifth of a batch's store time (bench/ingest.py)."""
+    found: set[str] = set()
+    if not ids:
+        return found
+    if not db.sa.in_transaction():
+        db.sa.begin()
+    cur = db.raw.cursor()
+    try:
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            cur.execute(f"SELECT event_id FROM events WHERE event_id IN ({','.join([_MARK[db.dialect]] * len(part))})",
+                        part)
+            found.update(r[0] for r in cur.fetchall())
+    finally:
+        cur.close()
+    return found
 
 
 # The ingest hot path: Core's per-row parameter processing costs more than 10 % of bench/ingest.py's rate
