@@ -23,9 +23,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from central.app import build_hub  # noqa: E402
+from central.bridge import store as bridge_store  # noqa: E402
 from central.bridge.service import Bridge  # noqa: E402
 from central.broker import HUB_ACL, Broker, BrokerConfig  # noqa: E402
 from central.settings import MqttSettings, Settings  # noqa: E402
+from central.store import Store  # noqa: E402
+from central.video import store as video_store  # noqa: E402
 from protocol import messages, topics  # noqa: E402
 
 
@@ -100,7 +103,12 @@ def bare_drain(port: int, hub_pw: str, total: int) -> float:
     return count / (t1 - t0)
 
 
-def correlate(settings: Settings, tmp: Path, conn: object) -> float:
+def count_stored(store: Store) -> int:
+    with store.read() as db:
+        return bridge_store.count_events(db)
+
+
+def correlate(settings: Settings, tmp: Path, store: Store) -> float:
     """Time `citybrain hub video correlate` (a separate process) over every stored event."""
     import subprocess
 
@@ -108,15 +116,16 @@ def correlate(settings: Settings, tmp: Path, conn: object) -> float:
 
     cfg = tmp / "hub.yaml"
     cfg.write_text(yaml.safe_dump(json.loads(settings.model_dump_json())))
-    total = conn.execute("SELECT MAX(rowid) FROM events").fetchone()[0]  # type: ignore[attr-defined]
+    with store.read() as db:
+        total = bridge_store.max_seq(db)
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "citybrain.cli", "hub", "video", "correlate", "-c", str(cfg)],
                          cwd=Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
     try:
         while time.perf_counter() - t0 < 600:
-            row = conn.execute("SELECT last_rowid FROM video_cursor").fetchone()  # type: ignore[attr-defined]
-            if row and row[0] >= total:
-                break
+            with store.read() as db:
+                if video_store.cursor_position(db) >= total:
+                    break
             time.sleep(0.05)
         return total / (time.perf_counter() - t0)
     finally:
@@ -128,6 +137,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--events", type=int, default=100_000, help="total events per measurement")
+    ap.add_argument("--database-url", default=None,
+                    help="an EMPTY database for the hub (postgresql://...); default: a SQLite file in a temp dir")
     args = ap.parse_args()
     per = args.events // args.clients
     total = per * args.clients
@@ -140,6 +151,7 @@ def main() -> None:
         broker = Broker(bcfg).start()
         settings = Settings(
             data_dir=tmp / "hub",
+            database_url=args.database_url,
             inline_consumers=False,  # video correlation runs as its own process, measured below
             mqtt=MqttSettings(port=bcfg.port, username="hub", password=hub_pw, passwd_file=bcfg.passwd,
                               acl_file=bcfg.acl, pid_file=bcfg.pid_file),
@@ -164,19 +176,18 @@ def main() -> None:
             time.sleep(0.5)
             bridge.stop()
             publish_all(bcfg.port, creds, per)
-            conn = hub.store.connect()
             bridge = Bridge(hub)
             t0 = time.perf_counter()
             bridge.start()
-            stored = 0
+            n_stored = 0
             while time.perf_counter() - t0 < 300:
-                stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-                if stored >= total:
+                n_stored = count_stored(hub.store)
+                if n_stored >= total:
                     break
                 time.sleep(0.01)
             t1 = time.perf_counter()
             time.sleep(1.0)
-            stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            n_stored = count_stored(hub.store)
             bridge.stop()
             receipts = bridge.counters.get("receipts", 0)  # one per device and ingest batch, after commit
             # Live: publishers and the hub at the same time (bounded by the publishers on 2 cores).
@@ -184,25 +195,25 @@ def main() -> None:
             assert bridge.wait_connected(10)
             live_s = publish_all(bcfg.port, creds, per)
             deadline = time.perf_counter() + 300
-            while conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] < 2 * total:
+            while count_stored(hub.store) < 2 * total:
                 if time.perf_counter() > deadline:
                     break
                 time.sleep(0.01)
-            live_stored = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] - stored
+            live_stored = count_stored(hub.store) - n_stored
             bridge.stop()
             print(json.dumps({"phase": "live", "events_in": total, "events_stored": live_stored,
                               "publish_seconds": round(live_s, 2), "lost": total - live_stored}), flush=True)
         finally:
             broker.stop()
-            corr_rate = correlate(settings, tmp, conn)
+            corr_rate = correlate(settings, tmp, hub.store)
             print(json.dumps({"phase": "video_correlation", "events_per_s": round(corr_rate)}), flush=True)
-        rate = stored / (t1 - t0)
-        print(json.dumps({"phase": "hub", "events_in": total, "events_stored": stored, "lost": total - stored,
+        rate = n_stored / (t1 - t0)
+        print(json.dumps({"phase": "hub", "events_in": total, "events_stored": n_stored, "lost": total - n_stored,
                           "seconds": round(t1 - t0, 2), "clients": args.clients, "mode": "drain",
                           "receipts": receipts}), flush=True)
         print(json.dumps({
             "metric": "hub_ingest_events_per_s", "value": round(rate), "unit": "events/s", "target": 10000,
-            "baseline": round(base), "ratio": round(rate / base, 3), "lost": total - stored,
+            "baseline": round(base), "ratio": round(rate / base, 3), "lost": total - n_stored,
         }))
 
 

@@ -18,13 +18,14 @@ def _city_wide(p: Principal) -> bool:
 def _scoped_rejects(hub: Hub, p: Principal, limit: int | None) -> list[dict]:
     """Rejected payloads, newest first, whose device (or site) lies in the caller's bridge.read scope;
     those from unknown devices or topics only for city-wide readers."""
+    with hub.store.read() as db:
+        rows = store.rejects(db, limit if _city_wide(p) else None)
     if _city_wide(p):
-        sql = "SELECT * FROM ingest_rejects ORDER BY id DESC" + (" LIMIT ?" if limit else "")
-        return list(hub.store.db.query(sql, [limit] if limit else []))
+        return rows
     devices = hub.services.get("devices")
     orgs: dict[str, str | None] = {}
     out: list[dict] = []
-    for r in hub.store.db.query("SELECT * FROM ingest_rejects ORDER BY id DESC"):
+    for r in rows:
         t = r["topic"] or ""
         if t not in orgs:
             orgs[t] = devices.topic_org(t) if devices is not None else None
@@ -44,15 +45,17 @@ def stats(p: Principal = Depends(require("bridge.read")), hub: Hub = Depends(get
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
         devices = hub.services.get("devices")
         mine = devices.list(p.scopes("bridge.read")) if devices is not None else []
-        n = sum(int(hub.store.db.conn.execute("SELECT COUNT(*) FROM events WHERE site = ? AND device = ?",
-                                              (d["site"], d["device"])).fetchone()[0]) for d in mine)
+        with hub.store.read() as db:
+            n = sum(store.count_events(db, d["site"], d["device"]) for d in mine)
         return {"connected": getattr(hub.publisher, "connected", False), "events_stored": n,
                 "rejected_by_reason": by_reason}
     counters = dict(getattr(hub.publisher, "counters", {}))
+    with hub.store.read() as db:
+        stored, by_reason = store.count_events(db), store.reject_counts(db)
     return {
         "connected": getattr(hub.publisher, "connected", False),
-        "events_stored": store.count_events(hub.store.db),
-        "rejected_by_reason": store.reject_counts(hub.store.db),
+        "events_stored": stored,
+        "rejected_by_reason": by_reason,
         "since_start": counters,
     }
 

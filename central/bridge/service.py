@@ -22,7 +22,6 @@ import base64
 import binascii
 import collections
 import logging
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -53,14 +52,9 @@ class Incoming:
     qos: int
 
 
-def _transient(e: sqlite3.OperationalError) -> bool:
-    """Store trouble that goes away (a lock, a full or failing disk), as opposed to a bug in our SQL."""
-    msg = str(e).lower()
-    return any(w in msg for w in ("locked", "busy", "disk", "full", "i/o", "unable to open"))
-
-
 def _transient_error(e: BaseException) -> bool:
-    return isinstance(e, StoreClosed) or (isinstance(e, sqlite3.OperationalError) and _transient(e))
+    """Store trouble that goes away (a lock, a lost connection, a full disk), as opposed to a bug."""
+    return store.is_transient(e)
 
 
 class Receipts:
@@ -274,7 +268,8 @@ class Bridge:
         now = time.monotonic()
         if now - self._unknown.get(device_id, -10.0) < 1.0:
             return False
-        row = devices_store.get(self.hub.store.db, device_id)
+        with self.hub.store.read() as db:
+            row = devices_store.get(db, device_id)
         if row is not None and not row.get("revoked"):
             self._known.add(device_id)
             return True

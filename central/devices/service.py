@@ -51,8 +51,8 @@ class DeviceService:
     def site_orgs(self, site: str) -> list[str]:
         """Who owns `site`: the org that claimed it by provisioning first, and the org video maps it to
         (its devices' events open cases there). Empty for a site nobody holds yet."""
-        db = self.hub.store.db
-        return list(dict.fromkeys(o for o in (store.site_claim(db, site), store.video_site_org(db, site)) if o))
+        with self.hub.store.read() as db:
+            return list(dict.fromkeys(o for o in (store.site_claim(db, site), store.video_site_org(db, site)) if o))
 
     def topic_org(self, topic: str) -> str | None:
         """The org a message on `topic` belongs to: its device's org, else its site's; None for topics of
@@ -60,7 +60,8 @@ class DeviceService:
         parts = topic.split("/")
         if len(parts) < 4 or parts[0] != "city" or parts[1] != "v1":
             return None
-        d = store.get(self.hub.store.db, f"{parts[2]}/{parts[3]}")
+        with self.hub.store.read() as db:
+            d = store.get(db, f"{parts[2]}/{parts[3]}")
         if d is not None:
             return str(d["org_path"])
         owners = self.site_orgs(parts[2])
@@ -91,8 +92,9 @@ class DeviceService:
         if not topics.valid_id(device):
             raise DeviceError("device", "letters, digits, '-' and '_' only (1-64)")
         device_id = f"{site}/{device}"
-        db = self.hub.store.db
-        if store.get(db, device_id) is not None:
+        with self.hub.store.read() as db:
+            exists = store.get(db, device_id) is not None
+        if exists:
             raise DeviceError("device", f"{device_id} already exists")
         username = broker_username(site, device)
         password = secrets.token_urlsafe(24)
@@ -122,7 +124,8 @@ class DeviceService:
         m = self.hub.settings.mqtt
         if m.acl_file is None:
             return False
-        rows = store.list_devices(self.hub.store.db, None)
+        with self.hub.store.read() as db:
+            rows = store.list_devices(db, None)
         acls = {r["username"]: broker.device_acl(r["username"], r["site"], r["device"]) for r in rows}
         changed = broker.refresh_acl(m.acl_file, acls)
         if changed and m.pid_file is not None:
@@ -165,12 +168,15 @@ class DeviceService:
         now = datetime.now(UTC)
         stale = timedelta(seconds=self.hub.settings.device_offline_after_s)
         out = []
-        for r in store.list_devices(self.hub.store.db, org_prefixes):
+        with self.hub.store.read() as db:
+            rows = store.list_devices(db, org_prefixes)
+        for r in rows:
             out.append(self.view(r, now, stale))
         return out
 
     def get(self, device_id: str) -> dict[str, Any] | None:
-        r = store.get(self.hub.store.db, device_id)
+        with self.hub.store.read() as db:
+            r = store.get(db, device_id)
         if r is None:
             return None
         return self.view(r, datetime.now(UTC), timedelta(seconds=self.hub.settings.device_offline_after_s))
@@ -189,13 +195,15 @@ class DeviceService:
         }
 
     def events(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        rows = store.recent_events(self.hub.store.db, device_id, limit)
+        with self.hub.store.read() as db:
+            rows = store.recent_events(db, device_id, limit)
         for r in rows:
             r["payload"] = json.loads(r["payload"])
         return rows
 
     def send_command(self, device_id: str, action: str, args: dict[str, Any], actor: str) -> dict[str, Any]:
-        r = store.get(self.hub.store.db, device_id)
+        with self.hub.store.read() as db:
+            r = store.get(db, device_id)
         if r is None:
             raise DeviceError("device_id", f"unknown device {device_id}")
         cmd = messages.Cmd(action=action, args=args)  # type: ignore[arg-type]

@@ -1,43 +1,73 @@
-"""SQL for devices and the commands sent to them."""
+"""Devices and the commands sent to them, as Core tables and the queries over them."""
 
 from __future__ import annotations
 
-import sqlite3
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+import sqlalchemy as sa
+
+from central.store import dialect, metadata
+
+if TYPE_CHECKING:
+    from central.store import Db
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("site", sa.Text, nullable=False),
+    sa.Column("device", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("org_path", sa.Text, nullable=False),
+    sa.Column("username", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, server_default="unknown"),
+    sa.Column("status_at", sa.Text),
+    sa.Column("last_hb_at", sa.Text),
+    sa.Column("hb", sa.Text),
+    sa.Column("queue_depth", sa.Integer, server_default="0"),
+    sa.Column("queue_dropped", sa.Integer, server_default="0"),
+    sa.Column("revoked", sa.Integer, server_default="0"),
+    sa.Index("idx_devices_site", "site"),  # the legacy store's index name: adopted databases already have it
+)
+
+device_commands = sa.Table(
+    "device_commands", metadata,
+    sa.Column("cmd_id", sa.Text, primary_key=True),
+    sa.Column("device_id", sa.Text),
+    sa.Column("action", sa.Text),
+    sa.Column("args", sa.Text),
+    sa.Column("sent_at", sa.Text),
+    sa.Column("acked_at", sa.Text),
+    sa.Column("ok", sa.Integer),
+    sa.Column("detail", sa.Text),
+)
+
+# A site belongs to one org: the first provisioning claims it; later ones need rights over that org.
+device_sites = sa.Table(
+    "device_sites", metadata,
+    sa.Column("site", sa.Text, primary_key=True),
+    sa.Column("org_path", sa.Text, nullable=False),
+    sa.Column("claimed_by", sa.Text, nullable=False),
+    sa.Column("claimed_at", sa.Text, nullable=False),
+)
+
+TABLES = [devices, device_commands, device_sites]
 
 
-def _v1(db: sqlite_utils.Database) -> None:
-    db["devices"].create(
-        {
-            "id": str, "site": str, "device": str, "kind": str, "name": str, "org_path": str, "username": str,
-            "created_at": str, "status": str, "status_at": str, "last_hb_at": str, "hb": str,
-            "queue_depth": int, "queue_dropped": int, "revoked": int,
-        },
-        pk="id",
-        not_null={"site", "device", "kind", "org_path", "username", "created_at"},
-        defaults={"status": "unknown", "queue_depth": 0, "queue_dropped": 0, "revoked": 0},
-    )
-    db["devices"].create_index(["site"])
-    db["device_commands"].create(
-        {"cmd_id": str, "device_id": str, "action": str, "args": str, "sent_at": str, "acked_at": str,
-         "ok": int, "detail": str},
-        pk="cmd_id",
-    )
-
-
-def _v2(db: sqlite_utils.Database) -> None:
-    # A site belongs to one org: the first provisioning claims it; later ones need rights over that org.
-    db.conn.execute("CREATE TABLE device_sites (site TEXT PRIMARY KEY, org_path TEXT NOT NULL,"
-                    " claimed_by TEXT NOT NULL, claimed_at TEXT NOT NULL)")
-    # Sites of devices provisioned before claims existed: owned by the deepest org common to their devices.
+def adopt_legacy(db: Db) -> None:
+    """The legacy tables already have these shapes and index names. A database still at legacy v1 has no
+    site claims yet: each site is owned by the deepest org common to its devices (what legacy v2 did)."""
+    if "device_sites" in sa.inspect(db.sa).get_table_names():
+        return
+    device_sites.create(db.sa)
     by_site: dict[str, list[str]] = {}
-    for site, org in db.conn.execute("SELECT site, org_path FROM devices ORDER BY created_at"):
-        by_site.setdefault(site, []).append(org)
+    for r in db.all(sa.select(devices.c.site, devices.c.org_path).order_by(devices.c.created_at)):
+        by_site.setdefault(r["site"], []).append(r["org_path"])
+    at = datetime.now(UTC).isoformat()
     for site, orgs in by_site.items():
-        db.conn.execute("INSERT INTO device_sites VALUES (?, ?, 'migration', datetime('now'))",
-                        (site, common_org(orgs)))
+        claim_site(db, site, common_org(orgs), "migration", at)
 
 
 def common_org(orgs: list[str]) -> str:
@@ -50,74 +80,72 @@ def common_org(orgs: list[str]) -> str:
     return "/" + "/".join(common) if common else "/city"
 
 
-MIGRATIONS = [(1, _v1), (2, _v2)]
+def site_claim(db: Db, site: str) -> str | None:
+    return db.scalar(sa.select(device_sites.c.org_path).where(device_sites.c.site == site))
 
 
-def site_claim(db: sqlite_utils.Database, site: str) -> str | None:
-    row = db.conn.execute("SELECT org_path FROM device_sites WHERE site = ?", (site,)).fetchone()
-    return row[0] if row else None
+def claim_site(db: Db, site: str, org: str, by: str, at: str) -> None:
+    db.run(dialect.insert_ignore(db, device_sites, "site").values(site=site, org_path=org, claimed_by=by,
+                                                                   claimed_at=at))
 
 
-def claim_site(db: sqlite_utils.Database, site: str, org: str, by: str, at: str) -> None:
-    db.conn.execute("INSERT INTO device_sites VALUES (?, ?, ?, ?) ON CONFLICT(site) DO NOTHING", (site, org, by, at))
-
-
-def video_site_org(db: sqlite_utils.Database, site: str) -> str | None:
+def video_site_org(db: Db, site: str) -> str | None:
     """The org video maps `site` to, when it maps it: a device there opens cases in that org, so it counts
-    as the site's owner too. (Read here rather than through video, which may not be installed.)"""
+    as the site's owner too. (Read here rather than through video, which may not be installed: without
+    its store module there is no video table to read, and a failing query would abort a PostgreSQL
+    transaction, so the table is looked up, not tried.)"""
     try:
-        row = db.conn.execute("SELECT org_path FROM video_sites WHERE site = ?", (site,)).fetchone()
-    except sqlite3.OperationalError:  # no video tables in this build
+        from central.video.store import sites
+    except ImportError:  # no video capability in this build
         return None
-    return row[0] if row else None
+    return db.scalar(sa.select(sites.c.org_path).where(sites.c.site == site))
 
 
-def get(db: sqlite_utils.Database, device_id: str) -> dict[str, Any] | None:
-    rows = list(db.query("SELECT * FROM devices WHERE id = ?", [device_id]))
-    return rows[0] if rows else None
+def get(db: Db, device_id: str) -> dict[str, Any] | None:
+    return db.first(sa.select(devices).where(devices.c.id == device_id))
 
 
-def list_devices(db: sqlite_utils.Database, org_prefixes: list[str] | None) -> list[dict[str, Any]]:
+def list_devices(db: Db, org_prefixes: list[str] | None) -> list[dict[str, Any]]:
+    q = sa.select(devices).order_by(devices.c.id)
     if org_prefixes is None:
-        return list(db.query("SELECT * FROM devices ORDER BY id"))
+        return db.all(q)
     if not org_prefixes:
         return []
-    where = " OR ".join("(org_path = ? OR org_path LIKE ?)" for _ in org_prefixes)
-    params: list[str] = []
-    for p in org_prefixes:
-        params += [p, p.rstrip("/") + "/%"]
-    return list(db.query(f"SELECT * FROM devices WHERE {where} ORDER BY id", params))
+    return db.all(q.where(sa.or_(*(
+        sa.or_(devices.c.org_path == p, devices.c.org_path.like(dialect.like_escape(p.rstrip("/")) + "/%",
+                                                                escape="\\"))
+        for p in org_prefixes))))
 
 
-def insert(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
-    db["devices"].insert(row)
+def insert(db: Db, row: dict[str, Any]) -> None:
+    db.run(sa.insert(devices).values(**row))
 
 
-def set_status(db: sqlite_utils.Database, device_id: str, status: str, at: str) -> None:
-    db.conn.execute("UPDATE devices SET status = ?, status_at = ? WHERE id = ?", (status, at, device_id))
+def set_status(db: Db, device_id: str, status: str, at: str) -> None:
+    db.run(sa.update(devices).where(devices.c.id == device_id).values(status=status, status_at=at))
 
 
-def set_heartbeat(db: sqlite_utils.Database, device_id: str, at: str, hb_json: str, depth: int, dropped: int) -> None:
-    db.conn.execute(
-        "UPDATE devices SET last_hb_at = ?, hb = ?, queue_depth = ?, queue_dropped = ? WHERE id = ?",
-        (at, hb_json, depth, dropped, device_id),
-    )
+def set_heartbeat(db: Db, device_id: str, at: str, hb_json: str, depth: int, dropped: int) -> None:
+    db.run(sa.update(devices).where(devices.c.id == device_id).values(
+        last_hb_at=at, hb=hb_json, queue_depth=depth, queue_dropped=dropped))
 
 
-def record_command(db: sqlite_utils.Database, row: dict[str, Any]) -> None:
-    db["device_commands"].insert(row)
+def record_command(db: Db, row: dict[str, Any]) -> None:
+    db.run(sa.insert(device_commands).values(**row))
 
 
-def ack_command(db: sqlite_utils.Database, cmd_id: str, at: str, ok: bool, detail: str) -> None:
-    db.conn.execute(
-        "UPDATE device_commands SET acked_at = ?, ok = ?, detail = ? WHERE cmd_id = ?", (at, int(ok), detail, cmd_id)
-    )
+def ack_command(db: Db, cmd_id: str, at: str, ok: bool, detail: str) -> None:
+    db.run(sa.update(device_commands).where(device_commands.c.cmd_id == cmd_id).values(
+        acked_at=at, ok=int(ok), detail=detail))
 
 
-def recent_events(db: sqlite_utils.Database, device_id: str, limit: int) -> list[dict[str, Any]]:
+def recent_events(db: Db, device_id: str, limit: int) -> list[dict[str, Any]]:
+    from central.bridge.store import events as ev  # the bridge's table (the bridge imports this module)
+
     site, device = device_id.split("/", 1)
-    return list(db.query(
-        "SELECT event_id, kind, ts, received_at, phase, incident_id, camera, zone, score, count, payload"
-        " FROM events WHERE site = ? AND device = ? ORDER BY received_at DESC, ts DESC LIMIT ?",
-        [site, device, limit],
-    ))
+    return db.all(
+        sa.select(ev.c.event_id, ev.c.kind, ev.c.ts, ev.c.received_at, ev.c.phase, ev.c.incident_id, ev.c.camera,
+                  ev.c.zone, ev.c.score, ev.c.count, ev.c.payload)
+        .where(ev.c.site == site, ev.c.device == device)
+        .order_by(ev.c.received_at.desc(), ev.c.ts.desc()).limit(limit)
+    )

@@ -216,6 +216,9 @@ class Store:
             self._active += 1
         try:
             with self.engine.connect() as conn:
+                # Begun up front, so a fast path's driver-level write (Db.raw) before any Core statement is
+                # inside the transaction SQLAlchemy commits (PostgreSQL would otherwise drop it).
+                conn.begin()
                 if self.dialect == "sqlite":
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 db = Db(self, conn)

@@ -22,10 +22,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import sqlite_utils
 
+from central.bridge import store as bridge_store
 from central.hub import Hub, LoopWorker
 from central.iam.audit import record
+from central.store import Db
+from central.video import store
 from protocol import topics
 from protocol.messages import Event
 
@@ -75,7 +77,7 @@ class VideoService:
         self.alert_sender = LoopWorker("video-alerts", self._send_queued, interval_s=0.5)
 
     # --- ingest: a correlator thread consumes the bridge's `events` table from a durable cursor --------
-    def on_events(self, db: sqlite_utils.Database, events: list[tuple[str, str, Event]]) -> None:
+    def on_events(self, db: Db, events: list[tuple[str, str, Event]]) -> None:
         """Hook `events.ingested` (inside the bridge's transaction): only wake the correlator, so the
         bridge's ingest rate does not depend on correlation cost."""
         self.kick()
@@ -85,43 +87,40 @@ class VideoService:
         self.correlator.kick()
 
     def process_pending(self, limit: int = 1000) -> int:
-        """Correlate up to `limit` stored events past the cursor, cursor move in the same transaction."""
+        """Correlate up to `limit` stored events past the cursor, cursor move in the same transaction. The
+        cursor row is claimed: a second correlator (another process) finds it taken and does nothing."""
         with self._process_lock, self.hub.store.tx() as db:
-            last = db.conn.execute("SELECT last_rowid FROM video_cursor WHERE id = 1").fetchone()[0]
-            rows = db.conn.execute(
-                "SELECT rowid, site, device, payload, snapshot FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                (last, limit),
-            ).fetchall()
+            last = store.claim_cursor(db)
+            if last is None:
+                return 0
+            rows = bridge_store.events_after(db, last, limit)
             if not rows:
                 return 0
             batch = []
-            for _rowid, site, device, payload, snap in rows:
+            for r in rows:
                 try:
-                    ev = Event.model_validate_json(payload)
+                    ev = Event.model_validate_json(r["payload"])
                 except ValueError:
-                    log.warning("video: stored event of %s/%s does not parse; skipped", site, device)
+                    log.warning("video: stored event of %s/%s does not parse; skipped", r["site"], r["device"])
                     continue
-                if snap is not None:
-                    ev.snapshot_jpeg_b64 = base64.b64encode(snap).decode()
-                batch.append((site, device, ev))
+                if r["snapshot"] is not None:
+                    ev.snapshot_jpeg_b64 = base64.b64encode(bytes(r["snapshot"])).decode()
+                batch.append((r["site"], r["device"], ev))
             self.correlate(db, batch)
-            db.conn.execute("UPDATE video_cursor SET last_rowid = ? WHERE id = 1", (rows[-1][0],))
+            store.move_cursor(db, int(rows[-1]["seq"]))
             return len(rows)
 
-    def correlate(self, db: sqlite_utils.Database, events: list[tuple[str, str, Event]]) -> None:
+    def correlate(self, db: Db, events: list[tuple[str, str, Event]]) -> None:
         for site, device, ev in sorted(events, key=lambda x: x[2].ts):
-            # A savepoint per event: one bad event must not roll back the bridge's whole batch.
-            db.conn.execute("SAVEPOINT video_ingest")
+            # A savepoint per event: one bad event must not roll back the whole batch.
             try:
-                self.ingest(db, site, device, ev)
+                with store.savepoint(db):
+                    self.ingest(db, site, device, ev)
             except Exception:
-                db.conn.execute("ROLLBACK TO video_ingest")
                 log.exception("video: event %s from %s/%s not correlated", ev.event_id, site, device)
-            db.conn.execute("RELEASE video_ingest")
 
-    def ingest(self, db: sqlite_utils.Database, site: str, device: str, ev: Event) -> int | None:
-        c = db.conn
-        if c.execute("SELECT 1 FROM video_case_events WHERE event_id = ?", (ev.event_id,)).fetchone():
+    def ingest(self, db: Db, site: str, device: str, ev: Event) -> int | None:
+        if store.is_correlated(db, ev.event_id):
             return None  # already correlated (idempotent)
         ts = iso(ev.ts)
         case_id = self._find_case(db, site, device, ev)
@@ -132,66 +131,48 @@ class VideoService:
             org = self.org_of_site(db, site)
             lat, lon = ev.lat, ev.lon
             if lat is None or lon is None:
-                row = c.execute("SELECT lat, lon FROM video_cameras WHERE site=? AND device=? AND camera=?",
-                                (site, device, ev.camera or "")).fetchone()
-                lat, lon = (row[0], row[1]) if row else (None, None)
-            cur = c.execute(
-                "INSERT INTO video_cases (site, device, camera, zone, kind, org, status, score, peak_count,"
-                " first_ts, last_ts, live, event_count, cameras, lat, lon, snapshot, due_at, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?, 'new', ?,?,?,?,?,0,?,?,?,?,?,?,?)",
-                (site, device, ev.camera, ev.zone, ev.kind, org, ev.score, ev.count, ts, ts,
-                 0 if ev.phase in ("end", "instant") else 1, json.dumps([cam_key]), lat, lon, snap,
-                 iso(now() + timedelta(minutes=REVIEW_SLA_MIN)), t, t),
-            )
-            case_id = int(cur.lastrowid or 0)
+                lat, lon = store.camera_position(db, site, device, ev.camera or "") or (None, None)
+            case_id = store.insert_case(db, {
+                "site": site, "device": device, "camera": ev.camera, "zone": ev.zone, "kind": ev.kind, "org": org,
+                "status": "new", "score": ev.score, "peak_count": ev.count, "first_ts": ts, "last_ts": ts,
+                "live": 0 if ev.phase in ("end", "instant") else 1, "event_count": 0,
+                "cameras": json.dumps([cam_key]), "lat": lat, "lon": lon, "snapshot": snap,
+                "due_at": iso(now() + timedelta(minutes=REVIEW_SLA_MIN)), "created_at": t, "updated_at": t,
+            })
             self._log(db, case_id, "system:bridge", "video.case.create",
                       {"event_id": ev.event_id, "kind": ev.kind, "camera": cam_key})
             record(db, actor="system:bridge", action="video.case.create", target=f"video_case:{case_id}", org=org,
                    detail={"site": site, "device": device, "camera": ev.camera, "kind": ev.kind})
         else:
-            row = c.execute("SELECT cameras, last_ts FROM video_cases WHERE id = ?", (case_id,)).fetchone()
-            cams = json.loads(row[0])
+            cams = json.loads(store.case_cameras(db, case_id) or "[]")
             if cam_key not in cams:
                 cams.append(cam_key)
-            c.execute(
-                "UPDATE video_cases SET last_ts = max(last_ts, ?), score = max(score, ?),"
-                " peak_count = max(coalesce(peak_count, 0), coalesce(?, 0)), cameras = ?,"
-                " live = CASE WHEN ? = 'end' THEN 0 WHEN ? IN ('start', 'update') THEN 1 ELSE live END,"
-                " snapshot = coalesce(?, snapshot), updated_at = ? WHERE id = ?",
-                (ts, ev.score, ev.count, json.dumps(cams), ev.phase, ev.phase, snap, t, case_id),
-            )
-        c.execute("UPDATE video_cases SET event_count = event_count + 1 WHERE id = ?", (case_id,))
-        c.execute(
-            "INSERT INTO video_case_events (event_id, case_id, site, device, incident_id, camera, phase, ts,"
-            " score, count) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (ev.event_id, case_id, site, device, ev.incident_id, ev.camera, ev.phase, ts, ev.score, ev.count),
-        )
+            live = 0 if ev.phase == "end" else 1 if ev.phase in ("start", "update") else None
+            store.add_event_to_case(db, case_id, ts, ev.score, ev.count, json.dumps(cams), live, snap, t)
+        store.count_case_event(db, case_id)
+        store.insert_case_event(db, {
+            "event_id": ev.event_id, "case_id": case_id, "site": site, "device": device,
+            "incident_id": ev.incident_id, "camera": ev.camera, "phase": ev.phase, "ts": ts, "score": ev.score,
+            "count": ev.count,
+        })
         return case_id
 
-    def _find_case(self, db: sqlite_utils.Database, site: str, device: str, ev: Event) -> int | None:
-        c = db.conn
+    def _find_case(self, db: Db, site: str, device: str, ev: Event) -> int | None:
         if ev.incident_id:
-            row = c.execute("SELECT case_id FROM video_case_events WHERE site=? AND device=? AND incident_id=?"
-                            " LIMIT 1", (site, device, ev.incident_id)).fetchone()
-            if row:
-                return int(row[0])
+            cid = store.case_of_incident(db, site, device, ev.incident_id)
+            if cid is not None:
+                return cid
         cam_key = f"{device}/{ev.camera or '-'}"
         near = self.neighbours(db, site, cam_key) | {cam_key}
         since = iso(ev.ts - timedelta(seconds=self.window_s))
-        rows = c.execute(
-            "SELECT id, cameras FROM video_cases WHERE site=? AND kind=? AND status IN (?,?,?,?)"
-            " AND last_ts >= ? ORDER BY last_ts DESC", (site, ev.kind, *OPEN, since),
-        ).fetchall()
-        for case_id, cams in rows:
+        for case_id, cams in store.open_cases_since(db, site, ev.kind, OPEN, since):
             if near & set(json.loads(cams)):
-                return int(case_id)
+                return case_id
         return None
 
-    def neighbours(self, db: sqlite_utils.Database, site: str, cam_key: str) -> set[str]:
-        device, _, camera = cam_key.partition("/")
+    def neighbours(self, db: Db, site: str, cam_key: str) -> set[str]:
         out: set[str] = set()
-        for d, cam, nb in db.conn.execute("SELECT device, camera, neighbours FROM video_cameras WHERE site=?",
-                                          (site,)):
+        for d, cam, nb in store.site_cameras(db, site):
             key = f"{d}/{cam}"
             nbs = set(json.loads(nb))
             if key == cam_key:
@@ -200,27 +181,22 @@ class VideoService:
                 out.add(key)
         return out
 
-    def org_of_site(self, db: sqlite_utils.Database, site: str) -> str:
-        row = db.conn.execute("SELECT org_path FROM video_sites WHERE site = ?", (site,)).fetchone()
-        return row[0] if row else DEFAULT_ORG
+    def org_of_site(self, db: Db, site: str) -> str:
+        return store.site_org(db, site) or DEFAULT_ORG
 
     # --- configuration -------------------------------------------------------------------------------
     def set_site(self, site: str, org_path: str, actor: str) -> dict[str, str]:
         if not topics.valid_id(site):
             raise VideoError(400, "site: must match ^[A-Za-z0-9_-]{1,64}$")
         with self.hub.store.tx() as db:
-            db.conn.execute("INSERT INTO video_sites VALUES (?, ?, ?) ON CONFLICT(site) DO UPDATE SET"
-                            " org_path = excluded.org_path, updated_at = excluded.updated_at",
-                            (site, org_path, iso(now())))
-            # Open cases follow their site into the new org (closed ones keep the org they were handled in).
-            db.conn.execute(f"UPDATE video_cases SET org = ? WHERE site = ? AND status IN ({','.join('?' * 4)})",
-                            (org_path, site, *OPEN))
+            store.set_site(db, site, org_path, iso(now()), OPEN)
             record(db, actor=actor, action="video.site.set", target=f"video_site:{site}", org=org_path,
                    detail={"org_path": org_path})
         return {"site": site, "org_path": org_path}
 
     def site_org(self, site: str) -> str:
-        return self.org_of_site(self.hub.store.db, site)
+        with self.hub.store.read() as db:
+            return self.org_of_site(db, site)
 
     def set_camera(self, site: str, device: str, camera: str, lat: float | None, lon: float | None,
                    neighbours: list[str], actor: str) -> dict[str, Any]:
@@ -232,12 +208,7 @@ class VideoService:
             if not (topics.valid_id(d) and topics.valid_id(cam)):
                 raise VideoError(400, f"neighbours: {n!r} must be 'device/camera'")
         with self.hub.store.tx() as db:
-            db.conn.execute(
-                "INSERT INTO video_cameras VALUES (?,?,?,?,?,?,?) ON CONFLICT(site, device, camera) DO UPDATE"
-                " SET lat=excluded.lat, lon=excluded.lon, neighbours=excluded.neighbours,"
-                " updated_at=excluded.updated_at",
-                (site, device, camera, lat, lon, json.dumps(sorted(set(neighbours))), iso(now())),
-            )
+            store.set_camera(db, site, device, camera, lat, lon, json.dumps(sorted(set(neighbours))), iso(now()))
             record(db, actor=actor, action="video.camera.set", target=f"video_camera:{site}/{device}/{camera}",
                    org=self.org_of_site(db, site), detail={"lat": lat, "lon": lon, "neighbours": neighbours})
         return {"site": site, "device": device, "camera": camera, "lat": lat, "lon": lon,
@@ -251,60 +222,58 @@ class VideoService:
         if webhook_url and not webhook_secret:
             raise VideoError(400, "webhook_secret: required with webhook_url (alerts are HMAC-signed)")
         with self.hub.store.tx() as db:
-            cur = db.conn.execute(
-                "INSERT INTO video_routes (org_prefix, kind, department, webhook_url, webhook_secret, mqtt,"
-                " ack_sla_min, resolve_sla_min, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (org_prefix, kind, department, webhook_url, webhook_secret, int(mqtt), ack_sla_min,
-                 resolve_sla_min, iso(now())),
-            )
-            rid = int(cur.lastrowid or 0)
+            rid = store.insert_route(db, {
+                "org_prefix": org_prefix, "kind": kind, "department": department, "webhook_url": webhook_url,
+                "webhook_secret": webhook_secret, "mqtt": int(mqtt), "ack_sla_min": ack_sla_min,
+                "resolve_sla_min": resolve_sla_min, "created_at": iso(now()),
+            })
             record(db, actor=actor, action="video.route.add", target=f"video_route:{rid}", org=org_prefix,
                    detail={"kind": kind, "department": department, "webhook": bool(webhook_url)})
         return self.route(rid)
 
-    def route(self, rid: int) -> dict[str, Any]:
-        row = self.hub.store.db.conn.execute(
-            "SELECT id, org_prefix, kind, department, webhook_url, mqtt, ack_sla_min, resolve_sla_min, created_at"
-            " FROM video_routes WHERE id = ?", (rid,)).fetchone()
-        if row is None:
-            raise VideoError(404, f"route {rid} not found")
-        keys = ("id", "org_prefix", "kind", "department", "webhook_url", "mqtt", "ack_sla_min",
-                "resolve_sla_min", "created_at")
-        d = dict(zip(keys, row, strict=True))
+    @staticmethod
+    def _route_view(r: dict[str, Any]) -> dict[str, Any]:
+        d = {k: r[k] for k in ("id", "org_prefix", "kind", "department", "webhook_url", "mqtt", "ack_sla_min",
+                               "resolve_sla_min", "created_at")}  # never the webhook secret
         d["mqtt"] = bool(d["mqtt"])
         return d
 
+    def route(self, rid: int) -> dict[str, Any]:
+        with self.hub.store.read() as db:
+            r = store.get_route(db, rid)
+        if r is None:
+            raise VideoError(404, f"route {rid} not found")
+        return self._route_view(r)
+
     def routes(self, scopes: list[str]) -> list[dict[str, Any]]:
-        ids = [r[0] for r in self.hub.store.db.conn.execute("SELECT id, org_prefix FROM video_routes ORDER BY id")
-               if any(under(r[1], s) or under(s, r[1]) for s in scopes)]
-        return [self.route(i) for i in ids]
+        with self.hub.store.read() as db:
+            rows = store.all_routes(db)
+        return [self._route_view(r) for r in rows if any(under(r["org_prefix"], s) or under(s, r["org_prefix"])
+                                                          for s in scopes)]
 
     def delete_route(self, rid: int, actor: str) -> None:
         r = self.route(rid)
         with self.hub.store.tx() as db:
-            db.conn.execute("DELETE FROM video_routes WHERE id = ?", (rid,))
+            store.delete_route(db, rid)
             record(db, actor=actor, action="video.route.delete", target=f"video_route:{rid}", org=r["org_prefix"])
 
-    def pick_route(self, db: sqlite_utils.Database, org: str, kind: str) -> tuple | None:
+    def pick_route(self, db: Db, org: str, kind: str) -> dict[str, Any] | None:
         """The most specific route: longest org prefix the case lies under, exact kind before '*'."""
         best = None
-        for row in db.conn.execute("SELECT id, org_prefix, kind, department, webhook_url, webhook_secret, mqtt,"
-                                   " ack_sla_min, resolve_sla_min FROM video_routes"):
-            if not under(org, row[1]) or row[2] not in (kind, "*"):
+        for row in store.all_routes(db):
+            if not under(org, row["org_prefix"]) or row["kind"] not in (kind, "*"):
                 continue
-            rank = (len(row[1].rstrip("/")), row[2] == kind, -row[0])
+            rank = (len(row["org_prefix"].rstrip("/")), row["kind"] == kind, -row["id"])
             if best is None or rank > best[0]:
                 best = (rank, row)
         return best[1] if best else None
 
     # --- reads --------------------------------------------------------------------------------------
-    CASE_COLS = ("id", "site", "device", "camera", "zone", "kind", "org", "status", "verdict", "reason", "score",
-                 "peak_count", "first_ts", "last_ts", "live", "event_count", "cameras", "lat", "lon", "department",
-                 "route_id", "due_at", "created_at", "updated_at", "reviewed_at", "dispatched_at",
-                 "acknowledged_at", "resolved_at")
+    CASE_COLS = store.CASE_COLS
 
-    def _case_dict(self, row: tuple, has_snap: bool) -> dict[str, Any]:
-        d = dict(zip(self.CASE_COLS, row, strict=True))
+    def _case_dict(self, row: dict[str, Any]) -> dict[str, Any]:
+        has_snap = bool(row.pop("has_snapshot"))
+        d = row
         d["cameras"] = json.loads(d["cameras"])
         d["live"] = bool(d["live"])
         d["overdue"] = bool(d["due_at"] and d["status"] in OPEN and d["due_at"] < iso(now()))
@@ -313,127 +282,61 @@ class VideoService:
         return d
 
     def case(self, case_id: int) -> dict[str, Any]:
-        c = self.hub.store.db.conn
-        row = c.execute(f"SELECT {', '.join(self.CASE_COLS)}, snapshot IS NOT NULL FROM video_cases WHERE id = ?",
-                        (case_id,)).fetchone()
+        with self.hub.store.read() as db:
+            row = store.get_case(db, case_id)
         if row is None:
             raise VideoError(404, f"case {case_id} not found")
-        return self._case_dict(row[:-1], bool(row[-1]))
+        return self._case_dict(row)
 
     def case_org(self, case_id: int) -> str | None:
-        row = self.hub.store.db.conn.execute("SELECT org FROM video_cases WHERE id = ?", (case_id,)).fetchone()
-        return row[0] if row else None
+        with self.hub.store.read() as db:
+            return store.case_org(db, case_id)
 
     def case_detail(self, case_id: int) -> dict[str, Any]:
         d = self.case(case_id)
-        c = self.hub.store.db.conn
-        d["events"] = [dict(zip(("event_id", "device", "camera", "incident_id", "phase", "ts", "score", "count"), r,
-                                strict=True))
-                       for r in c.execute("SELECT event_id, device, camera, incident_id, phase, ts, score, count"
-                                          " FROM video_case_events WHERE case_id = ? ORDER BY ts", (case_id,))]
-        d["history"] = [{"ts": r[0], "actor": r[1], "action": r[2], "detail": json.loads(r[3])}
-                        for r in c.execute("SELECT ts, actor, action, detail FROM video_case_log WHERE case_id = ?"
-                                           " ORDER BY id", (case_id,))]
-        d["alerts"] = [dict(zip(("id", "channel", "target", "status", "attempts", "error", "sent_at"), r, strict=True))
-                       for r in c.execute("SELECT id, channel, target, status, attempts, error, sent_at FROM"
-                                          " video_alerts WHERE case_id = ? ORDER BY id", (case_id,))]
+        with self.hub.store.read() as db:
+            d["events"] = store.events_of_case(db, case_id)
+            d["history"] = [{**r, "detail": json.loads(r["detail"])} for r in store.log_of_case(db, case_id)]
+            d["alerts"] = store.alerts_of_case(db, case_id)
         return d
 
     def snapshot(self, case_id: int) -> bytes:
-        row = self.hub.store.db.conn.execute("SELECT snapshot FROM video_cases WHERE id = ?", (case_id,)).fetchone()
-        if row is None:
+        with self.hub.store.read() as db:
+            found, snap = store.case_snapshot(db, case_id)
+        if not found:
             raise VideoError(404, f"case {case_id} not found")
-        if row[0] is None:
+        if snap is None:
             raise VideoError(404, f"case {case_id} has no snapshot")
-        return bytes(row[0])
-
-    def _scope_sql(self, scopes: list[str]) -> tuple[str, list[str]]:
-        if not scopes:
-            return "0", []
-        parts, args = [], []
-        for s in scopes:
-            if s == "/":
-                return "1", []
-            parts.append("(org = ? OR org LIKE ?)")
-            args += [s.rstrip("/"), s.rstrip("/") + "/%"]
-        return "(" + " OR ".join(parts) + ")", args
+        return snap
 
     def list_cases(self, scopes: list[str], status: str | None = None, kind: str | None = None,
                    site: str | None = None, overdue: bool | None = None, since: datetime | None = None,
                    limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        where, args = self._scope_sql(scopes)
-        cond: list[str] = [where]
-        if status:
-            if status not in STATUSES:
-                raise VideoError(400, f"status: must be one of {', '.join(STATUSES)}")
-            cond.append("status = ?")
-            args.append(status)
-        if kind:
-            cond.append("kind = ?")
-            args.append(kind)
-        if site:
-            cond.append("site = ?")
-            args.append(site)
-        if since:
-            cond.append("last_ts >= ?")
-            args.append(iso(since))
-        if overdue is not None:
-            t = iso(now())
-            q = f"(due_at IS NOT NULL AND due_at < ? AND status IN ({','.join('?' * len(OPEN))}))"
-            cond.append(q if overdue else f"NOT {q}")
-            args += [t, *OPEN]
-        sql_where = " AND ".join(cond)
-        c = self.hub.store.db.conn
-        total = c.execute(f"SELECT count(*) FROM video_cases WHERE {sql_where}", args).fetchone()[0]
-        rows = c.execute(f"SELECT {', '.join(self.CASE_COLS)}, snapshot IS NOT NULL FROM video_cases WHERE"
-                         f" {sql_where} ORDER BY last_ts DESC, id DESC LIMIT ? OFFSET ?", [*args, limit, offset])
-        return {"total": total, "items": [self._case_dict(r[:-1], bool(r[-1])) for r in rows]}
+        if status and status not in STATUSES:
+            raise VideoError(400, f"status: must be one of {', '.join(STATUSES)}")
+        where = store.case_filter(scopes, status=status, kind=kind, site=site,
+                                  last_since=iso(since) if since else None, overdue=overdue,
+                                  overdue_at=iso(now()), open_statuses=OPEN)
+        with self.hub.store.read() as db:
+            total, rows = store.list_cases(db, where, limit, offset)
+        return {"total": total, "items": [self._case_dict(r) for r in rows]}
 
     def stats(self, scopes: list[str], since: datetime | None = None, until: datetime | None = None
               ) -> dict[str, Any]:
-        where, args = self._scope_sql(scopes)
-        if since:
-            where += " AND first_ts >= ?"
-            args.append(iso(since))
-        if until:
-            where += " AND first_ts < ?"
-            args.append(iso(until))
-        c = self.hub.store.db.conn
-
-        def group(expr: str) -> dict[str, int]:
-            return {str(k): n for k, n in c.execute(
-                f"SELECT {expr} AS k, count(*) FROM video_cases WHERE {where} GROUP BY k ORDER BY k", args)}
-
-        return {
-            "total": c.execute(f"SELECT count(*) FROM video_cases WHERE {where}", args).fetchone()[0],
-            "by_kind": group("kind"),
-            "by_area": group("org"),
-            "by_status": group("status"),
-            "by_hour": group("substr(first_ts, 1, 13)"),  # UTC hour buckets "YYYY-MM-DDTHH"
-            "by_hour_of_day": group("CAST(substr(first_ts, 12, 2) AS INTEGER)"),
-            "false_positive_rate": self._fp_rate(where, args),
-        }
-
-    def _fp_rate(self, where: str, args: list[str]) -> float | None:
-        row = self.hub.store.db.conn.execute(
-            f"SELECT sum(verdict = 'false_positive'), sum(verdict IS NOT NULL) FROM video_cases WHERE {where}",
-            args).fetchone()
-        return round(row[0] / row[1], 4) if row[1] else None
+        where = store.case_filter(scopes, first_since=iso(since) if since else None,
+                                  first_until=iso(until) if until else None)
+        with self.hub.store.read() as db:
+            return store.case_stats(db, where)
 
     def heatmap(self, scopes: list[str], cell_deg: float = 0.01, kind: str | None = None,
                 since: datetime | None = None) -> dict[str, Any]:
         if not 0.0001 <= cell_deg <= 10:
             raise VideoError(400, "cell_deg: must be between 0.0001 and 10")
-        where, args = self._scope_sql(scopes)
-        if kind:
-            where += " AND kind = ?"
-            args.append(kind)
-        if since:
-            where += " AND first_ts >= ?"
-            args.append(iso(since))
+        where = store.case_filter(scopes, kind=kind, first_since=iso(since) if since else None)
         cells: dict[tuple[int, int], int] = {}
-        for lat, lon in self.hub.store.db.conn.execute(
-                f"SELECT lat, lon FROM video_cases WHERE {where} AND lat IS NOT NULL AND lon IS NOT NULL", args):
+        with self.hub.store.read() as db:
+            positions = store.case_positions(db, where)
+        for lat, lon in positions:
             key = (int(lat // cell_deg), int(lon // cell_deg))
             cells[key] = cells.get(key, 0) + 1
         return {"cell_deg": cell_deg, "cells": [
@@ -441,11 +344,10 @@ class VideoService:
              "count": n} for (r, c), n in sorted(cells.items(), key=lambda kv: -kv[1])]}
 
     def feedback(self, scopes: list[str]) -> list[dict[str, Any]]:
-        keys = ("site", "device", "camera", "kind", "zone", "confirmed", "false_positive", "reasons", "updated_at")
         out = []
-        for r in self.hub.store.db.conn.execute(f"SELECT {', '.join(keys)} FROM video_feedback ORDER BY site, device,"
-                                                " camera, kind, zone"):
-            d = dict(zip(keys, r, strict=True))
+        with self.hub.store.read() as db:
+            rows = store.all_feedback(db)
+        for d in rows:
             if any(under(self.site_org(d["site"]), s) for s in scopes):
                 d["reasons"] = json.loads(d["reasons"])
                 total = d["confirmed"] + d["false_positive"]
@@ -454,17 +356,16 @@ class VideoService:
         return out
 
     # --- workflow -----------------------------------------------------------------------------------
-    def _log(self, db: sqlite_utils.Database, case_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
-        db.conn.execute("INSERT INTO video_case_log (case_id, ts, actor, action, detail) VALUES (?,?,?,?,?)",
-                        (case_id, iso(now()), actor, action, json.dumps(detail)))
+    def _log(self, db: Db, case_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
+        store.log_case(db, case_id, iso(now()), actor, action, json.dumps(detail))
 
     def _transition(self, case_id: int, actor: str, allowed_from: tuple[str, ...], action: str,
                     fn: Any) -> dict[str, Any]:
         with self.hub.store.tx() as db:
-            row = db.conn.execute("SELECT status, org FROM video_cases WHERE id = ?", (case_id,)).fetchone()
+            row = store.case_field(db, case_id, "status", "org")
             if row is None:
                 raise VideoError(404, f"case {case_id} not found")
-            status, org = row
+            status, org = row["status"], row["org"]
             if status not in allowed_from:
                 raise VideoError(409, f"status: case {case_id} is '{status}'; {action} needs one of "
                                       f"{', '.join(allowed_from)}")
@@ -479,27 +380,22 @@ class VideoService:
         if verdict == "false_positive" and not reason.strip():
             raise VideoError(400, "reason: required for a false positive (it is kept as detector feedback)")
 
-        def fn(db: sqlite_utils.Database, org: str) -> dict[str, Any]:
+        def fn(db: Db, org: str) -> dict[str, Any]:
             t = iso(now())
             status = "reviewed" if verdict == "confirmed" else "dismissed"
-            db.conn.execute("UPDATE video_cases SET status=?, verdict=?, reason=?, reviewed_at=?, updated_at=?,"
-                            " due_at=NULL WHERE id=?", (status, verdict, reason, t, t, case_id))
-            site, device, camera, kind, zone = db.conn.execute(
-                "SELECT site, device, coalesce(camera, '-'), kind, coalesce(zone, '-') FROM video_cases WHERE id=?",
-                (case_id,)).fetchone()
+            store.update_case(db, case_id, status=status, verdict=verdict, reason=reason, reviewed_at=t,
+                              updated_at=t, due_at=None)
+            c = store.case_field(db, case_id, "site", "device", "camera", "kind", "zone")
+            assert c is not None  # the transition found it in this transaction
+            site, device, kind = c["site"], c["device"], c["kind"]
+            camera, zone = c["camera"] or "-", c["zone"] or "-"
             # Feedback per camera + rule (kind, zone): precision figures for tuning thresholds on that camera.
-            prev = db.conn.execute("SELECT reasons FROM video_feedback WHERE site=? AND device=? AND camera=? AND"
-                                   " kind=? AND zone=?", (site, device, camera, kind, zone)).fetchone()
-            reasons = json.loads(prev[0]) if prev else []
+            prev = store.feedback_reasons(db, site, device, camera, kind, zone)
+            reasons = json.loads(prev) if prev else []
             if verdict == "false_positive":
                 reasons = [*reasons, {"case_id": case_id, "reason": reason, "ts": t}][-20:]
-            db.conn.execute(
-                "INSERT INTO video_feedback VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(site, device, camera, kind, zone)"
-                " DO UPDATE SET confirmed = confirmed + excluded.confirmed,"
-                " false_positive = false_positive + excluded.false_positive, reasons = excluded.reasons,"
-                " updated_at = excluded.updated_at",
-                (site, device, camera, kind, zone, int(verdict == "confirmed"), int(verdict == "false_positive"),
-                 json.dumps(reasons), t))
+            store.add_feedback(db, site, device, camera, kind, zone, int(verdict == "confirmed"),
+                               int(verdict == "false_positive"), json.dumps(reasons), t)
             return {"verdict": verdict, "reason": reason}
 
         return self._transition(case_id, actor, ("new",), "video.case.review", fn)
@@ -507,28 +403,28 @@ class VideoService:
     def dispatch(self, case_id: int, actor: str, department: str | None = None) -> dict[str, Any]:
         alerts: list[tuple[int, str, str, bytes, str | None]] = []
 
-        def fn(db: sqlite_utils.Database, org: str) -> dict[str, Any]:
-            kind = db.conn.execute("SELECT kind FROM video_cases WHERE id=?", (case_id,)).fetchone()[0]
+        def fn(db: Db, org: str) -> dict[str, Any]:
+            kind = (store.case_field(db, case_id, "kind") or {})["kind"]
             route = self.pick_route(db, org, kind)
-            dept = department or (route[3] if route else None)
+            dept = department or (route["department"] if route else None)
             if dept is None:
                 raise VideoError(409, f"department: no routing rule matches org {org} and kind {kind}; name one")
             if not topics.valid_id(dept):
                 raise VideoError(400, "department: must match ^[A-Za-z0-9_-]{1,64}$")
-            if route is not None and route[3] != dept:
+            if route is not None and route["department"] != dept:
                 route = None  # an explicit department other than the routed one: default SLA, MQTT only
-            ack_min = route[7] if route else DEFAULT_ACK_SLA_MIN
+            ack_min = route["ack_sla_min"] if route else DEFAULT_ACK_SLA_MIN
             t = now()
-            db.conn.execute("UPDATE video_cases SET status='dispatched', department=?, route_id=?, dispatched_at=?,"
-                            " due_at=?, updated_at=? WHERE id=?",
-                            (dept, route[0] if route else None, iso(t), iso(t + timedelta(minutes=ack_min)), iso(t),
-                             case_id))
+            store.update_case(db, case_id, status="dispatched", department=dept,
+                              route_id=route["id"] if route else None, dispatched_at=iso(t),
+                              due_at=iso(t + timedelta(minutes=ack_min)), updated_at=iso(t))
             body = self._alert_body(db, case_id, dept)
-            if route is None or route[6]:
+            if route is None or route["mqtt"]:
                 alerts.append(self._queue_alert(db, case_id, "mqtt", f"{ALERT_TOPIC}/{dept}", body, None))
-            if route is not None and route[4]:
-                alerts.append(self._queue_alert(db, case_id, "webhook", route[4], body, route[5]))
-            return {"department": dept, "route_id": route[0] if route else None,
+            if route is not None and route["webhook_url"]:
+                alerts.append(self._queue_alert(db, case_id, "webhook", route["webhook_url"], body,
+                                                route["webhook_secret"]))
+            return {"department": dept, "route_id": route["id"] if route else None,
                     "channels": [a[1] for a in alerts]}
 
         out = self._transition(case_id, actor, ("reviewed",), "video.case.dispatch", fn)
@@ -536,43 +432,37 @@ class VideoService:
         return out
 
     def acknowledge(self, case_id: int, actor: str) -> dict[str, Any]:
-        def fn(db: sqlite_utils.Database, org: str) -> dict[str, Any]:
-            rid = db.conn.execute("SELECT route_id FROM video_cases WHERE id=?", (case_id,)).fetchone()[0]
-            row = db.conn.execute("SELECT resolve_sla_min FROM video_routes WHERE id=?", (rid,)).fetchone() if rid \
-                else None
+        def fn(db: Db, org: str) -> dict[str, Any]:
+            rid = (store.case_field(db, case_id, "route_id") or {}).get("route_id")
+            route = store.get_route(db, rid) if rid else None
             t = now()
-            due = t + timedelta(minutes=row[0] if row else DEFAULT_RESOLVE_SLA_MIN)
-            db.conn.execute("UPDATE video_cases SET status='acknowledged', acknowledged_at=?, due_at=?, updated_at=?"
-                            " WHERE id=?", (iso(t), iso(due), iso(t), case_id))
+            due = t + timedelta(minutes=route["resolve_sla_min"] if route else DEFAULT_RESOLVE_SLA_MIN)
+            store.update_case(db, case_id, status="acknowledged", acknowledged_at=iso(t), due_at=iso(due),
+                              updated_at=iso(t))
             return {"resolve_due": iso(due)}
 
         return self._transition(case_id, actor, ("dispatched",), "video.case.acknowledge", fn)
 
     def resolve(self, case_id: int, actor: str, note: str) -> dict[str, Any]:
-        def fn(db: sqlite_utils.Database, org: str) -> dict[str, Any]:
+        def fn(db: Db, org: str) -> dict[str, Any]:
             t = iso(now())
-            db.conn.execute("UPDATE video_cases SET status='resolved', resolved_at=?, due_at=NULL, updated_at=?"
-                            " WHERE id=?", (t, t, case_id))
+            store.update_case(db, case_id, status="resolved", resolved_at=t, due_at=None, updated_at=t)
             return {"note": note}
 
         return self._transition(case_id, actor, ("acknowledged",), "video.case.resolve", fn)
 
     # --- alert push -----------------------------------------------------------------------------------
-    def _alert_body(self, db: sqlite_utils.Database, case_id: int, dept: str) -> bytes:
-        keys = ("id", "site", "device", "camera", "zone", "kind", "org", "score", "peak_count", "first_ts",
-                "last_ts", "lat", "lon", "due_at")
-        row = db.conn.execute(f"SELECT {', '.join(keys)} FROM video_cases WHERE id=?", (case_id,)).fetchone()
-        case = dict(zip(keys, row, strict=True))
+    def _alert_body(self, db: Db, case_id: int, dept: str) -> bytes:
+        case = store.case_field(db, case_id, "id", "site", "device", "camera", "zone", "kind", "org", "score",
+                                "peak_count", "first_ts", "last_ts", "lat", "lon", "due_at")
         base = self.hub.settings.public_url.rstrip("/")
         return json.dumps({"type": "video.case.dispatched", "department": dept, "case": case,
                            "snapshot_url": f"{base}/api/v1/video/cases/{case_id}/snapshot"},
                           sort_keys=True, separators=(",", ":")).encode()
 
-    def _queue_alert(self, db: sqlite_utils.Database, case_id: int, channel: str, target: str, body: bytes,
+    def _queue_alert(self, db: Db, case_id: int, channel: str, target: str, body: bytes,
                      secret: str | None) -> tuple[int, str, str, bytes, str | None]:
-        cur = db.conn.execute("INSERT INTO video_alerts (case_id, channel, target, status, created_at) VALUES"
-                              " (?,?,?, 'pending', ?)", (case_id, channel, target, iso(now())))
-        return (int(cur.lastrowid or 0), channel, target, body, secret)
+        return (store.insert_alert(db, case_id, channel, target, iso(now())), channel, target, body, secret)
 
     def _send_async(self, alerts: list[tuple[int, str, str, bytes, str | None]]) -> None:
         for a in alerts:
@@ -624,8 +514,8 @@ class VideoService:
                     err = f"{type(e).__name__}: {e}"
                     time.sleep(0.5 * attempts)
             with self.hub.store.tx() as db:
-                db.conn.execute("UPDATE video_alerts SET status=?, attempts=?, error=?, sent_at=? WHERE id=?",
-                                ("failed" if err else "sent", attempts, err, None if err else iso(now()), alert_id))
+                store.finish_alert(db, alert_id, "failed" if err else "sent", attempts, err,
+                                   None if err else iso(now()))
 
 
 def sign(body: bytes, secret: str, ts: str) -> str:

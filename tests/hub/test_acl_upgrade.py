@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from central.app import build_hub
+from central.bridge import store as bridge_store
 from central.broker import Broker
 from edge.config import parse_config
 from edge.link import Link
@@ -31,7 +32,8 @@ def test_old_device_acl_gains_its_receipt_topic_at_hub_start(tmp_path: Path, bro
         link.publish_event(messages.Event(kind="litter", count=1))
         # Only a receipt from the hub empties the outbox (a PUBACK does not).
         wait_for(lambda: link.outbox.depth() == 0, 60, "receipt emptied the outbox")
-        assert hub.store.connect().execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+        with hub.store.read() as db:
+            assert bridge_store.count_events(db) == 1
         assert hub.services["devices"].refresh_broker_acl() is False  # idempotent: nothing left to change
     finally:
         link.stop()

@@ -9,23 +9,34 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.app import build_hub
+from central.bridge import store as bridge_store
 from central.broker import Broker
 from central.hub import Hub, LoopWorker
 from central.store import Store, StoreClosed
+from central.video import store as video_store
 from protocol import messages, topics
-from tests.conftest import make_settings
+from tests.conftest import database_url, make_settings
 from tests.helpers import wait_for
 
 
 def _events(hub: Hub) -> int:
-    return int(hub.store.connect().execute("SELECT COUNT(DISTINCT event_id) FROM events").fetchone()[0])
+    with hub.store.read() as db:
+        return int(db.scalar(sa.select(sa.func.count(sa.distinct(bridge_store.events.c.event_id)))))
 
 
 def _rows(hub: Hub) -> int:
-    return int(hub.store.connect().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    with hub.store.read() as db:
+        return bridge_store.count_events(db)
+
+
+def _correlated_all(hub: Hub) -> bool:
+    """The correlator's cursor is at the newest stored event."""
+    with hub.store.read() as db:
+        return video_store.cursor_position(db) == bridge_store.max_seq(db) > 0
 
 
 def _hub_threads(names: set[str]) -> list[str]:
@@ -73,8 +84,7 @@ def test_100_start_stop_cycles_with_events_arriving(tmp_path: Path, broker: Brok
         time.sleep(0.3)
         assert _events(hub) == n and _rows(hub) == n  # nothing lost, nothing stored twice
         # The correlator (a hub worker) caught up with every stored event.
-        last = hub.store.connect().execute("SELECT MAX(rowid) FROM events").fetchone()[0]
-        wait_for(lambda: hub.store.connect().execute("SELECT last_rowid FROM video_cursor").fetchone()[0] == last,
+        wait_for(lambda: _correlated_all(hub),
                  30, "correlator at the last event")
     finally:
         pub.loop_stop()
@@ -96,8 +106,8 @@ def test_no_worker_runs_before_start_or_after_stop(tmp_path: Path) -> None:
     assert set(_hub_threads(names)) == names
     hub.close()
     assert not _hub_threads(names)
-    with pytest.raises(StoreClosed):
-        hub.store.db  # noqa: B018
+    with pytest.raises(StoreClosed), hub.store.read():
+        pass
     with pytest.raises(StoreClosed):
         with hub.store.tx():
             pass
@@ -120,22 +130,29 @@ def test_worker_survives_a_failing_step_and_stops_on_time() -> None:
     assert not w.alive
 
 
+_md = sa.MetaData()
+_t = sa.Table("t_close", _md, sa.Column("x", sa.Integer))
+
+
+@pytest.mark.both_backends
 def test_close_waits_for_a_transaction_and_leaves_live_threads_connections_alone(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s.db")
-    store.conn.execute("CREATE TABLE t (x INTEGER)")
+    url = database_url() or tmp_path / "s.db"
+    store = Store(url)
+    _md.create_all(store.engine)
     in_tx, release, done = threading.Event(), threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def writer() -> None:
         try:
             with store.tx() as db:
-                db.conn.execute("INSERT INTO t VALUES (1)")
+                db.run(sa.insert(_t).values(x=1))
                 in_tx.set()
                 release.wait(20)
-                db.conn.execute("INSERT INTO t VALUES (2)")  # still its own, open handle
+                db.run(sa.insert(_t).values(x=2))  # still its own, open connection
             # The store closed meanwhile: new work is refused with an error, not a crash.
             try:
-                store.db  # noqa: B018
+                with store.read():
+                    pass
             except StoreClosed as e:
                 errors.append(e)
         finally:
@@ -153,6 +170,7 @@ def test_close_waits_for_a_transaction_and_leaves_live_threads_connections_alone
     assert not closer.is_alive() and done.wait(20)
     t.join(20)
     assert len(errors) == 1 and isinstance(errors[0], StoreClosed)
-    check = Store(tmp_path / "s.db")
-    assert [r[0] for r in check.conn.execute("SELECT x FROM t ORDER BY x")] == [1, 2]  # committed, not torn
+    check = Store(url)
+    with check.read() as db:
+        assert list(db.run(sa.select(_t.c.x).order_by(_t.c.x)).scalars()) == [1, 2]  # committed, not torn
     check.close()

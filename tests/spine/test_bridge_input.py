@@ -12,9 +12,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.app import build_hub
+from central.bridge import store as bridge_store
 from central.broker import Broker
 from central.hub import Hub
 from protocol import messages, topics
@@ -76,11 +78,14 @@ def backlog_then_start(hub: Hub, sends: list[tuple[str, bytes | str]], dev: Devi
 
 
 def rejects(hub: Hub) -> list[tuple[str, str, str]]:
-    return [tuple(r) for r in hub.store.connect().execute("SELECT topic, reason, detail FROM ingest_rejects")]
+    r = bridge_store.ingest_rejects.c
+    with hub.store.read() as db:
+        return [tuple(x) for x in db.run(sa.select(r.topic, r.reason, r.detail).order_by(r.id))]
 
 
 def stored_events(hub: Hub) -> set[str]:
-    return {r[0] for r in hub.store.connect().execute("SELECT event_id FROM events")}
+    with hub.store.read() as db:
+        return set(bridge_store.event_ids(db))
 
 
 def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -175,9 +180,10 @@ def test_scan_batches_and_records_stored_once(hub: Hub) -> None:
         wait_for(lambda: dev.stored() >= {a.batch_id, b.batch_id} and len(seen) >= 3, 30, "both batches")
         wait_for(lambda: sum(len(r.stored) for r in dev.receipts) >= 4, 30, "every copy receipted")
         assert sorted(seen) == sorted([r1.scan_id, r2.scan_id, r3.scan_id])
-        rows = hub.store.connect().execute("SELECT scan_id FROM scans").fetchall()
-        assert sorted(r[0] for r in rows) == sorted(seen)
-        n = hub.store.connect().execute("SELECT COUNT(*) FROM scan_batches").fetchone()[0]
+        with hub.store.read() as db:
+            rows = list(db.run(sa.select(bridge_store.scans.c.scan_id)).scalars())
+            n = db.scalar(sa.select(sa.func.count()).select_from(bridge_store.scan_batches))
+        assert sorted(rows) == sorted(seen)
         assert n == 2
     finally:
         dev.close()

@@ -16,6 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.app import build_hub
+from central.bridge import store as bridge_store
 from central.broker import Broker, BrokerConfig
 from central.hub import Hub
 from edge.config import parse_config
@@ -81,7 +82,8 @@ def start_bridge(hub: Hub) -> None:
 
 
 def stored_ids(hub: Hub) -> list[str]:
-    return [r[0] for r in hub.store.connect().execute("SELECT event_id FROM events")]
+    with hub.store.read() as db:
+        return bridge_store.event_ids(db)
 
 
 def broker_acked_all(link: Link, n: int) -> None:
@@ -243,7 +245,8 @@ def test_refused_message_is_receipted_and_forgotten(tmp_path: Path, broker: Brok
         good = publish(link, 1, kind="fire")
         assert link.flush(60), f"outbox still holds {link.outbox.depth()}"
         assert link.refused == 1 and stored_ids(hub) == good
-        reasons = [r[0] for r in hub.store.connect().execute("SELECT reason FROM ingest_rejects")]
+        with hub.store.read() as db:
+            reasons = [r["reason"] for r in bridge_store.rejects(db)]
         assert reasons == ["schema_version"]
     finally:
         link.stop()

@@ -5,20 +5,25 @@ Ctrl-C (SIGINT) stops everything cleanly."""
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from central.bridge import store as bridge_store
 from central.broker import free_port
+from central.devices import store as devices_store
+from central.store import Store
+from central.video import store as video_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only(reason="the demo always runs on its own SQLite file")
 def test_demo_runs_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     proc = subprocess.Popen(
@@ -34,18 +39,21 @@ def test_demo_runs_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
             time.sleep(1)
             if not db.exists():
                 continue
-            con = sqlite3.connect(db, timeout=10)
+            store = Store(db)  # the demo hub's own file, read beside it (WAL)
             try:
-                state = {
-                    "scans": dict(con.execute("SELECT verdict, COUNT(*) FROM scans GROUP BY verdict").fetchall()),
-                    "online": con.execute("SELECT COUNT(*) FROM devices WHERE status='online'"
-                                          " AND last_hb_at IS NOT NULL").fetchone()[0],
-                    "cases": con.execute("SELECT COUNT(*) FROM video_cases").fetchone()[0],
-                }
-            except sqlite3.OperationalError:
+                with store.read() as con:
+                    scans, devices = bridge_store.scans.c, devices_store.devices.c
+                    state = {
+                        "scans": {r[0]: r[1] for r in con.run(sa.select(scans.verdict, sa.func.count())
+                                                              .group_by(scans.verdict))},
+                        "online": con.scalar(sa.select(sa.func.count()).where(devices.status == "online",
+                                                                               devices.last_hb_at.is_not(None))),
+                        "cases": con.scalar(sa.select(sa.func.count()).select_from(video_store.cases)),
+                    }
+            except sa.exc.OperationalError:  # its tables are not there yet
                 continue
             finally:
-                con.close()
+                store.close()
             if state["scans"] == {"valid": 1, "revoked": 1} and state["online"] == 2 and state["cases"]:
                 break
         assert state.get("scans") == {"valid": 1, "revoked": 1}, state

@@ -8,9 +8,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from central.app import build_hub
 from central.bridge.service import Bridge
 from central.broker import Broker
+from central.video import store as video_store
 from edge.camera import agent, synthetic
 from edge.camera.capture import Capture
 from edge.camera.config import CameraSource
@@ -50,8 +53,10 @@ def test_clip_to_case_through_broker_outage(tmp_path: Path, broker: Broker) -> N
         assert link.flush(30), f"outbox still holds {link.outbox.depth()}"
 
         def one_case() -> Any:
-            rows = hub.store.connect().execute(
-                "SELECT kind, camera, event_count, snapshot IS NOT NULL, status FROM video_cases").fetchall()
+            c = video_store.cases.c
+            with hub.store.read() as db:
+                rows = [tuple(r) for r in db.run(sa.select(c.kind, c.camera, c.event_count,
+                                                           c.snapshot.is_not(None), c.status))]
             return rows if rows and rows[0][2] >= 2 else None
 
         rows = wait_for(one_case, 20, "video case")

@@ -15,9 +15,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from central.hub import Hub
+from central.video import store as video_store
 from central.video.service import service_of
 from protocol.messages import Event
 from tests.helpers import auth, token_for
@@ -42,8 +44,19 @@ def ingest(hub: Hub, *items: tuple[str, str, Event]) -> None:
 
 
 def cases(hub: Hub) -> list[tuple]:
-    return hub.store.db.conn.execute("SELECT id, kind, camera, event_count, cameras, live, org FROM video_cases"
-                                     " ORDER BY id").fetchall()
+    c = video_store.cases.c
+    with hub.store.read() as db:
+        return [tuple(r) for r in db.run(sa.select(c.id, c.kind, c.camera, c.event_count, c.cameras, c.live, c.org)
+                                         .order_by(c.id))]
+
+
+_audit = sa.table("iam_audit", sa.column("seq"), sa.column("action"), sa.column("target"))  # iam's table
+
+
+def audit_actions(hub: Hub, **where: str) -> list[str]:
+    with hub.store.read() as db:
+        return list(db.run(sa.select(_audit.c.action).where(*(_audit.c[k] == v for k, v in where.items()))
+                           .order_by(_audit.c.seq)).scalars())
 
 
 def test_one_incident_is_one_case(hub: Hub) -> None:
@@ -65,8 +78,7 @@ def test_one_incident_is_one_case(hub: Hub) -> None:
     rows = cases(hub)
     assert [(r[1], json.loads(r[4])) for r in rows] == [
         ("fire", ["gw1/cam1", "gw2/camB"]), ("fire", ["gw3/camZ"]), ("smoke", ["gw1/cam1"]), ("fire", ["gw2/camB"])]
-    assert hub.store.db.conn.execute("SELECT count(*) FROM iam_audit WHERE action='video.case.create'"
-                                     ).fetchone()[0] == 4
+    assert len(audit_actions(hub, action="video.case.create")) == 4
 
 
 class _Hook(BaseHTTPRequestHandler):
@@ -157,8 +169,7 @@ def test_workflow_scope_alerts_over_api(hub: Hub, client: TestClient, webhook: A
     assert [h["action"] for h in detail["history"]] == [
         "video.case.create", "video.case.review", "video.case.dispatch", "video.case.acknowledge",
         "video.case.resolve"]
-    actions = [r[0] for r in hub.store.db.conn.execute(
-        "SELECT action FROM iam_audit WHERE target = ? ORDER BY seq", (f"video_case:{cid}",))]
+    actions = audit_actions(hub, target=f"video_case:{cid}")
     assert actions == [h["action"] for h in detail["history"]]
 
     # False positive: dismissed, reason kept as feedback for that camera + rule.
@@ -191,7 +202,7 @@ def test_sla_overdue_flag(hub: Hub, client: TestClient) -> None:
     r = client.post(f"/api/v1/video/cases/{cid}/dispatch", json={"department": "street-team"}, headers=admin)
     assert r.json()["overdue"] is False
     with hub.store.tx() as db:  # the SLA deadline passes
-        db.conn.execute("UPDATE video_cases SET due_at = ? WHERE id = ?", ("2000-01-01T00:00:00+00:00", cid))
+        video_store.update_case(db, cid, due_at="2000-01-01T00:00:00+00:00")
     assert client.get(f"/api/v1/video/cases/{cid}", headers=admin).json()["overdue"] is True
     assert [c["id"] for c in client.get("/api/v1/video/cases?overdue=true", headers=admin).json()["items"]] == [cid]
     assert client.get("/api/v1/video/cases?status=bogus", headers=admin).status_code == 400
