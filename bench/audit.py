@@ -50,7 +50,8 @@ def main() -> None:
     # unkeyed chain (what it did before keying); same schema and contents, only the hash differs.
     bare = build_hub(Settings(data_dir=tmp / "legacy", mqtt=MqttSettings(enabled=False),
                               security=SecuritySettings(crypto_profile=a.profile)))
-    bare.store.conn.execute("DELETE FROM iam_meta WHERE key = 'audit_key'")
+    with bare.store.tx() as db:
+        db.run("DELETE FROM iam_meta WHERE key = 'audit_key'")
     out: dict[str, float] = {}
     for per_tx in (1, 1000):
         n = a.rows // 4 if per_tx == 1 else a.rows

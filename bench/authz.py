@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sqlalchemy as sa
+
 from central.app import build_hub  # noqa: E402
 from central.iam import BUILTIN_ROLES  # noqa: E402
 from central.settings import MqttSettings, Settings  # noqa: E402
@@ -44,13 +46,15 @@ def main() -> None:
     roles = list(BUILTIN_ROLES)
     t0 = time.perf_counter()
     with hub.store.tx() as db:
-        db.conn.executemany("INSERT INTO iam_orgs(path, parent, name, created_at) VALUES (?,?,?,0)",
-                            [(o, o.rsplit("/", 1)[0] or None, o, ) for o in orgs])
-        db.conn.executemany("INSERT INTO iam_users(id, username, org, pw_hash, must_change, created_at)"
-                            " VALUES (?,?,?,'!',0,0)", [(i, f"u{i}", rnd.choice(orgs)) for i in range(1, USERS + 1)])
-        db.conn.executemany(
-            "INSERT INTO iam_bindings(user_id, role, org, granted_by, created_at) VALUES (?,?,?,'bench',0)",
-            [((i % USERS) + 1, rnd.choice(roles[1:]), rnd.choice(orgs[1:])) for i in range(BINDINGS)])
+        # seeded straight into iam's tables (Core; a bench fixture, not a product path)
+        db.run(sa.text("INSERT INTO iam_orgs(path, parent, name, created_at) VALUES (:p, :parent, :p, 0)"),
+               [{"p": o, "parent": o.rsplit("/", 1)[0] or None} for o in orgs])
+        db.run(sa.text("INSERT INTO iam_users(id, username, org, pw_hash, must_change, created_at)"
+                       " VALUES (:i, :u, :o, '!', 0, 0)"),
+               [{"i": i, "u": f"u{i}", "o": rnd.choice(orgs)} for i in range(1, USERS + 1)])
+        db.run(sa.text("INSERT INTO iam_bindings(user_id, role, org, granted_by, created_at)"
+                       " VALUES (:u, :r, :o, 'bench', 0)"),
+               [{"u": (i % USERS) + 1, "r": rnd.choice(roles[1:]), "o": rnd.choice(orgs[1:])} for i in range(BINDINGS)])
     print(f"seeded {USERS} users, {len(orgs)} orgs, {BINDINGS} bindings in {time.perf_counter() - t0:.2f}s")
 
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@
 - Tables are Core `Table`s on the one `metadata` below, declared in each capability's `store.py` (or
   `store/` package) beside the queries that use them; services call store functions, never SQL.
 - The schema is one Alembic history (`central/migrations/`); `Store.migrate()` runs it. A database made by
-  the pre-Alembic migrations (a `schema_migrations` table) is adopted in place first (`legacy.adopt`).
+  the pre-Alembic migrations (a `schema_migrations` table) is adopted in place first (`migrations.py`).
 - What differs between the two backends is named in `central/store/dialect.py` (insert-ignore, upsert,
   claim with SKIP LOCKED, serialised appends, full-text search); nothing else may test the dialect.
 
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import sqlite_utils
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import OperationalError as SAOperationalError
@@ -79,18 +78,14 @@ class Db:
     """One connection; inside `Store.tx()` it is inside the write transaction.
 
     New code passes Core statements: `run` (a result), `all` (rows as dicts), `first`, `scalar`. `raw` is
-    the driver's own connection, for the few fast paths a benchmark keeps (executemany, COPY), in stores only.
+    the driver's own connection, for the few fast paths a benchmark keeps (executemany, COPY), in stores only."""
 
-    Transitional (SQLite only, removed once every capability is on Core): `conn`, `query`, `execute`,
-    `db[table]` behave as the sqlite-utils `Database` the services were written against."""
-
-    __slots__ = ("sa", "store", "dialect", "_legacy")
+    __slots__ = ("sa", "store", "dialect")
 
     def __init__(self, store: Store, conn: Connection) -> None:
         self.sa = conn
         self.store = store
         self.dialect: str = store.dialect
-        self._legacy: sqlite_utils.Database | None = None
 
     # --- the layer's API ---------------------------------------------------------------------------------
     def run(self, stmt: Any, params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> CursorResult:
@@ -112,31 +107,6 @@ class Db:
     def raw(self) -> Any:
         """The DBAPI connection under this one (sqlite3 or psycopg), same transaction."""
         return self.sa.connection.driver_connection
-
-    # --- transitional sqlite-utils surface (SQLite only) ---------------------------------------------------
-    def _lg(self) -> sqlite_utils.Database:
-        if self.dialect != "sqlite":
-            raise NotImplementedError("this code path still uses SQLite-only SQL (not yet on the data-access layer)")
-        if self._legacy is None:
-            self._legacy = sqlite_utils.Database(self.raw)
-        return self._legacy
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        return self._lg().conn
-
-    def query(self, sql: str, params: Any = None) -> Iterator[dict[str, Any]]:
-        return self._lg().query(sql, params)
-
-    def execute(self, sql: str, params: Any = None) -> sqlite3.Cursor:
-        return self._lg().execute(sql, params)
-
-    def __getitem__(self, table: str) -> Any:
-        return self._lg()[table]
-
-    def table_names(self) -> list[str]:
-        return sa.inspect(self.sa).get_table_names()
-
 
 class Store:
     def __init__(self, url: str | Path | URL, *, pool_size: int = 10, max_overflow: int = 30) -> None:
@@ -160,20 +130,21 @@ class Store:
                           connect_args={"connect_timeout": 10, "application_name": "citybrain-hub"})
         # rowcount of every statement (INSERT .. ON CONFLICT DO NOTHING included) on both backends
         self.engine: Engine = sa.create_engine(self.url, execution_options={"preserve_rowcount": True}, **kwargs)
-        self._legacy_engine: Engine | None = None
+        self._reader_engine: Engine | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)
-            # Transitional per-thread handles live outside the bounded pool (a thread keeps its handle).
-            self._legacy_engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
+            # Per-thread read handles live outside the bounded pool (a thread keeps its handle).
+            self._reader_engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
+                                                   execution_options={"preserve_rowcount": True},
                                                    connect_args=kwargs["connect_args"])
-            event.listen(self._legacy_engine, "connect", _sqlite_on_connect)
+            event.listen(self._reader_engine, "connect", _sqlite_on_connect)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._closed = False
         self._active = 0  # write transactions under way
         self._idle = threading.Condition(self._lock)
-        # Transitional: per-thread sqlite-utils handles for code that reads through `store.db`/`store.conn`.
-        self._legacy_all: list[tuple[Connection, threading.Thread]] = []
+        # SQLite: every thread's own read handle, with its thread (closed once that thread has ended).
+        self._readers: list[tuple[Connection, threading.Thread]] = []
         self.background_checkpoint_passes = 0
 
     def __repr__(self) -> str:
@@ -204,10 +175,6 @@ class Store:
     def tx(self) -> Iterator[Db]:
         """One write transaction; nested calls join the outer one. SQLite: BEGIN IMMEDIATE."""
         cur = self._current()
-        if cur is None:  # transitional: a thread's own handle that code put into a transaction by hand
-            legacy: Db | None = getattr(self._local, "legacy", None)
-            if legacy is not None and legacy.dialect == "sqlite" and legacy.raw.in_transaction:
-                cur = legacy
         if cur is not None:
             yield cur
             return
@@ -246,53 +213,33 @@ class Store:
             yield cur
             return
         self._check_open()
-        if self._legacy_engine is not None:
+        if self._reader_engine is not None:
             # SQLite: this thread's own autocommit handle. A pool checkout costs 30-55 us, which the hot
             # read paths (online verify: one primary-key probe) measurably paid; a handle per thread is what
             # SQLite wants anyway (its connections are cheap and never shared by two threads at once).
-            yield self.db
+            yield self._reader()
             return
         with self.engine.connect() as conn:
             yield Db(self, conn)
 
-    # --- transitional: the sqlite-utils surface the unconverted services use ------------------------------
-    @property
-    def db(self) -> Db:
-        """The current transaction's `Db`, or this thread's own connection for reads (SQLite only)."""
-        self._check_open()
-        cur = self._current()
-        if cur is not None:
-            return cur
-        db: Db | None = getattr(self._local, "legacy", None)
+    def _reader(self) -> Db:
+        db: Db | None = getattr(self._local, "reader", None)
         if db is None:
-            db = Db(self, self._legacy_connect())
-            self._local.legacy = db
+            assert self._reader_engine is not None
+            conn = self._reader_engine.connect()
+            with self._lock:
+                # handles of threads that have ended: nobody can be inside them any more
+                dead = [c for c, t in self._readers if not t.is_alive()]
+                self._readers = [(c, t) for c, t in self._readers if t.is_alive()]
+                self._readers.append((conn, threading.current_thread()))
+            for c in dead:
+                try:
+                    c.close()
+                except Exception:  # noqa: BLE001 - a dead thread's handle: nothing left to save
+                    pass
+            db = Db(self, conn)
+            self._local.reader = db
         return db
-
-    def _legacy_connect(self) -> Connection:
-        if self._legacy_engine is None:
-            raise NotImplementedError("this code path still uses SQLite-only SQL (not yet on the data-access layer)")
-        conn = self._legacy_engine.connect()
-        with self._lock:
-            # handles of threads that have ended: nobody can be inside them any more
-            dead = [c for c, t in self._legacy_all if not t.is_alive()]
-            self._legacy_all = [(c, t) for c, t in self._legacy_all if t.is_alive()]
-            self._legacy_all.append((conn, threading.current_thread()))
-        for c in dead:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - a dead thread's handle: nothing left to save
-                pass
-        return conn
-
-    @property
-    def conn(self) -> sqlite3.Connection:
-        return self.db.conn
-
-    def connect(self) -> sqlite3.Connection:
-        """Transitional (SQLite only): a new driver connection of this thread's own, closed by `close()`."""
-        self._check_open()
-        return self._legacy_connect().connection.driver_connection  # type: ignore[return-value]
 
     @contextmanager
     def background_checkpoints(self, conn: sqlite3.Connection, interval: float = 0.2) -> Iterator[None]:
@@ -340,7 +287,7 @@ class Store:
 
         return migrations.upgrade(self)
 
-    def versions(self) -> dict[str, int | str]:
+    def versions(self) -> dict[str, str]:
         from central.store import migrations
 
         return migrations.versions(self)
@@ -366,8 +313,8 @@ class Store:
         with self._lock:
             self._closed = True
             self._idle.wait_for(lambda: self._active == 0, timeout)
-            legacy, self._legacy_all = self._legacy_all, []
-        for c, owner in legacy:
+            readers, self._readers = self._readers, []
+        for c, owner in readers:
             if owner is me or not owner.is_alive():
                 try:
                     c.close()
@@ -375,8 +322,8 @@ class Store:
                     pass
         self._local = threading.local()
         self.engine.dispose(close=True)
-        if self._legacy_engine is not None:
-            self._legacy_engine.dispose(close=True)
+        if self._reader_engine is not None:
+            self._reader_engine.dispose(close=True)
 
 
 def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:

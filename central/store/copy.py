@@ -30,9 +30,13 @@ def copy_store(src: Store, dst: Store, progress: Callable[[str, int], None] | No
     if src.versions().get("alembic") != dst.versions().get("alembic"):
         raise CopyError("copy-store: source and target are at different schema revisions")
     counts: dict[str, int] = {}
+    # rows a store seeds when its tables are created (a cursor's first position): replaced by the source's
+    seeded = {name for _cap, mod in load_tables() for name in getattr(mod, "SEEDED", ())}
     with src.read() as s, dst.tx() as d:
         for table in metadata.sorted_tables:
-            if d.scalar(sa.select(sa.func.count()).select_from(table)):
+            if table.name in seeded:
+                d.run(sa.delete(table))
+            elif d.scalar(sa.select(sa.func.count()).select_from(table)):
                 raise CopyError(f"copy-store: target table {table.name} is not empty")
         for table in metadata.sorted_tables:
             n = 0

@@ -6,14 +6,11 @@ is adopted first, in the same transaction: each capability's `adopt_legacy(db)` 
 place into the baseline's shape (data kept), its `schema_migrations` rows go, and the database is stamped
 at the baseline revision; later revisions then apply as to any other database.
 
-Transitional, while some capabilities still carry legacy `MIGRATIONS` (SQLite only): those run first, as
-before, and their tables are not part of the Alembic history yet.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,29 +54,27 @@ def _config(db: Db) -> Config:
     return cfg
 
 
+# The last migration of each capability in the pre-Alembic store (release c14b63e). adopt_legacy handles a
+# database at these versions; dialer and devices also handle their v1 (a column / a table added in v2).
+LEGACY_VERSIONS = {"bridge": 1, "channel": 1, "codes": 1, "devices": 2, "dialer": 2, "iam": 2, "registry": 4,
+                   "video": 2}
+LEGACY_MIN = {"devices": 1, "dialer": 1}
+
+
+class LegacyTooOld(RuntimeError):
+    """A pre-Alembic database older than the one adoption understands."""
+
+
 def upgrade(store: Store) -> list[str]:
     applied: list[str] = []
     with store.tx() as db:
         stores = _stores()  # importing them fills `metadata`
         existing = set(sa.inspect(db.sa).get_table_names())
-        legacy_done: set[tuple[str, int]] = set()
         if "schema_migrations" in existing:
-            legacy_done = {(r[0], int(r[1])) for r in db.run(sa.select(_SCHEMA_MIGRATIONS.c.capability,
-                                                                      _SCHEMA_MIGRATIONS.c.version))}
-        legacy_caps = {cap for cap, _ in legacy_done}
-        for cap, mod in stores:
-            migs = getattr(mod, "MIGRATIONS", None)
-            if migs:
-                applied += _legacy(db, cap, sorted(migs, key=lambda m: m[0]), legacy_done, existing)
-            elif cap in legacy_caps:
-                adopt = getattr(mod, "adopt_legacy", None)
-                if adopt is not None:
-                    adopt(db)
-                db.run(sa.delete(_SCHEMA_MIGRATIONS).where(_SCHEMA_MIGRATIONS.c.capability == cap))
-                applied.append(f"{cap}:adopted")
+            applied += _adopt(db, stores)
         cfg = _config(db)
         before = _revision(db)
-        if before is None and any(f"{cap}:adopted" in applied for cap, _ in stores):
+        if before is None and applied:
             # adopted tables already have the baseline's shape: create what the old store never had, stamp
             applied += create_missing(db)
             command.stamp(cfg, BASELINE)
@@ -91,58 +86,57 @@ def upgrade(store: Store) -> list[str]:
     return applied
 
 
-def create_missing(db: Db) -> list[str]:
-    """Create the metadata's tables that this database lacks, then each store's dialect extras for them."""
-    from central.store import metadata
+def _adopt(db: Db, stores: list[tuple[str, Any]]) -> list[str]:
+    """Reshape a pre-Alembic database in place (SQLite; inside the upgrade transaction), then drop its
+    migration table."""
+    versions: dict[str, int] = {}
+    for cap, version in db.run(sa.select(_SCHEMA_MIGRATIONS.c.capability, _SCHEMA_MIGRATIONS.c.version)):
+        versions[cap] = max(versions.get(cap, 0), int(version))
+    for cap, v in versions.items():
+        need = LEGACY_MIN.get(cap, LEGACY_VERSIONS.get(cap, v))
+        if v < need:
+            raise LegacyTooOld(f"database: {cap} is at pre-Alembic migration {v}; upgrade it with release c14b63e"
+                               f" (migration {LEGACY_VERSIONS[cap]}) first")
+    out = []
+    for cap, mod in stores:
+        if cap in versions:
+            adopt = getattr(mod, "adopt_legacy", None)
+            if adopt is not None:
+                adopt(db)
+            out.append(f"{cap}:adopted")
+    db.run("DROP TABLE schema_migrations")
+    return out
 
-    stores = _stores()
+
+def create_missing(db: Db) -> list[str]:
+    """For an adopted pre-Alembic database: create the baseline's tables it lacks (the old store never had
+    them), then their dialect extras."""
+    from central.store import metadata
+    from central.store.alembic.versions import baseline
+
     existing = set(sa.inspect(db.sa).get_table_names())
-    missing = [t for t in metadata.sorted_tables if t.name not in existing]
+    missing = [t for t in metadata.sorted_tables if t.name in baseline.TABLES and t.name not in existing]
     if not missing:
         return []
     metadata.create_all(db.sa, tables=missing)
     created = {t.name for t in missing}
-    for _cap, mod in stores:
+    create_extras(db, created)
+    return [f"table:{n}" for n in sorted(created)]
+
+
+def create_extras(db: Db, created: set[str]) -> None:
+    """Each store's dialect-specific DDL (FTS5, pg_trgm, triggers) for the tables just created."""
+    for _cap, mod in _stores():
         extras = getattr(mod, "create_extras", None)
         if extras is not None:
             extras(db, created)
-    return [f"table:{n}" for n in sorted(created)]
 
 
 def _revision(db: Db) -> str | None:
     return MigrationContext.configure(db.sa).get_current_revision()
 
 
-def _legacy(db: Db, cap: str, migs: list[Any], done: set[tuple[str, int]], existing: set[str]) -> list[str]:
-    if db.dialect != "sqlite":
-        log.warning("capability %s still has SQLite-only migrations: its tables are not created on %s",
-                    cap, db.dialect)
-        return []
-    if "schema_migrations" not in existing:
-        db.run("CREATE TABLE IF NOT EXISTS schema_migrations (capability TEXT NOT NULL, version INTEGER NOT NULL,"
-               " applied_at TEXT NOT NULL, PRIMARY KEY (capability, version))")
-        existing.add("schema_migrations")
-    out = []
-    for version, fn in migs:
-        if (cap, version) in done:
-            continue
-        fn(db)
-        db.run(sa.insert(_SCHEMA_MIGRATIONS).values(capability=cap, version=version,
-                                                    applied_at=datetime.now(UTC).isoformat()))
-        out.append(f"{cap}:{version}")
-    return out
-
-
-def versions(store: Store) -> dict[str, int | str]:
-    """capability -> its legacy migration version, or "core" once its tables are on the metadata."""
-    out: dict[str, int | str] = {}
+def versions(store: Store) -> dict[str, str]:
+    """The schema's Alembic revision ("none" for an empty database)."""
     with store.read() as db:
-        names = set(sa.inspect(db.sa).get_table_names())
-        if "schema_migrations" in names:
-            out.update({c: int(v) for c, v in db.run(
-                "SELECT capability, MAX(version) FROM schema_migrations GROUP BY capability").all()})
-        out["alembic"] = _revision(db) or "none"
-    for cap, mod in _stores():
-        if not getattr(mod, "MIGRATIONS", None) and any(t.name in names for t in getattr(mod, "TABLES", ())):
-            out[cap] = "core"
-    return out
+        return {"alembic": _revision(db) or "none"}

@@ -145,6 +145,8 @@ cursor = sa.Table(
     sa.Column("last_seq", dialect.BigId, nullable=False, server_default="0"),
 )
 
+# create_extras seeds the cursor row; `hub copy-store` replaces it with the source's.
+SEEDED = ("video_cursor",)
 TABLES = [sites, cameras, cases, case_events, case_log, feedback, routes, alerts, cursor]
 
 CASE_COLS = ("id", "site", "device", "camera", "zone", "kind", "org", "status", "verdict", "reason", "score",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -23,6 +24,9 @@ def snapshot(db: Path) -> dict[str, list[tuple[object, ...]]]:
     finally:
         con.close()
 
+
+
+pytestmark = pytest.mark.sqlite_only(reason="hub backup/restore copies the SQLite file (PostgreSQL: pg_dump)")
 
 def test_backup_then_restore(tmp_path: Path) -> None:
     from central.app import build_hub
@@ -45,8 +49,8 @@ def test_backup_then_restore(tmp_path: Path) -> None:
 
     # Damage: rows lost after the backup.
     with hub.store.tx() as db:
-        db.conn.execute("DELETE FROM devices")
-        db.conn.execute("DELETE FROM iam_bindings")
+        db.run("DELETE FROM devices")
+        db.run("DELETE FROM iam_bindings")
     hub.close()
     assert snapshot(hub.settings.database) != before
 
@@ -57,7 +61,8 @@ def test_backup_then_restore(tmp_path: Path) -> None:
     hub2 = build_hub(load_settings(cfg))
     from central.iam.audit import verify
 
-    assert verify(hub2.store.db).ok
+    with hub2.store.read() as db:
+        assert verify(db).ok
     assert hub2.services["devices"].get("site-1/cam-1")["org_path"] == "/city/district-a"
     hub2.close()
 

@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -75,8 +76,9 @@ def test_dialer_task_export_csv(hub: Hub, client: TestClient) -> None:
                     files={"file": ("list.csv", buf.getvalue().encode(), "text/csv")})
     assert r.status_code == 200 and r.json()["imported"] == 5, r.text
     # a spoken answer (the callee's words, from ASR) lands as the engine records it
-    (cid,) = hub.store.db.conn.execute(
-        "SELECT id FROM dialer_contacts WHERE task_id = ? ORDER BY row_no LIMIT 1", (tid,)).fetchone()
+    with hub.store.read() as db:
+        cid = db.scalar(sa.text("SELECT id FROM dialer_contacts WHERE task_id = :t ORDER BY row_no LIMIT 1"),
+                        {"t": tid})
     question = client.get(f"/api/v1/dialer/tasks/{tid}/export.csv", headers=admin).text.splitlines()[0].split(",")[-1]
     now = datetime.now(UTC)
     dialer.finish_attempt(hub, cid, {"started_at": dialer.iso(now), "outcome": "completed",

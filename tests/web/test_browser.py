@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from central.devices import store as devices_store
 from protocol.messages import CameraStatus, Heartbeat
@@ -149,8 +150,9 @@ def test_district_admin_in_browser(live: LiveHub, browser: Any, tmp_path: Path) 
     row.find_element(By.CSS_SELECTOR, "button.approve").click()
     wait(drv, f"#reg-apps-table tr[data-id='{ids['registry_app']}'][data-status='approved']")
     drv.save_screenshot(str(shots / "04-registry-approved.png"))
-    status = live.hub.store.conn.execute("SELECT status, decided_by FROM registry_applications WHERE id = ?",
-                                         (ids["registry_app"],)).fetchone()
+    with live.hub.store.read() as db:
+        status = db.run(sa.text("SELECT status, decided_by FROM registry_applications WHERE id = :id"),
+                        {"id": ids["registry_app"]}).one()
     assert tuple(status) == ("approved", "admin-a")
 
     # Audit: the approval is there, and every row lies in district A.
@@ -206,8 +208,9 @@ def case_workflow(drv: Any, live: LiveHub, cases: dict[str, int], shots: Path) -
     for step in ("review", "dispatch", "acknowledge", "resolve"):
         assert f"video.case.{step}" in hist
     drv.save_screenshot(str(shots / "07-case-resolved.png"))
-    row = live.hub.store.conn.execute("SELECT status, department FROM video_cases WHERE id = ?",
-                                      (cases["site-a"],)).fetchone()
+    with live.hub.store.read() as db:
+        row = db.run(sa.text("SELECT status, department FROM video_cases WHERE id = :id"),
+                     {"id": cases["site-a"]}).one()
     assert tuple(row) == ("resolved", "fire-brigade")
 
 
