@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from central import capabilities, errors
 from central.hub import Hub
 from central.settings import Settings, get_settings
+from central.store import describe
 
 log = logging.getLogger("citybrain.app")
 
@@ -53,7 +54,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
     def healthz() -> dict[str, object]:
         hub.store.ping()
         bridge_state = getattr(hub.publisher, "connected", None)
-        return {"ok": True, "db": hub.store.dialect, "mqtt_connected": bridge_state}
+        db = str(hub.settings.database) if hub.store.dialect == "sqlite" else describe(hub.store.url)
+        return {"ok": True, "db": db, "mqtt_connected": bridge_state}
 
     for cap, routes in capabilities.modules("routes"):
         if hasattr(routes, "router"):

@@ -59,14 +59,12 @@ def _feed_scanner_when_synced(demo_dir: Path, hub: Any, timeout: float = 30.0) -
     """Drop the sample code PNGs into the terminal's inbox once its heartbeat shows the synced lists, so
     the demo shows valid/revoked verdicts rather than unknown-key (which is what an unsynced terminal
     rightly says). Reads the devices the hub process stores, through the devices service."""
-    import json
-
     samples = demo_dir / "samples" / "codes"
     if not samples.is_dir():
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(d.get("kind") == "scanner" and d.get("hb") and json.loads(d["hb"]).get("revocation_version")
+        if any(d["kind"] == "scanner" and (d["heartbeat"] or {}).get("revocation_version")
                for d in hub.services["devices"].list(None)):
             break
         time.sleep(0.5)

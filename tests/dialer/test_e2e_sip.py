@@ -66,7 +66,8 @@ def test_campaign_over_real_sip(hub: Hub, tmp_path: Path) -> None:
         svc.change_state(hub, tid, "start", "alice")
 
         settings = tmp_path / "settings.yaml"
-        settings.write_text(yaml.safe_dump({"data_dir": str(hub.settings.data_dir), "mqtt": {"enabled": False}}))
+        settings.write_text(yaml.safe_dump({"data_dir": str(hub.settings.data_dir), "mqtt": {"enabled": False},
+                                            "database_url": hub.settings.store_url}))  # the engine: same store
         # The clock starts 3 s before the 09:00 window opens: nothing may be dialled before it does.
         engine = subprocess.run(
             [sys.executable, "-c", "from central.dialer.cli import app; app()", "run", "--settings", str(settings),

@@ -34,7 +34,6 @@ E, L, A, F, P = entities.c, links.c, aliases.c, feed.c, applications.c
 _ENTITY = [E[c] for c in ENTITY_COLS]
 APP_COLS = tuple(c.name for c in applications.c)
 PHYSICAL_RELS = ("attached_to", "belongs_to", "contained_in")
-_IN_CHUNK = 500
 
 
 def org_in(col: Any, scopes: Iterable[str]) -> Any:
@@ -107,10 +106,7 @@ def id_by_ext(db: Db, bi: str) -> str | None:
 
 
 def ids_by_ext(db: Db, bis: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for i in range(0, len(bis), _IN_CHUNK):
-        out.update(db.run(sa.select(E.ext_bi, E.id).where(E.ext_bi.in_(bis[i:i + _IN_CHUNK]))).all())
-    return out
+    return dict(dialect.fetch_in(db, entities, "ext_bi", ["ext_bi", "id"], bis))  # thousands per import chunk
 
 
 def brief(db: Db, eid: str) -> dict[str, Any] | None:
@@ -172,11 +168,7 @@ def alias_target(db: Db, org: str, local_id: str) -> str | None:
 
 
 def alias_targets(db: Db, org: str, local_ids: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for i in range(0, len(local_ids), _IN_CHUNK):
-        out.update(db.run(sa.select(A.local_id, A.base_id)
-                          .where(A.org == org, A.local_id.in_(local_ids[i:i + _IN_CHUNK]))).all())
-    return out
+    return dict(dialect.fetch_in(db, aliases, "local_id", ["local_id", "base_id"], local_ids, {"org": org}))
 
 
 def insert_alias(db: Db, org: str, local_id: str, base: str, who: str, ts: str) -> None:
