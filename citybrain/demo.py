@@ -55,19 +55,30 @@ def _demo_scanner(demo_dir: Path) -> dict[str, object]:
     return {"source": str(inbox)}
 
 
-def _feed_scanner_when_synced(demo_dir: Path, hub: Any, timeout: float = 30.0) -> None:
+def _feed_scanner_when_synced(demo_dir: Path, store_url: str, timeout: float = 30.0) -> None:
     """Drop the sample code PNGs into the terminal's inbox once its heartbeat shows the synced lists, so
     the demo shows valid/revoked verdicts rather than unknown-key (which is what an unsynced terminal
-    rightly says). Reads the devices the hub process stores, through the devices service."""
+    rightly says). Reads the heartbeat the hub process stores, through the devices store."""
+    import json
+
+    from central.devices import store as devices_store
+    from central.store import Store
+
     samples = demo_dir / "samples" / "codes"
     if not samples.is_dir():
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(d["kind"] == "scanner" and (d["heartbeat"] or {}).get("revocation_version")
-               for d in hub.services["devices"].list(None)):
-            break
-        time.sleep(0.5)
+    store = Store(store_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with store.read() as db:
+                rows = devices_store.list_devices(db, None)
+            if any(r["kind"] == "scanner" and r.get("hb") and json.loads(r["hb"]).get("revocation_version")
+                   for r in rows):
+                break
+            time.sleep(0.5)
+    finally:
+        store.close()
     inbox = demo_dir / "scan-inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     for png in sorted(samples.glob("*.png")):
@@ -167,7 +178,7 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
     time.sleep(1.5)
     spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
     spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
-    _feed_scanner_when_synced(demo_dir, hub)
+    _feed_scanner_when_synced(demo_dir, settings.store_url)
     lines += [
         "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
         f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",
