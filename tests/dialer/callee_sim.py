@@ -27,7 +27,7 @@ class Leg:
         self.turns = list(spec.get("turns", []))
         self.rec: Recorder | None = None
         self.tail: GrowingWav | None = None
-        self.ep = Endpointer(end_silence_ms=700)
+        self.ep = Endpointer(end_silence_ms=1500)  # a loaded machine may pause the robot mid-prompt
         self.player: Player | None = None
         self.busy_until = 0.0
 
@@ -55,7 +55,7 @@ class Leg:
                 self.stack.send_dtmf(c, turn["dtmf"])
                 self.busy_until = time.monotonic() + 0.3
             self.tail.read_new()
-            self.ep = Endpointer(end_silence_ms=700)
+            self.ep = Endpointer(end_silence_ms=1500)  # a loaded machine may pause the robot mid-prompt
 
 
 LOG: Path | None = None
