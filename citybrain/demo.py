@@ -174,30 +174,32 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
         procs.append((name, subprocess.Popen(exe + args, stdout=log, stderr=log, env=env,
                                              start_new_session=True)))
 
-    spawn("hub", ["hub", "serve", "--config", str(hub_cfg), "--port", str(port)])  # demo --port: an option, highest
-    time.sleep(1.5)
-    spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
-    spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
-    _feed_scanner_when_synced(demo_dir, settings.store_url)
-    lines += [
-        "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
-        f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",
-        f"Configs:    {configs['camera']}  {configs['scanner']}",
-    ]
-    print("\n=== City Brain demo is running ===")
-    for line in lines:
-        print("  " + line)
-    print("Press Ctrl-C to stop everything.\n", flush=True)
-
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    # Whatever happens from here (Ctrl-C, a child exiting, an error of our own), the children and the
+    # broker are stopped: a demo never leaves processes behind.
     try:
+        spawn("hub", ["hub", "serve", "--config", str(hub_cfg), "--port", str(port)])  # demo --port: an option, highest
+        time.sleep(1.5)
+        spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
+        spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
+        _feed_scanner_when_synced(demo_dir, settings.store_url)
+        lines += [
+            "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
+            f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",
+            f"Configs:    {configs['camera']}  {configs['scanner']}",
+        ]
+        print("\n=== City Brain demo is running ===")
+        for line in lines:
+            print("  " + line)
+        print("Press Ctrl-C to stop everything.\n", flush=True)
+
+        stopping = False
+
+        def _stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
         while not stopping:
             for name, p in procs:
                 if p.poll() is not None:
