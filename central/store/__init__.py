@@ -5,7 +5,7 @@
   service may call another service (and the audit log) inside its own transaction.
 - Tables are Core `Table`s on the one `metadata` below, declared in each capability's `store.py` (or
   `store/` package) beside the queries that use them; services call store functions, never SQL.
-- The schema is one Alembic history (`central/migrations/`); `Store.migrate()` runs it. A database made by
+- The schema is one Alembic history (`central/store/alembic/`); `Store.migrate()` runs it. A database made by
   the pre-Alembic migrations (a `schema_migrations` table) is adopted in place first (`migrations.py`).
 - What differs between the two backends is named in `central/store/dialect.py` (insert-ignore, upsert,
   claim with SKIP LOCKED, serialised appends, full-text search); nothing else may test the dialect.
@@ -108,6 +108,7 @@ class Db:
         """The DBAPI connection under this one (sqlite3 or psycopg), same transaction."""
         return self.sa.connection.driver_connection
 
+
 class Store:
     def __init__(self, url: str | Path | URL, *, pool_size: int = 10, max_overflow: int = 30) -> None:
         self.url = url if isinstance(url, URL) else database_url(url)
@@ -129,13 +130,13 @@ class Store:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_timeout=30,
                           connect_args={"connect_timeout": 10, "application_name": "citybrain-hub"})
         # rowcount of every statement (INSERT .. ON CONFLICT DO NOTHING included) on both backends
-        self.engine: Engine = sa.create_engine(self.url, execution_options={"preserve_rowcount": True}, **kwargs)
+        options = {"preserve_rowcount": True}
+        self.engine: Engine = sa.create_engine(self.url, execution_options=options, **kwargs)
         self._reader_engine: Engine | None = None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_on_connect)
             # Per-thread read handles live outside the bounded pool (a thread keeps its handle).
-            self._reader_engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool,
-                                                   execution_options={"preserve_rowcount": True},
+            self._reader_engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool, execution_options=options,
                                                    connect_args=kwargs["connect_args"])
             event.listen(self._reader_engine, "connect", _sqlite_on_connect)
         self._local = threading.local()

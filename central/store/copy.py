@@ -24,14 +24,14 @@ class CopyError(RuntimeError):
 
 def copy_store(src: Store, dst: Store, progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Copy every metadata table from `src` to `dst` (both migrated to the same revision); rows per table."""
-    load_tables()
+    stores = load_tables()
     src.migrate()
     dst.migrate()
     if src.versions().get("alembic") != dst.versions().get("alembic"):
         raise CopyError("copy-store: source and target are at different schema revisions")
     counts: dict[str, int] = {}
     # rows a store seeds when its tables are created (a cursor's first position): replaced by the source's
-    seeded = {name for _cap, mod in load_tables() for name in getattr(mod, "SEEDED", ())}
+    seeded = {name for _cap, mod in stores for name in getattr(mod, "SEEDED", ())}
     with src.read() as s, dst.tx() as d:
         for table in metadata.sorted_tables:
             if table.name in seeded:

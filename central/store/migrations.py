@@ -3,14 +3,12 @@ PostgreSQL both have transactional DDL: a failing revision leaves nothing half-a
 
 A database made by the pre-Alembic store (hand-written SQLite migrations recorded in `schema_migrations`)
 is adopted first, in the same transaction: each capability's `adopt_legacy(db)` reshapes its old tables in
-place into the baseline's shape (data kept), its `schema_migrations` rows go, and the database is stamped
-at the baseline revision; later revisions then apply as to any other database.
-
+place into the baseline's shape (data kept), and the database is stamped
+at the baseline revision; `schema_migrations` is dropped. Later revisions then apply as to any database.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,14 +20,14 @@ from alembic.runtime.migration import MigrationContext
 if TYPE_CHECKING:
     from central.store import Db, Store
 
-log = logging.getLogger("citybrain.store")
-
 _SCHEMA_MIGRATIONS = sa.table(
     "schema_migrations", sa.column("capability"), sa.column("version"), sa.column("applied_at")
 )
 
 
-def _stores() -> list[tuple[str, Any]]:
+def load_tables() -> list[tuple[str, Any]]:
+    """(capability, store module) in adoption order; importing them declares their tables on
+    `central.store.metadata`."""
     from central import capabilities
     from central.store import ORDER
 
@@ -39,11 +37,6 @@ def _stores() -> list[tuple[str, Any]]:
 
 BASELINE = "0001"
 _SCRIPTS = Path(__file__).parent / "alembic"
-
-
-def load_tables() -> list[tuple[str, Any]]:
-    """Import every capability's store, which declares its tables on `central.store.metadata`."""
-    return _stores()
 
 
 def _config(db: Db) -> Config:
@@ -68,7 +61,7 @@ class LegacyTooOld(RuntimeError):
 def upgrade(store: Store) -> list[str]:
     applied: list[str] = []
     with store.tx() as db:
-        stores = _stores()  # importing them fills `metadata`
+        stores = load_tables()
         existing = set(sa.inspect(db.sa).get_table_names())
         if "schema_migrations" in existing:
             applied += _adopt(db, stores)
@@ -126,7 +119,7 @@ def create_missing(db: Db) -> list[str]:
 
 def create_extras(db: Db, created: set[str]) -> None:
     """Each store's dialect-specific DDL (FTS5, pg_trgm, triggers) for the tables just created."""
-    for _cap, mod in _stores():
+    for _cap, mod in load_tables():
         extras = getattr(mod, "create_extras", None)
         if extras is not None:
             extras(db, created)
