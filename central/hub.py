@@ -91,6 +91,11 @@ class LoopWorker:
     def kick(self) -> None:
         self._wake.set()
 
+    @property
+    def stopping(self) -> bool:
+        """True once stop() was called: a long step should finish early (and leave its work consistent)."""
+        return self._stop.is_set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()

@@ -81,14 +81,28 @@ def postgres_server() -> Iterator[object | None]:
         srv.stop()
 
 
-def database_url() -> str | None:
-    """A fresh, empty database of this pass's backend (None: the SQLite file the settings choose)."""
+def database_url(migrated: bool = False) -> str | None:
+    """A fresh database of this pass's backend (None: the SQLite file the settings choose). Empty, or with
+    `migrated` already at the head of the hub's schema: a copy of a template migrated once per session,
+    because creating and migrating a database per hub test was most of the PostgreSQL pass's time."""
     if _pg is None:
         return None
     from tests.pg import PgServer
 
     srv: PgServer = _pg  # type: ignore[assignment]
-    return srv.url(srv.create_database())
+    if not migrated:
+        return srv.url(srv.create_database())
+    if srv.template is None:
+        from central.store import Store
+
+        name = srv.create_database()
+        tpl = Store(srv.url(name))
+        try:
+            tpl.migrate()
+        finally:
+            tpl.close()
+        srv.template = name
+    return srv.url(srv.create_database(template=srv.template))
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +159,7 @@ def make_settings(tmp_path: Path, broker: Broker | None = None, **overrides: obj
             pid_file=broker.cfg.pid_file,
             client_id=f"hub-{secrets.token_hex(3)}",
         )
-    if "database_url" not in overrides and (url := database_url()) is not None:
+    if "database_url" not in overrides and (url := database_url(migrated=True)) is not None:
         overrides["database_url"] = url
     return Settings(data_dir=tmp_path / "hub", mqtt=mqtt, **overrides)  # type: ignore[arg-type]
 

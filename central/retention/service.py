@@ -38,13 +38,15 @@ class Retention:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.purged: dict[str, int] = {}  # kind -> rows purged since start (for /metrics and tests)
+        self.worker: LoopWorker | None = None
 
     def days(self) -> dict[str, int]:
         cfg = self.hub.settings.retention
         return {k: v for k, v in cfg.model_dump().items() if k.endswith("_days") and v is not None}
 
-    def run_once(self, now: datetime | None = None) -> dict[str, int]:
-        """One pass over every kind with a retention period; returns rows purged per kind."""
+    def run_once(self, now: datetime | None = None, stopping: Callable[[], bool] = lambda: False) -> dict[str, int]:
+        """One pass over every kind with a retention period; returns rows purged per kind. A first purge of a
+        large backlog is many batches: `stopping` is asked between them so Hub.stop() never waits for it."""
         now = now or datetime.now(UTC)
         fns = purgers()
         out: dict[str, int] = {}
@@ -55,7 +57,7 @@ class Retention:
                 continue
             cutoff = now - timedelta(days=days)
             total = 0
-            while not self.hub.store.closed:
+            while not self.hub.store.closed and not stopping():
                 with self.hub.store.tx() as db:
                     n = fn(db, cutoff, BATCH)
                 total += n
@@ -68,11 +70,12 @@ class Retention:
         return out
 
     def step(self) -> bool:
-        self.run_once()
+        self.run_once(stopping=lambda: self.worker is not None and self.worker.stopping)
         return False
 
 
 def setup(hub: Hub) -> None:
     r = Retention(hub)
     hub.services["retention"] = r
-    hub.add_worker(LoopWorker(WORKER, r.step, interval_s=hub.settings.retention.interval_s))
+    r.worker = LoopWorker(WORKER, r.step, interval_s=hub.settings.retention.interval_s)
+    hub.add_worker(r.worker)

@@ -46,7 +46,7 @@ def hub_url(tmp_path: Path) -> str | None:
     from tests.conftest import database_url
 
     if tmp_path not in _urls:
-        _urls[tmp_path] = database_url()
+        _urls[tmp_path] = database_url(migrated=True)
     return _urls[tmp_path]
 
 
