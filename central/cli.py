@@ -31,7 +31,8 @@ def _settings(config: Path | None, **options: object) -> Settings:
 
 @app.command()
 def migrate(config: Path | None = ConfigOpt) -> None:
-    """Create or upgrade the hub's SQLite store (versioned migrations per capability)."""
+    """Create or upgrade the hub's store to the newest schema (one Alembic history, SQLite or PostgreSQL; a
+    pre-Alembic SQLite store is adopted in place first)."""
     from central.store import Store, StoreUnavailable
 
     s = _settings(config)

@@ -1,7 +1,7 @@
 """City code (城市码): the compact signed QR payload, its parser and the offline verifier.
 
 The QR content is a URL so any phone opens the city's service page, while a scan terminal verifies it
-with no network. Three segments (see /work/shared/ARCHITECTURE.md, "City code"):
+with no network. Three segments (see docs/ARCHITECTURE.md, "City code"):
 
     {guide URL}/{city-managed segment}/{department segment}
     v2: https://code.city.example/c/2.HC.A7K2.SY0.P3101ABC0001X/PASS.K7Q2M9PZ4R8WXNCF.ED1A2B.<174 digits>
