@@ -1,6 +1,6 @@
 """The hub's runtime context: settings, store, MQTT publisher and an in-process hook bus.
 
-Services get a `Hub`; routes reach it through `get_hub` (request.app.state.hub).
+Services get a `Hub`; routes reach it through `central.deps.get_hub` (request.app.state.hub). No FastAPI here.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Protocol
-
-from fastapi import Request
+from typing import Any, Literal, Protocol, get_args
 
 from central.settings import Settings
 from central.store import Store
@@ -35,6 +33,21 @@ class LoggingPublisher:
         log.info("mqtt disabled; not sent: %s (%d bytes)", topic, len(data))
 
 
+# Every hook, with what it is called with. A name not listed here is refused by `on()` and `emit()`: a typo
+# must fail at wiring, not leave a handler that never runs.
+HookName = Literal[
+    "hub.started",         # ()                          after every worker started
+    "hub.stopping",        # ()                          before the workers are stopped
+    "bridge.connected",    # ()                          the bridge (re)connected to the broker
+    "events.ingested",     # (db, [(site, device, Event)])  inside the bridge's write transaction
+    "scans.ingested",      # (db, [(site, device, ScanBatch)])  inside the bridge's write transaction
+    "mqtt.registry_push",  # (payload: bytes)            a registry push arrived over MQTT
+    "devices.config",      # (cfg: dict)                 a device config is being built: fill your part
+    "codes.revoked",       # (serials=, identity_id=, kid=)  after a revocation committed
+]
+HOOK_NAMES: frozenset[str] = frozenset(get_args(HookName))
+
+
 class Hooks:
     """Named hooks between capabilities (e.g. the bridge calls `events.ingested` inside its write
     transaction, so video's correlation is atomic with the event insert)."""
@@ -42,10 +55,17 @@ class Hooks:
     def __init__(self) -> None:
         self._fns: dict[str, list[Callable[..., Any]]] = defaultdict(list)
 
-    def on(self, name: str, fn: Callable[..., Any]) -> None:
+    @staticmethod
+    def _known(name: str) -> None:
+        if name not in HOOK_NAMES:
+            raise ValueError(f"no hook named {name!r} (central.hub.HookName lists them)")
+
+    def on(self, name: HookName, fn: Callable[..., Any]) -> None:
+        self._known(name)
         self._fns[name].append(fn)
 
-    def emit(self, name: str, *args: Any, **kwargs: Any) -> None:
+    def emit(self, name: HookName, *args: Any, **kwargs: Any) -> None:
+        self._known(name)
         for fn in self._fns.get(name, []):
             fn(*args, **kwargs)
 
@@ -197,6 +217,3 @@ class Hub:
         self.stop()
         self.store.close()
 
-
-def get_hub(request: Request) -> Hub:
-    return request.app.state.hub

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 
 from central.bridge import store
-from central.hub import Hub, get_hub
+from central.deps import get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, require
 
 router = APIRouter()

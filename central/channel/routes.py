@@ -11,7 +11,8 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.channel.service import ChannelError, ChannelService, service_of
-from central.hub import Hub, get_hub
+from central.deps import get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
 
 router = APIRouter()

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from central.channel import store
 from central.hub import Hub
 from central.iam.audit import record
-from central.iam.deps import Principal, under
+from central.iam.principal import Principal, under
 from protocol import signing, topics
 
 if TYPE_CHECKING:

@@ -15,7 +15,8 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.codes.service import CodesError, CodesService, service_of
-from central.hub import Hub, get_hub
+from central.deps import get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
 
 router = APIRouter()

@@ -7,8 +7,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from central.deps import get_hub
 from central.devices.service import DeviceError, DeviceService
-from central.hub import Hub, get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, require
 
 router = APIRouter()

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 from central import broker
 from central.devices import store
 from central.hub import Hub
-from central.iam.deps import under
+from central.iam.principal import under
 from central.store import utcnow
 from protocol import messages, topics
 

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from central.deps import get_hub
 from central.dialer import service as svc
 from central.dialer.templates import KEY_RE, Template
-from central.hub import Hub, get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, require
 
 router = APIRouter()

@@ -10,7 +10,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.hub import Hub, get_hub
+from central.deps import get_hub
+from central.hub import Hub
 from central.iam.audit import record, verify
 from central.iam.deps import Principal, authenticated, public, require
 from central.iam.middleware import BodyLimit, SecurityHeaders

@@ -23,8 +23,8 @@ from central.hub import Hub
 from central.iam import BUILTIN_ROLES, all_permissions, expand
 from central.iam import store as iam_store
 from central.iam.audit import record, set_profile
-from central.iam.deps import Principal, minimal, read_perm, under
 from central.iam.pii import pii_cipher
+from central.iam.principal import Principal, minimal, read_perm, under
 
 if TYPE_CHECKING:
     from central.store import Db

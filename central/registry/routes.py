@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Req
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.hub import Hub, get_hub
+from central.deps import get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, require
 from central.registry import service as svc
 from central.registry import store

@@ -41,10 +41,6 @@ metadata = sa.MetaData(naming_convention={
     "pk": "pk_%(table_name)s",
 })
 
-# Capabilities' tables are created in this order (later ones may reference earlier tables); others follow A-Z.
-ORDER = ["devices", "bridge", "iam", "registry", "codes", "video", "dialer"]
-
-
 class StoreClosed(RuntimeError):
     """The store was closed: new work is refused here instead of touching freed connections."""
 

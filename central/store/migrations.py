@@ -29,10 +29,8 @@ def load_tables() -> list[tuple[str, Any]]:
     """(capability, store module) in adoption order; importing them declares their tables on
     `central.store.metadata`."""
     from central import capabilities
-    from central.store import ORDER
 
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return sorted(capabilities.modules("store"), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0]))
+    return capabilities.modules("store")  # central.capabilities.CAPABILITIES order
 
 
 BASELINE = "0001"

@@ -9,7 +9,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.hub import Hub, get_hub
+from central.deps import get_hub
+from central.hub import Hub
 from central.iam.deps import Principal, require
 from central.video.service import VideoError, VideoService, service_of
 
