@@ -62,6 +62,9 @@ class RetentionSettings(BaseModel):
     events_days: int | None = Field(default=90, ge=1)
     scans_days: int | None = Field(default=180, ge=1)
     cdrs_days: int | None = Field(default=365, ge=1)
+    # The hub keeps ONE heartbeat per device (the latest, on its `devices` row, overwritten by the next):
+    # nothing accumulates, so no store offers a "heartbeats" purge and a device's latest always stays.
+    heartbeats_days: int | None = Field(default=None, ge=1)
     audit_days: int | None = Field(default=None, ge=180)
     interval_s: int = Field(default=3600, ge=10)
 

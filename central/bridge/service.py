@@ -18,8 +18,6 @@ once; it is recorded as `store_error` and not receipted, so its device sends it 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import logging
 import threading
@@ -35,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from central.bridge import store
 from central.devices import store as devices_store
 from central.hub import Hub
+from central.media import MediaRef, MediaStore, jpeg_b64, media_of
 from central.store import StoreClosed
 from protocol import messages, topics
 
@@ -102,6 +101,7 @@ class Bridge:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.media = media_of(hub)
         self.settings = hub.settings.mqtt
         self.counters: Counter[str] = Counter()
         self._queue: collections.deque[Incoming] = collections.deque()
@@ -334,8 +334,9 @@ class Bridge:
                 rejects.append((m.topic, r.reason, r.detail))
                 if t is not None and (msg_id := messages.loose_id(t.channel, m.payload)) is not None:
                     receipts.refused(t.site, t.device, msg_id, r.reason)  # final: the device may forget it
+        snapshots = write_snapshots(self.media, events)  # durable before the commit that receipts them
         with self.hub.store.tx() as db:
-            new_events = store_events(db, events, raw_events, now)
+            new_events = store_events(db, events, raw_events, now, snapshots)
             new_scans = self._store_scans(db, scans, now)
             for device_id, state in statuses:
                 devices_store.set_status(db, device_id, state, now)
@@ -413,11 +414,27 @@ class Bridge:
         return new
 
 
+def write_snapshots(media: MediaStore, events: list[tuple[str, str, messages.Event]]) -> dict[str, MediaRef]:
+    """Write the batch's snapshots into the media store, durably, before the transaction that stores their
+    events: a receipt (after that commit) then never names an event whose file could still be lost. Keys
+    are dated by the event's own time, so a device resending an event (already stored) finds its file there
+    and writes nothing. Returns event_id -> reference."""
+    items, ids = [], []
+    for _site, _device, e in events:
+        data = jpeg_b64(e.snapshot_jpeg_b64)
+        if data is not None:
+            items.append(("snapshots", data, "jpg", e.ts))
+            ids.append(e.event_id)
+    return dict(zip(ids, media.put_many(items), strict=True)) if items else {}
+
+
 def store_events(
-    db: Any, events: list[tuple[str, str, messages.Event]], raw: dict[str, bytes], now: str
+    db: Any, events: list[tuple[str, str, messages.Event]], raw: dict[str, bytes], now: str,
+    snapshots: dict[str, MediaRef],
 ) -> list[tuple[str, str, messages.Event]]:
     """Insert events not stored yet (by event_id); returns the new ones. `raw` maps event_id to the
-    validated bytes as received, stored verbatim when the event has no snapshot."""
+    validated bytes as received, stored verbatim when the event has no snapshot; `snapshots` maps event_id
+    to its snapshot file (`write_snapshots`, called before the transaction)."""
     if not events:
         return []
     seen = store.existing_event_ids(db, [e.event_id for _, _, e in events])
@@ -427,16 +444,11 @@ def store_events(
         if e.event_id in seen:
             continue
         seen.add(e.event_id)  # the same id twice inside one batch
-        snapshot = None
-        if e.snapshot_jpeg_b64:
-            try:
-                snapshot = base64.b64decode(e.snapshot_jpeg_b64, validate=True)
-            except (binascii.Error, ValueError):
-                snapshot = None
+        ref = snapshots.get(e.event_id)
         body = raw.get(e.event_id) or e.model_dump_json(exclude={"snapshot_jpeg_b64"}).encode()
         rows.append((
             e.event_id, site, device, e.kind, e.ts.isoformat(), now, e.phase, e.incident_id, e.camera, e.zone,
-            e.score, e.count, body.decode(), snapshot,
+            e.score, e.count, body.decode(), ref.key if ref else None, ref.sha256 if ref else None,
         ))
         new.append((site, device, e))
     store.insert_events(db, rows)

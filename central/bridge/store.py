@@ -7,11 +7,15 @@ lock (`dialect.serialize`), so a later transaction draws later seqs and commits 
 
 from __future__ import annotations
 
+import errno
 import sqlite3
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from central.media import delete_after_commit
 from central.store import StoreClosed, StoreUnavailable, dialect, metadata
 
 if TYPE_CHECKING:
@@ -33,9 +37,18 @@ events = sa.Table(
     sa.Column("score", sa.Float),
     sa.Column("count", sa.Integer),
     sa.Column("payload", sa.Text),
-    sa.Column("snapshot", sa.LargeBinary),  # JPEG; bytea on PostgreSQL
+    # The JPEG is a file in the hub's media store (central/media.py): its key and SHA-256 are kept here.
+    sa.Column("snapshot_key", sa.Text),
+    sa.Column("snapshot_sha256", sa.Text),
+    # Legacy: the JPEG as a BLOB (before revision 0002). Never written now; the media-move worker moves
+    # what an upgraded database still holds into files, readers fall back to it until then.
+    sa.Column("snapshot", sa.LargeBinary),
     sa.Index("idx_events_site_device_ts", "site", "device", "ts"),
     sa.Index("idx_events_kind_ts", "kind", "ts"),
+    sa.Index("idx_events_snapshot_key", "snapshot_key", sqlite_where=sa.text("snapshot_key IS NOT NULL"),
+             postgresql_where=sa.text("snapshot_key IS NOT NULL")),
+    sa.Index("idx_events_legacy_snapshot", "seq", sqlite_where=sa.text("snapshot IS NOT NULL"),
+             postgresql_where=sa.text("snapshot IS NOT NULL")),
 )
 
 scan_batches = sa.Table(
@@ -77,31 +90,45 @@ ingest_rejects = sa.Table(
 TABLES = [events, scan_batches, scans, ingest_rejects]
 
 _EVENT_COLS = ("event_id", "site", "device", "kind", "ts", "received_at", "phase", "incident_id", "camera", "zone",
-               "score", "count", "payload", "snapshot")
+               "score", "count", "payload", "snapshot_key", "snapshot_sha256")
 _SCAN_COLS = ("scan_id", "batch_id", "site", "device", "serial", "code_system", "dept", "verdict", "reason", "ts",
               "location")
 _REJECT_COLS = ("at", "topic", "reason", "detail")
+
+
+def _baseline_events() -> sa.Table:
+    """`events` as revision 0001 made it (adoption stamps the baseline, then the later revisions run)."""
+    new = ("snapshot_key", "snapshot_sha256")
+    return sa.Table("events", sa.MetaData(naming_convention=metadata.naming_convention),
+                    *(c._copy() for c in events.columns if c.name not in new),
+                    sa.Index("idx_events_site_device_ts", "site", "device", "ts"),
+                    sa.Index("idx_events_kind_ts", "kind", "ts"))
 
 
 def adopt_legacy(db: Db) -> None:
     """Legacy `events` was keyed by event_id, its feed order the hidden rowid (the correlator's cursor
     held a rowid). Rebuild it with `seq` = that rowid, so the cursor (moved to `seq` by video's
     adopt_legacy) still points at the same row. The other tables kept their shape and index names."""
-    cols = [c.name for c in events.columns if c.name != "seq"]
+    cols = [c.name for c in events.columns if c.name not in ("seq", "snapshot_key", "snapshot_sha256")]
     for ix in sa.inspect(db.sa).get_indexes("events"):
         db.run(f'DROP INDEX "{ix["name"]}"')
     db.run("ALTER TABLE events RENAME TO _legacy_events")
-    events.create(db.sa)  # with its indexes
+    _baseline_events().create(db.sa)  # with its indexes (the baseline's shape: revision 0002 adds the rest)
     names = ", ".join(cols)
     # The one read of a rowid: it becomes the explicit key here and is never used again.
     db.run(f"INSERT INTO events (seq, {names}) SELECT rowid, {names} FROM _legacy_events ORDER BY rowid")
     db.run("DROP TABLE _legacy_events")
 
 
+_DISK_TROUBLE = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EAGAIN}
+
+
 def is_transient(e: BaseException) -> bool:
     """Store trouble that goes away (a lock, a lost connection, a full or failing disk), as opposed to a
     bug in our SQL: the caller keeps the work and retries it."""
     if isinstance(e, StoreClosed | StoreUnavailable | sa.exc.TimeoutError):
+        return True
+    if isinstance(e, OSError) and e.errno in _DISK_TROUBLE:  # the media directory (snapshot files)
         return True
     if isinstance(e, sa.exc.DBAPIError):
         if e.connection_invalidated:
@@ -229,5 +256,95 @@ def max_seq(db: Db) -> int:
 
 def events_after(db: Db, seq: int, limit: int) -> list[dict[str, Any]]:
     """Events past `seq` in feed order, for a consumer's cursor."""
-    return db.all(sa.select(events.c.seq, events.c.site, events.c.device, events.c.payload, events.c.snapshot)
-                  .where(events.c.seq > seq).order_by(events.c.seq).limit(limit))
+    e = events.c
+    return db.all(sa.select(e.seq, e.site, e.device, e.payload, e.snapshot_key, e.snapshot_sha256, e.snapshot)
+                  .where(e.seq > seq).order_by(e.seq).limit(limit))
+
+
+
+# --- retention -------------------------------------------------------------------------------------------
+# What retention must keep of `events`, said by the consumers of the feed (their stores register a condition
+# on `events` at import; video: events its correlator has not consumed, events of a case still open).
+KEEP_EVENTS: list[Callable[[], sa.ColumnElement[bool]]] = []
+# Every column holding a media key, whatever its table: a file goes only when none of them names it any
+# more (content addressing: one file may serve an event and its case, or two events with the same bytes).
+MEDIA_REFS: list[sa.Column[Any]] = [events.c.snapshot_key]
+SCAN_WINDOW = 2000
+
+
+def unreferenced(db: Db, keys: Iterable[str]) -> set[str]:
+    """Those of `keys` no row refers to (each lookup on a partial index over the key column)."""
+    left = set(keys)
+    for col in MEDIA_REFS:
+        todo = sorted(left)
+        for i in range(0, len(todo), 500):
+            left -= set(db.run(sa.select(col).where(col.in_(todo[i : i + 500]))).scalars())
+    return left
+
+
+def purge_events(db: Db, cutoff: datetime, limit: int) -> int:
+    """Delete at most `limit` events received before `cutoff` that nothing keeps (KEEP_EVENTS), oldest
+    first, and (after commit) the snapshot files no remaining row refers to.
+
+    The walk goes up the primary key in windows and stops at the first event received at or after the
+    cutoff: `received_at` is the hub's clock at ingest, so it grows with `seq`, and a pass never scans the
+    table's recent part (an event whose clock ran backwards waits for a later pass). The delete is one
+    `seq` range with the same conditions, so it removes exactly the rows the walk picked."""
+    cut = cutoff.astimezone(UTC).isoformat()
+    e = events.c
+    keep = sa.or_(*(f() for f in KEEP_EVENTS)) if KEEP_EVENTS else sa.false()
+    kept = sa.case((keep, 1), else_=0)
+    first = last = None
+    n, after = 0, None
+    keys: set[str] = set()
+    while n < limit:
+        q = sa.select(e.seq, e.received_at, e.snapshot_key, kept).order_by(e.seq).limit(SCAN_WINDOW)
+        rows = db.run(q if after is None else q.where(e.seq > after)).all()
+        done = len(rows) < SCAN_WINDOW
+        for seq, received_at, key, is_kept in rows:
+            if received_at >= cut:
+                done = True
+                break
+            if is_kept:
+                continue
+            first = seq if first is None else first
+            last = seq
+            n += 1
+            if key is not None:
+                keys.add(key)
+            if n == limit:
+                break
+        if done or not rows:
+            break
+        after = rows[-1][0]
+    if first is None:
+        return 0
+    deleted = db.run(sa.delete(events).where(e.seq >= first, e.seq <= last, e.received_at < cut,
+                                             sa.not_(keep))).rowcount
+    if keys:
+        delete_after_commit(db, unreferenced(db, keys))
+    return int(deleted)
+
+
+RETENTION = {"events": purge_events}
+
+
+# --- snapshots still held as BLOBs (databases from before revision 0002) ----------------------------------
+def legacy_snapshots(db: Db, limit: int) -> list[tuple[int, bytes | None, str | None]]:
+    """(seq, JPEG bytes, received_at) of events that still hold their snapshot as a BLOB (partial index);
+    the bytes are None when a file already took its place."""
+    e = events.c
+    return [(int(r[0]), None if r[3] else bytes(r[1]), r[2]) for r in db.run(
+        sa.select(e.seq, e.snapshot, e.received_at, e.snapshot_key).where(e.snapshot.is_not(None)).order_by(e.seq)
+        .limit(limit))]
+
+
+def store_snapshot_ref(db: Db, seq: int, key: str | None, sha256: str | None) -> None:
+    """The BLOB of event `seq` is now the file `key`: keep the reference, drop the BLOB."""
+    e = events.c
+    db.run(sa.update(events).where(e.seq == seq, e.snapshot.is_not(None)).values(
+        snapshot_key=sa.func.coalesce(e.snapshot_key, key), snapshot_sha256=sa.func.coalesce(e.snapshot_sha256, sha256),
+        snapshot=None))
+
+
+LEGACY_MEDIA = {"events": (legacy_snapshots, store_snapshot_ref)}

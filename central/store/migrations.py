@@ -127,6 +127,15 @@ def _revision(db: Db) -> str | None:
     return MigrationContext.configure(db.sa).get_current_revision()
 
 
+def head() -> str:
+    """The newest revision of the history (what `upgrade` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    rev = ScriptDirectory(str(_SCRIPTS)).get_current_head()
+    assert rev is not None, "the Alembic history has no head"
+    return rev
+
+
 def versions(store: Store) -> dict[str, str]:
     """The schema's Alembic revision ("none" for an empty database)."""
     with store.read() as db:

@@ -10,7 +10,6 @@ adjacent one (video_cameras.neighbours, either direction) and whose last event i
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -27,6 +26,7 @@ import httpx
 from central.bridge import store as bridge_store
 from central.hub import Hub, LoopWorker
 from central.iam.audit import record
+from central.media import MediaError, jpeg_b64, media_of
 from central.store import Db
 from central.video import store
 from protocol import topics
@@ -44,7 +44,7 @@ ALERT_TOPIC = f"{topics.ROOT}/alerts/video"  # + "/{department}"
 
 
 class VideoError(Exception):
-    """status: 400 bad input, 404 unknown, 409 wrong workflow state."""
+    """status: 400 bad input, 404 unknown, 409 wrong workflow state, 410 a media file gone or damaged."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
@@ -109,37 +109,47 @@ class VideoService:
             while done < len(rows):
                 chunk = rows[done:done + CHUNK]
                 batch = []
+                snaps: dict[str, tuple[str, str]] = {}
                 for r in chunk:
                     try:
                         ev = Event.model_validate_json(r["payload"])
                     except ValueError:
                         log.warning("video: stored event of %s/%s does not parse; skipped", r["site"], r["device"])
                         continue
-                    if r["snapshot"] is not None:
+                    if r["snapshot_key"] is not None:  # the case shares the event's file: no copy of the bytes
+                        snaps[ev.event_id] = (r["snapshot_key"], r["snapshot_sha256"])
+                    elif r["snapshot"] is not None:  # a BLOB of a database from before revision 0002
                         ev.snapshot_jpeg_b64 = base64.b64encode(bytes(r["snapshot"])).decode()
                     batch.append((r["site"], r["device"], ev))
-                self.correlate(db, batch)
+                self.correlate(db, batch, snaps)
                 done += len(chunk)
                 if stopping():
                     break
             store.move_cursor(db, int(rows[done - 1]["seq"]))
             return done
 
-    def correlate(self, db: Db, events: list[tuple[str, str, Event]]) -> None:
+    def correlate(self, db: Db, events: list[tuple[str, str, Event]],
+                  snapshots: dict[str, tuple[str, str]] | None = None) -> None:
+        """`snapshots`: event_id -> (media key, SHA-256) of the stored event's snapshot file."""
+        snapshots = snapshots or {}
         for site, device, ev in sorted(events, key=lambda x: x[2].ts):
             # A savepoint per event: one bad event must not roll back the whole batch.
             try:
                 with store.savepoint(db):
-                    self.ingest(db, site, device, ev)
+                    self.ingest(db, site, device, ev, snapshots.get(ev.event_id))
             except Exception:
                 log.exception("video: event %s from %s/%s not correlated", ev.event_id, site, device)
 
-    def ingest(self, db: Db, site: str, device: str, ev: Event) -> int | None:
+    def ingest(self, db: Db, site: str, device: str, ev: Event, snap: tuple[str, str] | None = None) -> int | None:
+        """Correlate one event. `snap` is its snapshot file (key, SHA-256); without one, a JPEG carried in
+        the event itself is written to the media store here."""
         if store.is_correlated(db, ev.event_id):
             return None  # already correlated (idempotent)
         ts = iso(ev.ts)
         case_id = self._find_case(db, site, device, ev)
-        snap = _snapshot_bytes(ev.snapshot_jpeg_b64)
+        if snap is None and (data := jpeg_b64(ev.snapshot_jpeg_b64)) is not None:
+            ref = media_of(self.hub).put("snapshots", data, "jpg", ev.ts)
+            snap = (ref.key, ref.sha256)
         cam_key = f"{device}/{ev.camera or '-'}"
         t = iso(now())
         if case_id is None:
@@ -151,7 +161,8 @@ class VideoService:
                 "site": site, "device": device, "camera": ev.camera, "zone": ev.zone, "kind": ev.kind, "org": org,
                 "status": "new", "score": ev.score, "peak_count": ev.count, "first_ts": ts, "last_ts": ts,
                 "live": 0 if ev.phase in ("end", "instant") else 1, "event_count": 0,
-                "cameras": json.dumps([cam_key]), "lat": lat, "lon": lon, "snapshot": snap,
+                "cameras": json.dumps([cam_key]), "lat": lat, "lon": lon,
+                "snapshot_key": snap[0] if snap else None, "snapshot_sha256": snap[1] if snap else None,
                 "due_at": iso(now() + timedelta(minutes=REVIEW_SLA_MIN)), "created_at": t, "updated_at": t,
             })
             self._log(db, case_id, "system:bridge", "video.case.create",
@@ -316,13 +327,21 @@ class VideoService:
         return d
 
     def snapshot(self, case_id: int) -> bytes:
+        """The case's JPEG, from the media store (checksum checked); a file gone or changed on disk is a
+        410 naming the case, never a 500 and never other bytes."""
         with self.hub.store.read() as db:
-            found, snap = store.case_snapshot(db, case_id)
-        if not found:
+            r = store.case_snapshot(db, case_id)
+        if r is None:
             raise VideoError(404, f"case {case_id} not found")
-        if snap is None:
-            raise VideoError(404, f"case {case_id} has no snapshot")
-        return snap
+        if r["snapshot_key"] is not None:
+            try:
+                return media_of(self.hub).get(r["snapshot_key"], r["snapshot_sha256"])
+            except MediaError as e:
+                log.error("video: snapshot of case %d: %s", case_id, e)
+                raise VideoError(410, f"case {case_id}: its snapshot file is missing or damaged") from None
+        if r["snapshot"] is not None:  # not moved into a file yet (database from before revision 0002)
+            return bytes(r["snapshot"])
+        raise VideoError(404, f"case {case_id} has no snapshot")
 
     def list_cases(self, scopes: list[str], status: str | None = None, kind: str | None = None,
                    site: str | None = None, overdue: bool | None = None, since: datetime | None = None,
@@ -545,16 +564,6 @@ def send_webhook(url: str, body: bytes, secret: str, timeout: float = 5.0) -> No
                "X-CityBrain-Timestamp": ts, "X-CityBrain-Signature": sign(body, secret, ts)}
     r = httpx.post(url, content=body, headers=headers, timeout=timeout)
     r.raise_for_status()
-
-
-def _snapshot_bytes(b64: str | None) -> bytes | None:
-    if not b64:
-        return None
-    try:
-        data = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    return data if data[:2] == b"\xff\xd8" else None  # only JPEGs are served back as image/jpeg
 
 
 def setup(hub: Hub) -> None:

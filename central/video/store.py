@@ -55,7 +55,7 @@ cases = sa.Table(
     sa.Column("cameras", sa.Text, nullable=False, server_default="[]"),
     sa.Column("lat", sa.Float),
     sa.Column("lon", sa.Float),
-    sa.Column("snapshot", sa.LargeBinary),  # JPEG; bytea on PostgreSQL
+    sa.Column("snapshot", sa.LargeBinary),  # legacy BLOB (before revision 0002): moved into a file by media-move
     sa.Column("department", sa.Text),
     sa.Column("route_id", dialect.BigId),
     sa.Column("due_at", sa.Text),  # SLA deadline of the current step
@@ -65,8 +65,15 @@ cases = sa.Table(
     sa.Column("dispatched_at", sa.Text),
     sa.Column("acknowledged_at", sa.Text),
     sa.Column("resolved_at", sa.Text),
+    # The latest snapshot's file in the media store (shared with the event it came from): key, SHA-256.
+    sa.Column("snapshot_key", sa.Text),
+    sa.Column("snapshot_sha256", sa.Text),
     sa.Index("video_cases_open", "site", "kind", "status", "last_ts"),  # the legacy names
     sa.Index("video_cases_org", "org", "status"),
+    sa.Index("video_cases_snapshot_key", "snapshot_key", sqlite_where=sa.text("snapshot_key IS NOT NULL"),
+             postgresql_where=sa.text("snapshot_key IS NOT NULL")),
+    sa.Index("video_cases_legacy_snapshot", "id", sqlite_where=sa.text("snapshot IS NOT NULL"),
+             postgresql_where=sa.text("snapshot IS NOT NULL")),
 )
 
 case_events = sa.Table(
@@ -294,7 +301,8 @@ _ADD_EVENT_TO_CASE = Prepared(sa.update(cases).where(cases.c.id == _b("case_id")
     peak_count=_greatest(sa.func.coalesce(cases.c.peak_count, 0), sa.cast(_b("count"), sa.Integer)),
     cameras=_b("cameras"),
     live=sa.func.coalesce(sa.cast(_b("live"), sa.Integer), cases.c.live),
-    snapshot=sa.func.coalesce(sa.cast(_b("snapshot"), sa.LargeBinary), cases.c.snapshot),
+    snapshot_key=sa.func.coalesce(sa.cast(_b("snapshot_key"), sa.Text), cases.c.snapshot_key),
+    snapshot_sha256=sa.func.coalesce(sa.cast(_b("snapshot_sha256"), sa.Text), cases.c.snapshot_sha256),
     updated_at=_b("updated_at"),
 ))
 
@@ -350,11 +358,12 @@ def case_cameras(db: Db, case_id: int) -> str | None:
 
 
 def add_event_to_case(db: Db, case_id: int, ts: str, score: float, count: int | None, cameras_json: str,
-                      live: int | None, snapshot: bytes | None, updated_at: str) -> None:
+                      live: int | None, snapshot: tuple[str, str] | None, updated_at: str) -> None:
     """Fold one more event into a case: latest ts, peak score/count, its camera, liveness (None: as it was),
-    its snapshot when it has one."""
+    its snapshot (media key, SHA-256) when it has one."""
+    key, sha = snapshot or (None, None)
     _ADD_EVENT_TO_CASE.run(db, case_id=case_id, ts=ts, score=score, count=count or 0, cameras=cameras_json,
-                           live=live, snapshot=snapshot, updated_at=updated_at).close()
+                           live=live, snapshot_key=key, snapshot_sha256=sha, updated_at=updated_at).close()
 
 
 def count_case_event(db: Db, case_id: int) -> None:
@@ -409,7 +418,8 @@ def scope(scopes: list[str]) -> sa.ColumnElement[bool]:
 
 
 def _case_select() -> sa.Select:
-    return sa.select(*(cases.c[k] for k in CASE_COLS), cases.c.snapshot.is_not(None).label("has_snapshot"))
+    has = sa.or_(cases.c.snapshot_key.is_not(None), cases.c.snapshot.is_not(None))
+    return sa.select(*(cases.c[k] for k in CASE_COLS), sa.case((has, 1), else_=0).label("has_snapshot"))
 
 
 def get_case(db: Db, case_id: int) -> dict[str, Any] | None:
@@ -421,10 +431,11 @@ def case_field(db: Db, case_id: int, *names: str) -> dict[str, Any] | None:
     return db.first(sa.select(*(cases.c[n] for n in names)).where(cases.c.id == case_id))
 
 
-def case_snapshot(db: Db, case_id: int) -> tuple[bool, bytes | None]:
-    """(the case exists, its snapshot)."""
-    r = db.run(sa.select(cases.c.snapshot).where(cases.c.id == case_id)).first()
-    return (False, None) if r is None else (True, None if r[0] is None else bytes(r[0]))
+def case_snapshot(db: Db, case_id: int) -> dict[str, Any] | None:
+    """None: no such case; else its snapshot reference (`snapshot_key`, `snapshot_sha256`) and, in a
+    database from before revision 0002 not yet moved into files, the legacy BLOB (`snapshot`)."""
+    c = cases.c
+    return db.first(sa.select(c.snapshot_key, c.snapshot_sha256, c.snapshot).where(c.id == case_id))
 
 
 def case_filter(scopes: list[str], status: str | None = None, kind: str | None = None, site: str | None = None,
@@ -544,3 +555,44 @@ def insert_alert(db: Db, case_id: int, channel: str, target: str, at: str) -> in
 def finish_alert(db: Db, alert_id: int, status: str, attempts: int, error: str | None, sent_at: str | None) -> None:
     db.run(sa.update(alerts).where(alerts.c.id == alert_id).values(status=status, attempts=attempts, error=error,
                                                                     sent_at=sent_at))
+
+
+# --- retention ---------------------------------------------------------------------------------------------
+# Cases are not purged: a case is the record of what was decided and by whom (review, dispatch, resolution;
+# audit rows and feedback statistics name it), one row per incident, small next to its events. Its snapshot
+# is that record's evidence and stays with it, so its file outlives the events it came from.
+CLOSED = ("resolved", "dismissed")
+
+
+def _keep_events() -> sa.ColumnElement[bool]:
+    """Events retention keeps for video: not yet consumed by the correlator (past its cursor; all of them
+    while the cursor row is missing), or part of a case that is not closed."""
+    e = bridge_store.events.c
+    last = sa.select(cursor.c.last_seq).where(cursor.c.id == 1).scalar_subquery()
+    open_case = sa.exists().where(case_events.c.event_id == e.event_id, cases.c.id == case_events.c.case_id,
+                                  cases.c.status.not_in(CLOSED))
+    return sa.or_(e.seq > sa.func.coalesce(last, -1), open_case)
+
+
+bridge_store.KEEP_EVENTS.append(_keep_events)
+bridge_store.MEDIA_REFS.append(cases.c.snapshot_key)
+
+
+def legacy_snapshots(db: Db, limit: int) -> list[tuple[int, bytes | None, str | None]]:
+    """(id, JPEG bytes, created_at) of cases still holding their snapshot as a BLOB (partial index); the
+    bytes are None when a file already took its place (a newer event's)."""
+    c = cases.c
+    return [(int(r[0]), None if r[3] else bytes(r[1]), r[2]) for r in db.run(
+        sa.select(c.id, c.snapshot, c.created_at, c.snapshot_key).where(c.snapshot.is_not(None)).order_by(c.id)
+        .limit(limit))]
+
+
+def store_snapshot_ref(db: Db, case_id: int, key: str | None, sha256: str | None) -> None:
+    """The case's BLOB is now the file `key` (unless a newer snapshot already is): drop the BLOB."""
+    c = cases.c
+    db.run(sa.update(cases).where(c.id == case_id, c.snapshot.is_not(None)).values(
+        snapshot_key=sa.func.coalesce(c.snapshot_key, key), snapshot_sha256=sa.func.coalesce(c.snapshot_sha256, sha256),
+        snapshot=None))
+
+
+LEGACY_MEDIA = {"video_cases": (legacy_snapshots, store_snapshot_ref)}

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from central.app import build_hub
 from central.registry import service as svc
 from central.registry.store import tables as tb
+from central.store import migrations
 from tests.legacy import legacy_settings
 from tests.registry.conftest import rows
 
@@ -31,7 +32,7 @@ def test_legacy_registry_reads_back_and_takes_new_writes(tmp_path: Path) -> None
     c.close()
     hub = build_hub(settings)
     try:
-        assert hub.store.versions() == {"alembic": "0001"}
+        assert hub.store.versions() == {"alembic": migrations.head()}
         assert dict(rows(hub, tb.entities.c.id, tb.entities.c.rid)) == old_rowids
         actor = svc.SystemActor("t", ORG)
         tower = svc.get_entity(hub, actor, TOWER)

@@ -21,7 +21,7 @@ def test_migrate_then_provision(tmp_path: Path) -> None:
     runner = CliRunner()
     r = runner.invoke(app, ["hub", "migrate", "-c", str(cfg)])
     assert r.exit_code == 0, r.output
-    assert "alembic:empty->0001" in r.output
+    assert "alembic:empty->" in r.output  # to the head revision
     r = runner.invoke(app, ["hub", "migrate", "-c", str(cfg)])
     assert "applied 0 migration" in r.output  # idempotent
 

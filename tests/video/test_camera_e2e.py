@@ -56,7 +56,7 @@ def test_clip_to_case_through_broker_outage(tmp_path: Path, broker: Broker) -> N
             c = video_store.cases.c
             with hub.store.read() as db:
                 rows = [tuple(r) for r in db.run(sa.select(c.kind, c.camera, c.event_count,
-                                                           c.snapshot.is_not(None), c.status))]
+                                                           c.snapshot_key.is_not(None), c.status))]
             return rows if rows and rows[0][2] >= 2 else None
 
         rows = wait_for(one_case, 20, "video case")

@@ -36,10 +36,12 @@ def ev(kind: str = "fire", camera: str = "cam1", phase: str = "start", incident:
 
 def ingest(hub: Hub, *items: tuple[str, str, Event]) -> None:
     """As in production: the bridge stores the events (once per event_id), the correlator consumes them."""
-    from central.bridge.service import store_events
+    from central.bridge.service import store_events, write_snapshots
+    from central.media import media_of
 
+    snaps = write_snapshots(media_of(hub), list(items))  # before the transaction, as the bridge does
     with hub.store.tx() as db:
-        store_events(db, list(items), {}, datetime.now(UTC).isoformat())
+        store_events(db, list(items), {}, datetime.now(UTC).isoformat(), snaps)
     service_of(hub).process_pending()
 
 
@@ -133,6 +135,19 @@ def test_workflow_scope_alerts_over_api(hub: Hub, client: TestClient, webhook: A
     assert client.get(case["snapshot_url"], headers=op_b).status_code == 404
     assert client.get("/api/v1/video/cases/999/snapshot", headers=admin).status_code == 404
     assert client.get("/api/v1/video/cases").status_code == 401
+    # The JPEG is a file of the media store; gone or changed on disk, the API says so (410), never a 500
+    from central.media import media_of
+
+    with hub.store.read() as db:
+        key = db.scalar(sa.select(video_store.cases.c.snapshot_key).where(video_store.cases.c.id == cid))
+    path = media_of(hub).path(key)
+    assert path.read_bytes() == JPEG
+    path.write_bytes(JPEG[:-1] + b"\x00")
+    r = client.get(case["snapshot_url"], headers=op_a)
+    assert r.status_code == 410 and "missing or damaged" in r.json()["detail"]
+    path.unlink()
+    assert client.get(case["snapshot_url"], headers=op_a).status_code == 410
+    path.write_bytes(JPEG)
 
     # Wrong order and bad input are 409/422 naming the field; another district cannot act.
     r = client.post(f"/api/v1/video/cases/{cid}/dispatch", json={}, headers=op_a)
@@ -226,8 +241,13 @@ def test_correlator_as_its_own_process(tmp_path: Any) -> None:
     settings = make_settings(tmp_path, inline_consumers=False)
     hub = build_hub(settings)
     assert hub.worker("video-correlator") is None  # not in this process
+    from central.bridge.service import write_snapshots
+    from central.media import media_of
+
+    items = [("site1", "gw1", ev())]
+    snaps = write_snapshots(media_of(hub), items)
     with hub.store.tx() as db:
-        store_events(db, [("site1", "gw1", ev())], {}, datetime.now(UTC).isoformat())
+        store_events(db, items, {}, datetime.now(UTC).isoformat(), snaps)
     cfg = tmp_path / "hub.yaml"
     cfg.write_text(yaml.safe_dump(json.loads(settings.model_dump_json())))
     root = Path(__file__).resolve().parents[2]

@@ -67,7 +67,7 @@ def test_old_cases_read_back_and_new_events_correlate(hub: Hub) -> None:
     new = Event(kind="smoke", phase="start", camera="south", incident_id="inc-wensan-2", score=0.7)
     with hub.store.tx() as db:
         assert len(store_events(db, [("wensan", "cam-01", old), ("wensan", "cam-01", new)], {},
-                                datetime.now(UTC).isoformat())) == 2
+                                datetime.now(UTC).isoformat(), {})) == 2
     assert svc.process_pending() == 2
     with hub.store.read() as db:
         assert bridge_store.max_seq(db) == 9 and video_store.cursor_position(db) == 9
@@ -99,3 +99,38 @@ def test_devices_and_bridge_rows_read_back_and_take_writes(hub: Hub) -> None:
     assert devices.get("demo-site/demo-scanner")["queue_depth"] == 3  # type: ignore[index]
     row, _cfg = devices.provision("wensan", "camera", "gate", device="cam-02")
     assert row["org_path"] == "/city/district-a"  # the site's legacy claim holds
+
+
+def test_snapshot_blobs_are_served_then_moved_into_files(hub: Hub) -> None:
+    """An upgraded database keeps its snapshots: served from the BLOB until the hub's media-move worker
+    (started by Hub.start) has written each into the media store, then from the file; the BLOB is gone."""
+    from central.media import media_of
+    from tests.helpers import wait_for
+
+    ev, cs = bridge_store.events.c, video_store.cases.c
+    with hub.store.read() as db:
+        blobs = {r[0]: bytes(r[1]) for r in db.run(sa.select(ev.event_id, ev.snapshot).where(ev.snapshot.is_not(None)))}
+        case_blob = bytes(db.scalar(sa.select(cs.snapshot).where(cs.id == 4)))
+    assert len(blobs) == 4 and case_blob[:2] == b"\xff\xd8"
+    svc = service_of(hub)
+    assert svc.snapshot(4) == case_blob and svc.case(4)["has_snapshot"]  # before the move: the BLOB
+
+    hub.start()
+
+    def moved() -> bool:
+        with hub.store.read() as db:
+            return not db.scalar(sa.select(sa.func.count()).select_from(bridge_store.events)
+                                 .where(ev.snapshot.is_not(None))) and \
+                not db.scalar(sa.select(sa.func.count()).select_from(video_store.cases).where(cs.snapshot.is_not(None)))
+
+    wait_for(moved, 30, "the snapshot BLOBs moved into files")
+    media = media_of(hub)
+    with hub.store.read() as db:
+        rows = db.all(sa.select(ev.event_id, ev.snapshot_key, ev.snapshot_sha256).where(ev.event_id.in_(blobs)))
+        case_ref = db.first(sa.select(cs.snapshot_key, cs.snapshot_sha256).where(cs.id == 4))
+    assert len(rows) == 4
+    for r in rows:  # each file holds the very bytes the BLOB held, under a key dated by the row
+        assert r["snapshot_key"].startswith("snapshots/") and media.get(r["snapshot_key"], r["snapshot_sha256"]) \
+            == blobs[r["event_id"]]
+    assert case_ref is not None and media.path(case_ref["snapshot_key"]).is_file()
+    assert svc.snapshot(4) == case_blob  # now from the file

@@ -16,8 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from central.bridge import store as bridge_store
-from central.bridge.service import store_events
+from central.bridge.service import store_events, write_snapshots
 from central.devices import store as devices_store
+from central.media import MediaStore
 from central.store import Store
 from central.video import service as video_service
 from central.video import store as video_store
@@ -51,9 +52,10 @@ def _ev(i: int, **kw: Any) -> Event:
                  ts=T0 + timedelta(seconds=i), score=0.5, count=i % 5, **kw)
 
 
-def _store(store: Store, items: list[tuple[str, str, Event]]) -> int:
+def _store(store: Store, items: list[tuple[str, str, Event]], media: MediaStore | None = None) -> int:
+    snaps = write_snapshots(media, items) if media is not None else {}
     with store.tx() as db:
-        return len(store_events(db, items, {}, datetime.now(UTC).isoformat()))
+        return len(store_events(db, items, {}, datetime.now(UTC).isoformat(), snaps))
 
 
 def _correlated(store: Store) -> list[str]:
@@ -61,20 +63,24 @@ def _correlated(store: Store) -> list[str]:
         return list(db.run(sa.select(video_store.case_events.c.event_id)).scalars())
 
 
-def test_events_are_stored_once_in_feed_order_with_their_snapshot(store: Store) -> None:
+def test_events_are_stored_once_in_feed_order_with_their_snapshot(store: Store, tmp_path: Path) -> None:
     import base64
 
+    media = MediaStore(tmp_path / "media")
     evs = [_ev(i) for i in range(5)]
     evs[2].snapshot_jpeg_b64 = base64.b64encode(JPEG).decode()
-    assert _store(store, [("s1", "gw1", e) for e in evs]) == 5
+    assert _store(store, [("s1", "gw1", e) for e in evs], media) == 5
     e9 = _ev(9)
-    assert _store(store, [("s1", "gw1", evs[1]), ("s1", "gw1", evs[1]), ("s1", "gw1", e9)]) == 1
+    assert _store(store, [("s1", "gw1", evs[1]), ("s1", "gw1", evs[1]), ("s1", "gw1", e9)], media) == 1
     with store.read() as db:
         assert bridge_store.event_ids(db) == [e.event_id for e in evs] + [e9.event_id]
         assert bridge_store.count_events(db) == 6 and bridge_store.count_events(db, "s1", "gw1") == 6
         rows = bridge_store.events_after(db, 0, 100)
         assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
-        assert bytes(rows[2]["snapshot"]) == JPEG and rows[0]["snapshot"] is None
+        # the JPEG is a file (dated by the event), the row its reference; no BLOB any more
+        assert rows[2]["snapshot_key"].startswith("snapshots/2025/05/01/") and rows[2]["snapshot"] is None
+        assert media.get(rows[2]["snapshot_key"], rows[2]["snapshot_sha256"]) == JPEG
+        assert rows[0]["snapshot_key"] is None and rows[0]["snapshot_sha256"] is None
         assert bridge_store.events_after(db, rows[3]["seq"], 100) == rows[4:]
 
 
@@ -91,7 +97,7 @@ def test_correlator_misses_nothing_while_two_writers_commit_out_of_order(
             for b in range(batches):
                 with store.tx() as db:
                     store_events(db, [(name, "gw1", _ev(b * per + i, incident=f"{name}-{b}-{i}"))
-                                      for i in range(per)], {}, datetime.now(UTC).isoformat())
+                                      for i in range(per)], {}, datetime.now(UTC).isoformat(), {})
                     time.sleep(hold_s)  # uncommitted while the other writer commits later seqs
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             errors.append(e)
@@ -129,10 +135,11 @@ def test_two_correlators_never_take_the_same_events(store: Store, video: video_s
     for svc, who in ((video, "a"), (other, "b")):
         real = svc.ingest
 
-        def counting(db: Any, site: str, device: str, ev: Event, real: Any = real, who: str = who) -> int | None:
+        def counting(db: Any, site: str, device: str, ev: Event, snap: Any = None, real: Any = real,
+                     who: str = who) -> int | None:
             taken[who].append(ev.event_id)
             time.sleep(0.002)  # the claim is held while correlating
-            return real(db, site, device, ev)
+            return real(db, site, device, ev, snap)
 
         svc.ingest = counting  # type: ignore[method-assign]
     _store(store, [("s1", "gw1", _ev(i, incident=f"x{i}")) for i in range(120)])
@@ -257,8 +264,8 @@ def test_an_event_failing_in_the_database_is_rolled_back_alone(store: Store,
     evs = [_ev(i, incident=f"k{i}") for i in range(3)]
     real = video.ingest
 
-    def failing(db: Any, site: str, device: str, ev: Event) -> int | None:
-        case_id = real(db, site, device, ev)
+    def failing(db: Any, site: str, device: str, ev: Event, snap: Any = None) -> int | None:
+        case_id = real(db, site, device, ev, snap)
         if ev.event_id == evs[1].event_id:  # its row again: a primary-key violation in the database
             video_store.insert_case_event(db, {"event_id": ev.event_id, "case_id": case_id, "site": site,
                                                "device": device, "incident_id": None, "camera": None,
