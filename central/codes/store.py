@@ -5,7 +5,9 @@ millions of codes. Services call these functions with the `Db` of their `store.t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -575,7 +577,8 @@ def app_figures(db: Db, app_id: int, t: int, since: int, since_day: str, zombie_
         .group_by(scans.c.verdict))}
     online = {v: int(n) for v, n in db.run(
         sa.select(verify_stats.c.verdict, sa.func.sum(verify_stats.c.n))
-        .where(verify_stats.c.app_id == app_id, verify_stats.c.day >= since_day).group_by(verify_stats.c.verdict))}
+        .where(verify_stats.c.app_id == app_id, verify_stats.c.day >= since_day,
+               verify_stats.c.verdict.not_like(f"{FOLDED_SCAN}%")).group_by(verify_stats.c.verdict))}
     per_identity = (sa.select(sa.func.count().label("n")).where(live, c.app_id == app_id).group_by(c.identity_id)
                     .having(sa.func.count() > 1).subquery())
     dup = db.scalar(sa.select(sa.func.coalesce(sa.func.sum(per_identity.c.n - 1), 0)))
@@ -586,6 +589,7 @@ def app_figures(db: Db, app_id: int, t: int, since: int, since_day: str, zombie_
         sa.select(issued_day, sa.func.count()).where(c.app_id == app_id, c.issued_at >= since).group_by(issued_day))}
     scanned_by_day = {int(d): int(n) for d, n in db.run(
         sa.select(scan_day, sa.func.count()).where(scans.c.app_id == app_id, scans.c.ts >= since).group_by(scan_day))}
+    _add_folded_scans(db, app_id, since_day, scan_verdicts, scanned_by_day)
     return {**{k: int(v or 0) for k, v in totals.items()}, "scans": scan_verdicts, "online": online,
             "duplicates": int(dup or 0), "issued_by_day": issued_by_day, "scanned_by_day": scanned_by_day}
 
@@ -636,3 +640,45 @@ def webhook_sent(db: Db, wid: int, attempts: int) -> None:
 def webhook_failed(db: Db, wid: int, attempts: int, error: str, next_at: float, dead: bool) -> None:
     db.run(sa.update(webhooks).where(webhooks.c.id == wid).values(
         attempts=attempts, last_error=error, next_at=next_at, status="dead" if dead else "pending"))
+
+
+# ---- scans retention ---------------------------------------------------------------------------------
+# Purged scans are folded into codes_verify_stats first, as day counters under the verdict
+# "scan:<verdict>" (online verifies use the plain verdicts), so supervision's scanned/verdict/trend figures
+# over any window stay what they were; codes_issued keeps its own per-code scans and last_scan_at.
+FOLDED_SCAN = "scan:"
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+def purge_scans(db: Db, cutoff: datetime, limit: int) -> int:
+    """Retention (`retention.scans_days`): delete up to `limit` terminal scans older than `cutoff`, their
+    counts folded into the day counters in the same transaction (nothing supervision shows is lost)."""
+    rows = db.all(sa.select(scans.c.scan_id, scans.c.app_id, scans.c.verdict, scans.c.ts)
+                  .where(scans.c.ts < int(cutoff.timestamp())).order_by(scans.c.scan_id).limit(limit))
+    if not rows:
+        return 0
+    folded = Counter((datetime.fromtimestamp(r["ts"], UTC).strftime("%Y-%m-%d"), r["app_id"],
+                      FOLDED_SCAN + r["verdict"]) for r in rows if r["app_id"] is not None)
+    if folded:
+        add_verify_stats(db, [{"day": d, "app_id": a, "verdict": v, "n": n}
+                              for (d, a, v), n in sorted(folded.items())])
+    ids = [r["scan_id"] for r in rows]
+    n = 0
+    for i in range(0, len(ids), 500):
+        n += int(db.run(sa.delete(scans).where(scans.c.scan_id.in_(ids[i:i + 500]))).rowcount)
+    return n
+
+
+def _add_folded_scans(db: Db, app_id: int, since_day: str, verdicts: dict[str, int],
+                      by_day: dict[int, int]) -> None:
+    """Add the purged scans' day counters to app_figures' live scan figures (whole days from since_day)."""
+    vs = verify_stats.c
+    for day, verdict, n in db.run(sa.select(vs.day, vs.verdict, vs.n).where(
+            vs.app_id == app_id, vs.day >= since_day, vs.verdict.like(f"{FOLDED_SCAN}%"))):
+        v = verdict.removeprefix(FOLDED_SCAN)
+        verdicts[v] = verdicts.get(v, 0) + int(n)
+        d = date.fromisoformat(day).toordinal() - _EPOCH_DAY
+        by_day[d] = by_day.get(d, 0) + int(n)
+
+
+RETENTION = {"scans": purge_scans}

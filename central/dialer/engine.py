@@ -49,7 +49,7 @@ class EngineConfig:
     asr_model_dir: Path | None = None
     asr_workers: int = 2
     tts_wpm: int = 160
-    work_dir: Path = Path("var/hub/dialer")  # recordings/ and tts-cache/
+    work_dir: Path = Path("var/hub/dialer")  # recordings/ of live calls, and tts-cache/
     record: bool = True
     speech_threshold: float = 200.0
     end_silence_ms: int = 600
@@ -203,16 +203,19 @@ class CallSession:
             "answered_at": svc.iso(self.answered) if self.answered else None, "ended_at": svc.iso(now),
             "sip_status": c.status, "outcome": outcome, "answers": self.dialog.answers,
             "asr_text": " | ".join(self.asr_texts), "transcript": self.dialog.transcript,
-            "recording": str(self.recorder.path) if self.recorder and self.e.cfg.record else None,
+            "recording": None,  # set by Engine._finish once the WAV is closed and in the media store
             "duration_s": round((now - self.answered).total_seconds(), 2) if self.answered else 0.0,
         }
 
-    def release(self) -> None:
+    def release(self) -> Path | None:
+        """Stop the call's media; returns the finished recording to keep (None: none, or record=False)."""
         self._stop_player()
         path = self.recorder.path if self.recorder else None
         self.recorder = None  # dropping the pjsua2 recorder closes the WAV and fixes its header
         if path is not None and not self.e.cfg.record:
             path.unlink(missing_ok=True)
+            return None
+        return path
 
 
 def _sip_outcome(status: int) -> str:
@@ -281,7 +284,9 @@ class Engine:
     def _finish(self, s: CallSession) -> None:
         now = self.clock()
         cdr = s.cdr(now)
-        s.release()
+        kept = s.release()
+        if kept is not None:  # work_dir holds it only while the call is live: the CDR gets a media key
+            cdr["recording"] = svc.store_recording(self.hub, kept, s.answered or s.started)
         res = svc.finish_attempt(self.hub, s.contact["id"], cdr, now)
         self.stats["cdrs"] += 1
         target = svc.webhook_target(self.hub, res["task_id"])

@@ -11,10 +11,12 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import re
 import sys
 import time as _time
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,7 +28,10 @@ from central.dialer.templates import Template, builtin_templates
 
 if TYPE_CHECKING:
     from central.hub import Hub
+    from central.media import MediaStore
     from central.store import Db
+
+log = logging.getLogger("citybrain.dialer")
 
 ROOT_ORG = "/city"  # built-in templates belong to the city and are visible to every department
 ACTIVE = ("pending", "calling")
@@ -504,8 +509,69 @@ def cdrs(hub: Hub, task_id: int) -> list[dict[str, Any]]:
     for d in rows:
         for k in ("answers", "transcript"):
             d[k] = json.loads(d[k]) if d[k] else None
+        d["recording_sha256"] = store.recording_sha256(d["recording"])
         out.append(d)
     return out
+
+
+# --- call recordings (files in the hub's media store; the CDR holds the key, which names the SHA-256) ------
+def media(hub: Hub) -> MediaStore:
+    """The hub's one MediaStore (central.media.media_of: settings.media_dir, default data_dir/media)."""
+    from central.media import media_of
+
+    return media_of(hub)
+
+
+def store_recording(hub: Hub, path: Path, at: datetime) -> str | None:
+    """Move a finished call's WAV from the engine's work_dir into the media store; returns its key (None
+    when the file is gone: the CDR then has no recording rather than a dangling one)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        log.warning("recording %s unreadable: %s", path, e)
+        return None
+    key = media(hub).put(store.RECORDING_KIND, data, "wav", at=at).key
+    path.unlink(missing_ok=True)
+    return key
+
+
+def move_legacy_recordings(hub: Hub, after_id: int = 0, limit: int = 200) -> tuple[int, int]:
+    """Move recordings that older rows name by work_dir path into the media store, `limit` rows past
+    `after_id` at a time; returns (last id looked at, rows moved). The row is updated before the old file
+    is removed, so a crash between the two leaves a stray file, never a row without its recording. A path
+    that cannot be read is left as it is (and logged)."""
+    with hub.store.read() as db:
+        rows = store.legacy_recordings(db, after_id, limit)
+    moved = 0
+    for r in rows:
+        path = Path(r["recording"])
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            log.warning("legacy recording of CDR %s not moved: %s", r["id"], e)
+            continue
+        key = media(hub).put(store.RECORDING_KIND, data, "wav", at=datetime.fromisoformat(r["started_at"])).key
+        with hub.store.tx() as db:
+            ok = store.set_recording(db, r["id"], r["recording"], key)
+        if ok:
+            moved += 1
+            path.unlink(missing_ok=True)
+    return (rows[-1]["id"] if rows else after_id), moved
+
+
+class _LegacyMover:
+    """Hub worker: moves legacy recordings once after start, then idles without querying again."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub, self.after, self.done = hub, 0, False
+
+    def step(self) -> bool:
+        if self.done:
+            return False
+        last, _moved = move_legacy_recordings(self.hub, self.after)
+        self.done = last == self.after
+        self.after = last
+        return not self.done
 
 
 def report(hub: Hub, task_id: int) -> dict[str, Any]:
@@ -574,5 +640,9 @@ def deliver_webhook(url: str, secret: str, event: str, payload: dict[str, Any], 
 
 
 def setup(hub: Hub) -> None:
+    from central.hub import LoopWorker
+
     seed_builtins(hub)
     hub.services["dialer"] = sys.modules[__name__]
+    media(hub)
+    hub.add_worker(LoopWorker("dialer-recordings-move", _LegacyMover(hub).step, interval_s=3600))

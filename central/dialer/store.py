@@ -7,16 +7,23 @@ Times are ISO-8601 UTC text with milliseconds (`service.iso`), so they compare a
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from central.media import delete_after_commit
 from central.store import dialect, metadata
 from central.store.dialect import BigId
 
 if TYPE_CHECKING:
     from central.store import Db
+
+log = logging.getLogger("citybrain.dialer.store")
 
 templates = sa.Table(
     "dialer_templates", metadata,
@@ -93,6 +100,9 @@ cdrs_t = sa.Table(
     sa.Column("answers", sa.Text),
     sa.Column("asr_text", sa.Text),
     sa.Column("transcript", sa.Text),
+    # A central.media key (`recordings/<yyyy>/<mm>/<dd>/<sha256>.wav`: the key names the file's SHA-256,
+    # which every read checks), or, in rows written before recordings moved to the media store, the
+    # WAV's path under the engine's work_dir (service.move_legacy_recordings moves those).
     sa.Column("recording", sa.Text),
     sa.Column("duration_s", sa.Float),
     sa.Index("dialer_cdrs_task", "task_id", "contact_id"),
@@ -406,3 +416,68 @@ def dnc_entries(db: Db) -> list[tuple[str, str]]:
 def upsert_dnc(db: Db, row: dict[str, Any]) -> None:
     db.run(dialect.upsert(db, dnc_t, ["phone_idx", "org"], ["phone_masked", "reason", "added_at"]).values(**row))
 
+
+
+# --- recordings and retention ---------------------------------------------------------------------
+RECORDING_KIND = "recordings"
+_MEDIA_KEY = re.compile(r"^recordings/\d{4}/\d{2}/\d{2}/([0-9a-f]{64})\.wav$")
+_LEGACY_NAME = re.compile(r"^task\d+-c\d+-a\d+\.wav$")  # what the engine named a recording in its work_dir
+FINAL_TASKS = ("completed", "cancelled")  # never running/paused/draft: their CDRs may still be read back
+FINAL_CONTACTS = ("done", "failed", "skipped")  # a pending or calling contact's CDRs decide its retries
+
+
+def recording_sha256(value: str | None) -> str | None:
+    """The SHA-256 a media key names (None for no recording or a legacy path)."""
+    m = _MEDIA_KEY.match(value or "")
+    return m.group(1) if m else None
+
+
+def set_recording(db: Db, cdr_id: int, old: str, key: str) -> bool:
+    return db.run(sa.update(cdrs_t).where(cdrs_t.c.id == cdr_id, cdrs_t.c.recording == old)
+                  .values(recording=key)).rowcount == 1
+
+
+def legacy_recordings(db: Db, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """CDRs past `after_id` whose recording is still a work_dir path (a media key has the dated layout)."""
+    d = cdrs_t.c
+    return [r for r in db.all(sa.select(d.id, d.recording, d.started_at)
+                              .where(d.id > after_id, d.recording.is_not(None),
+                                     d.recording.not_like("recordings/____/__/__/%.wav"))
+                              .order_by(d.id).limit(limit))]
+
+
+def purge_cdrs(db: Db, cutoff: datetime, limit: int) -> int:
+    """Retention (`retention.cdrs_days`): delete up to `limit` CDRs started before `cutoff`, never one of a
+    task still running, paused or not started, nor of a contact without a final outcome (its CDRs are what
+    its retries and the task's progress still count). A purged CDR's recording goes too, unless another
+    CDR refers to the same file (content addressing: identical bytes are one file)."""
+    d, t, c = cdrs_t.c, tasks.c, contacts.c
+    rows = db.all(sa.select(d.id, d.recording)
+                  .select_from(cdrs_t.join(tasks, t.id == d.task_id).join(contacts, c.id == d.contact_id))
+                  .where(d.started_at < cutoff.astimezone(UTC).isoformat(timespec="milliseconds"),
+                         t.status.in_(FINAL_TASKS), c.status.in_(FINAL_CONTACTS))
+                  .order_by(d.id).limit(limit))
+    if not rows:
+        return 0
+    ids = [r["id"] for r in rows]
+    n = int(db.run(sa.delete(cdrs_t).where(d.id.in_(ids))).rowcount)
+    files = sorted({r["recording"] for r in rows if r["recording"]})
+    if files:
+        kept = set(db.run(sa.select(d.recording).distinct().where(d.recording.in_(files))).scalars())
+        _delete_recordings(db, [f for f in files if f not in kept])
+    return n
+
+
+def _delete_recordings(db: Db, files: list[str]) -> None:
+    """Files no row refers to any more: media files go once the purge's transaction has committed (a
+    rolled-back purge keeps them); a legacy work_dir path is unlinked at once (only a name the engine made)."""
+    delete_after_commit(db, [f for f in files if recording_sha256(f) is not None])
+    for f in files:
+        if recording_sha256(f) is None and _LEGACY_NAME.match(Path(f).name):
+            try:
+                Path(f).unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("retention: could not delete %s: %s", f, e)
+
+
+RETENTION = {"cdrs": purge_cdrs}

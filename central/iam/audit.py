@@ -14,6 +14,12 @@ re-ordered, re-chained or cut.
 `seq` is deliberately outside the hash: re-ordered rows keep valid hashes but break the links, which is
 what lets `verify` tell "re-ordered" from "changed". The latest (seq, hash) is also kept in iam_meta.
 
+Retention (`retention.audit_days`, unset = for ever): `purge` deletes only a prefix of the chain that is
+older than the cutoff and vouched for by a signed checkpoint (and still as vouched for), and appends an
+`audit.purge` row first, in the same transaction, naming from/to seq and the hash of the last row purged.
+That keyed row is the chain's new anchor: `verify` accepts the rows missing up to its horizon and reports
+every other missing row as before; a purge record written without the key is no anchor.
+
 Upgrade: rows written before the chain was keyed (alg "sha256" / "sm3", a plain hash chain) stay as they
 are. Binding a key to such a database appends one keyed row, `audit.chain.keyed`, whose hash covers the
 last plain hash (so it seals the whole plain prefix as it stood, and says whether that prefix verified);
@@ -24,6 +30,7 @@ the old rows instead would have meant dropping the triggers and rewriting histor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -38,6 +45,8 @@ from protocol.signing import Profile, b64d, b64e, canonical, digest
 
 if TYPE_CHECKING:
     from central.store import Db
+
+log = logging.getLogger("citybrain.iam.audit")
 
 GENESIS = "0" * 64
 KEY_FILE = "audit-chain.key"
@@ -347,15 +356,28 @@ def _rows_text(a: int, b: int) -> str:
     return f"row {a}" if a == b else f"rows {a}..{b}"
 
 
-def against_checkpoints(rows: list[Row], key: ChainKey | None,
-                        checkpoints: list[Checkpoint]) -> tuple[list[dict[str, Any]], set[int]]:
+def against_checkpoints(rows: list[Row], key: ChainKey | None, checkpoints: list[Checkpoint],
+                        horizon: tuple[int, str] = (0, GENESIS)) -> tuple[list[dict[str, Any]], set[int]]:
     """Compare the rows with what signed checkpoints vouched for: the head (seq, hash) of the latest,
     and, where the checkpoints carry content tags, every row up to it, so that rows deleted, cut or
     re-numbered are named by the seq they had when they were vouched for. Also returns the present seqs
-    whose content is as vouched for (wherever they stand now): a bad hash there means "re-chained"."""
+    whose content is as vouched for (wherever they stand now): a bad hash there means "re-chained".
+    Rows up to `horizon` (seq, hash of that row: see `purge_horizon`) were purged by retention: they are
+    not asked for, and a checkpoint ending there must agree with the hash the purge recorded."""
     if not checkpoints:
         return [], set()
     latest = max(checkpoints, key=lambda c: c.seq)
+    h_seq, h_hash = horizon
+    if h_seq and latest.seq <= h_seq:
+        if latest.seq < h_seq:
+            return [{"seq": latest.seq, "kind": "checkpoint",
+                     "why": f"a purge record says rows up to {h_seq} were purged, but the latest checkpoint "
+                            f"({latest.ts}) ends at row {latest.seq}: checkpoints are missing"}], set()
+        if latest.head != h_hash:
+            return [{"seq": h_seq, "kind": "changed",
+                     "why": f"the purge record's hash of row {h_seq} differs from the checkpoint of {latest.ts}"}
+                    ], set()
+        return [], set()
     if not rows:
         if latest.seq == 0:
             return [], set()
@@ -368,8 +390,8 @@ def against_checkpoints(rows: list[Row], key: ChainKey | None,
     upto = max(tagged, key=lambda c: c.seq) if tagged else None
     problems: list[dict[str, Any]] = []
     intact: set[int] = set()
-    if key is not None and upto is not None and all(s in vouched for s in range(1, upto.seq + 1)):
-        problems, intact = _diff(rows, key, upto, vouched)
+    if key is not None and upto is not None and all(s in vouched for s in range(h_seq + 1, upto.seq + 1)):
+        problems, intact = _diff(rows, key, upto, vouched, h_seq)
     else:
         upto = None
     if upto is None or latest.seq > upto.seq:
@@ -391,8 +413,8 @@ def _check_head(rows: list[Row], latest: Checkpoint) -> list[dict[str, Any]]:
     return []
 
 
-def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint,
-          vouched: dict[int, tuple[Profile, str]]) -> tuple[list[dict[str, Any]], set[int]]:
+def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint, vouched: dict[int, tuple[Profile, str]],
+          purged_upto: int = 0) -> tuple[list[dict[str, Any]], set[int]]:
     when = f"the checkpoint of {latest.ts}"
     problems: list[dict[str, Any]] = []
     present = {r[0]: r for r in rows}
@@ -412,7 +434,7 @@ def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint,
     gone: list[int] = []
     moved: list[tuple[int, int]] = []  # (vouched seq, seq now)
     changed: list[int] = []
-    for s in range(1, latest.seq + 1):
+    for s in range(purged_upto + 1, latest.seq + 1):
         t = vouched[s]
         if tag_now.get(s) == t:
             continue
@@ -424,7 +446,7 @@ def _diff(rows: list[Row], key: ChainKey, latest: Checkpoint,
         else:
             gone.append(s)
     gone_set = set(gone)
-    last_alive = next((s for s in range(latest.seq, 0, -1) if s not in gone_set), 0)
+    last_alive = next((s for s in range(latest.seq, purged_upto, -1) if s not in gone_set), purged_upto)
     for a, b in _ranges([s for s in gone if s < last_alive]):
         problems.append(_span("deleted", a, b, f"gone, though {when} vouched for {'it' if a == b else 'them'}"))
     cut = [s for s in gone if s > last_alive]
@@ -466,7 +488,13 @@ def verify(db: Db, chain: Chain | None = None, checkpoints: list[Checkpoint] | N
         cp_problems += more
         notes += file_notes
     rows = fetch_rows(db)
-    problems = verify_rows(rows, key)
+    horizon = purge_horizon(rows, key)
+    if horizon[0]:
+        left = sum(1 for r in rows if r[0] <= horizon[0])
+        rows = [r for r in rows if r[0] > horizon[0]]
+        notes.append(f"rows 1..{horizon[0]} were purged by retention (the purge is recorded in the chain)"
+                     + (f"; {left} of them are still stored and were not checked" if left else ""))
+    problems = verify_rows(rows, key, *horizon)
     head = iam_store.get_meta(db, "audit_head").get("audit_head")
     last_seq, last_hash = (rows[-1][0], rows[-1][9]) if rows else (0, GENESIS)
     if head:
@@ -479,7 +507,7 @@ def verify(db: Db, chain: Chain | None = None, checkpoints: list[Checkpoint] | N
                 problems.append({"seq": last_seq, "kind": "changed", "why": "the chain head does not match"})
     elif rows:
         problems.append({"seq": last_seq, "kind": "changed", "why": "the head marker in iam_meta is missing"})
-    vouched, intact = against_checkpoints(rows, key, checkpoints or [])
+    vouched, intact = against_checkpoints(rows, key, checkpoints or [], horizon)
     # A row whose content is as vouched for but whose hash fails was re-chained, not edited.
     problems = [{"seq": p["seq"], "kind": "rechained",
                  "why": "(numbered as stored now) content as vouched for, but the hash was rewritten"
@@ -514,3 +542,106 @@ def _compact(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs[(p["kind"], p["why"])] = p
         out.append(p)
     return out
+
+
+# --- retention ----------------------------------------------------------------------------------------
+PURGE_ACTION = "audit.purge"
+PURGE_META = "audit_purge"  # iam_meta: seq of the latest purge record (a pointer; the row itself is checked)
+
+
+def _purge_record(r: Row, key: ChainKey | None) -> tuple[int, str] | None:
+    """(to_seq, hash of row to_seq) of a genuine purge record: keyed, its hash made with the chain key
+    (nobody without the key can write one that passes), and about rows before itself."""
+    if r[3] != PURGE_ACTION or r[7] not in _PROFILE_OF_KEYED or key is None:
+        return None
+    if row_hash(r[7], r[8], _body(r), key) != r[9]:
+        return None
+    try:
+        d = json.loads(r[6])
+        to_seq, last_hash = int(d["to_seq"]), str(d["last_hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (to_seq, last_hash) if 0 < to_seq < r[0] else None
+
+
+def purge_horizon(rows: Iterable[Row], key: ChainKey | None) -> tuple[int, str]:
+    """(seq, hash) of the last row retention purged, from the genuine purge records among `rows`, or
+    (0, GENESIS): the chain must start right after it, linked to that hash. Rows missing beyond it are
+    reported as ever; a forged record is not one (and its own hash is reported as changed)."""
+    best = (0, GENESIS)
+    for r in rows:
+        rec = _purge_record(r, key)
+        if rec is not None and rec[0] > best[0]:
+            best = rec
+    return best
+
+
+def _anchor(db: Db, key: ChainKey) -> tuple[int, str] | None:
+    """Where the stored chain must start, from the latest purge record; None when the pointer to it is
+    not a genuine purge record (then nothing is purged until someone looks)."""
+    at = iam_store.get_meta(db, PURGE_META).get(PURGE_META)
+    if at is None:
+        return 0, GENESIS
+    r = iam_store.audit_row(db, int(at))
+    return None if r is None else _purge_record(r, key)  # type: ignore[arg-type]
+
+
+def purge(db: Db, cutoff: datetime, limit: int) -> int:
+    """Retention of audit rows (`retention.audit_days`, at least 180): delete the oldest rows, at most
+    `limit`, that are strictly older than `cutoff` AND vouched for by the latest signed checkpoint, after
+    checking they still are exactly what it vouched for (a purge must never destroy evidence of an edit).
+    The purge is itself an audit row in the same transaction (from/to seq and the hash of the last row
+    purged), keyed like every row: verification accepts the missing prefix up to that horizon and no
+    further. Returns the rows deleted; 0 (and an error logged) when anything does not check out."""
+    from central.iam.checkpoints import read_file
+
+    chain = bound_chain(db)
+    if chain is None or chain.checkpoint_file is None:
+        return 0  # no key or no checkpoints here: nothing can vouch for what would be deleted
+    key = chain.key
+    with db.store.tx() as d:
+        dialect.serialize(d, SERIAL)
+        first = iam_store.audit_first(d)
+        anchor = _anchor(d, key)
+        if first is None:
+            return 0
+        if anchor is None or first != (anchor[0] + 1, anchor[1]):
+            _refuse("the stored chain does not start where the last purge record says it must")
+            return 0
+        cps, cp_problems, _notes = read_file(chain)
+        if cp_problems:
+            _refuse(f"the checkpoint file has problems ({cp_problems[0]['why']})")
+            return 0
+        if not cps:
+            return 0
+        latest = max(cps, key=lambda c: c.seq)
+        before = cutoff.astimezone(UTC).isoformat(timespec="microseconds")
+        upto = min(latest.seq, first[0] + limit - 1, iam_store.audit_older_prefix_end(d, first[0], before))
+        if upto < first[0]:
+            return 0
+        rows: list[Row] = fetch_rows(d, after=first[0] - 1, upto=upto + 1)  # + the row that links to the cut
+        problems = verify_rows(rows, key, anchor[0], anchor[1])
+        vouched: dict[int, tuple[Profile, str]] = {}
+        for c in sorted(cps, key=lambda c: c.seq):
+            vouched.update((s, (c.profile, t)) for s, t in c.tag_of().items())
+        for r in rows:
+            if r[0] <= upto and (r[0] not in vouched or
+                                 vouched[r[0]][1] != content_tag(r, key, vouched[r[0]][0])):
+                problems.append({"seq": r[0], "kind": "changed", "why": "not as the checkpoints vouched for it"})
+        last = next((r for r in rows if r[0] == upto), None)
+        if problems or last is None:
+            p = problems[0] if problems else {"seq": upto, "kind": "deleted", "why": "the row is missing"}
+            _refuse(f"row {p['seq']}: {p['kind']}: {p['why']}")
+            return 0
+        # The record first: appended after the head, it links to the newest row, which a purge of the
+        # whole checkpointed table would otherwise take with it (the next row would restart at seq 1).
+        seq = record(d, actor="system", action=PURGE_ACTION, target=f"audit:{first[0]}..{upto}",
+                     detail={"from_seq": first[0], "to_seq": upto, "last_hash": last[9],
+                             "rows": upto - first[0] + 1, "cutoff": before, "checkpoint_seq": latest.seq})
+        iam_store.set_meta(d, PURGE_META, str(seq))
+        n = iam_store.delete_audit_prefix(d, upto)
+    return n
+
+
+def _refuse(why: str) -> None:
+    log.error("audit purge refused: %s; run `citybrain hub audit verify`", why)

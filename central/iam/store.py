@@ -164,8 +164,12 @@ def create_extras(db: Db, created: set[str]) -> None:
                        " FOR EACH STATEMENT EXECUTE FUNCTION iam_audit_append_only()"))
     else:
         for op in ("UPDATE", "DELETE"):
-            db.run(sa.text(f"CREATE TRIGGER iam_audit_no_{op.lower()} BEFORE {op} ON iam_audit"
-                           f" BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"))
+            db.run(sa.text(_sqlite_trigger(op)))
+
+
+def _sqlite_trigger(op: str) -> str:
+    return (f"CREATE TRIGGER iam_audit_no_{op.lower()} BEFORE {op} ON iam_audit"
+            f" BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END")
 
 
 # --- iam_meta -----------------------------------------------------------------------------------------
@@ -266,6 +270,56 @@ def audit_rows(db: Db, after: int = 0, upto: int | None = None) -> list[tuple[An
     if upto is not None:
         q = q.where(audit.c.seq <= upto)
     return [tuple(r) for r in db.run(q.order_by(audit.c.seq))]
+
+
+def audit_row(db: Db, seq: int) -> tuple[Any, ...] | None:
+    row = db.run(sa.select(*_AUDIT_COLS).where(audit.c.seq == seq)).first()
+    return None if row is None else tuple(row)
+
+
+def audit_first(db: Db) -> tuple[int, str] | None:
+    """(seq, prev_hash) of the oldest audit row still stored (after a purge: where the chain starts now)."""
+    row = db.run(sa.select(audit.c.seq, audit.c.prev_hash).order_by(audit.c.seq).limit(1)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def audit_older_prefix_end(db: Db, first: int, before_ts: str) -> int:
+    """The last seq of the run of rows from `first` on whose ts are all before `before_ts` (a purge cuts
+    a prefix of the chain, never a row from its middle); first - 1 when row `first` is not that old."""
+    c = audit.c
+    young = db.scalar(sa.select(sa.func.min(c.seq)).where(c.seq >= first, c.ts >= before_ts))
+    if young is not None:
+        return int(young) - 1
+    return audit_max_seq(db)
+
+
+def delete_audit_prefix(db: Db, upto: int) -> int:
+    """Delete the audit rows up to `upto` (the retention purge, central.iam.audit.purge). The append-only
+    trigger is lifted for this one statement and put back in the same transaction, so no other connection
+    ever sees the table without it (both backends' DDL is transactional)."""
+    stmt = sa.delete(audit).where(audit.c.seq <= upto)
+    if db.dialect == "postgresql":
+        has = db.scalar(sa.text("SELECT 1 FROM pg_trigger WHERE tgname = 'iam_audit_no_delete'"
+                                " AND tgrelid = 'iam_audit'::regclass"))
+        if has:
+            db.run(sa.text("ALTER TABLE iam_audit DISABLE TRIGGER iam_audit_no_delete"))
+        n = db.run(stmt).rowcount
+        if has:
+            db.run(sa.text("ALTER TABLE iam_audit ENABLE TRIGGER iam_audit_no_delete"))
+        return int(n)
+    db.run(sa.text("DROP TRIGGER IF EXISTS iam_audit_no_delete"))
+    n = db.run(stmt).rowcount
+    db.run(sa.text(_sqlite_trigger("DELETE")))
+    return int(n)
+
+
+def _purge_audit(db: Db, cutoff: Any, limit: int) -> int:
+    from central.iam import audit as audit_chain  # the rules (keys, checkpoints) live there; it imports us
+
+    return audit_chain.purge(db, cutoff, limit)
+
+
+RETENTION = {"audit": _purge_audit}
 
 
 def audit_page(db: Db, after: int, batch: int = 1000) -> list[dict[str, Any]]:

@@ -199,7 +199,7 @@ def test_a_stopping_correlator_commits_the_chunk_it_finished_and_goes(tmp_path: 
         with store.tx() as db:
             store_events(db, [("s1", "gw1", messages.Event(kind="litter", camera="cam1", incident_id=f"i{i}",
                                                            ts=t0 + timedelta(seconds=i), count=1))
-                              for i in range(n)], {}, datetime.now(UTC).isoformat())
+                              for i in range(n)], {}, datetime.now(UTC).isoformat(), {})
         asked: list[int] = []
         assert video.process_pending(stopping=lambda: not asked.append(1)) == video_service.CHUNK
         assert len(asked) == 1
