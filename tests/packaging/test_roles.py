@@ -1,9 +1,9 @@
 """Packaging by role: an edge box installs citybrain[edge] from requirements/edge.txt and nothing of the hub's.
 
 The test venv has every role installed, so "without the hub's packages" is checked in fresh subprocesses: one
-imports every edge module and reports what got loaded; the others run the `citybrain` CLI with every module
-that the edge lock does not install made unimportable (a meta-path finder raising ModuleNotFoundError, which
-is what a missing package does)."""
+imports every edge module and reports what got loaded; the others run the `citybrain` CLI (or import the hub)
+with every module that the role's lock does not install made unimportable (a meta-path finder raising
+ModuleNotFoundError, which is what a missing package does)."""
 
 from __future__ import annotations
 
@@ -61,12 +61,12 @@ def extra_requirements(extra: str) -> set[str]:
     return names
 
 
-def not_in_edge_lock() -> set[str]:
-    """Top-level modules installed here whose distributions the edge lock does not hold (this project's own
+def not_in_lock(role: str = "edge") -> set[str]:
+    """Top-level modules installed here whose distributions the role's lock does not hold (this project's own
     aside: `pip install citybrain[edge]` installs central/ too, only not its packages)."""
-    edge = set(locked("edge"))
+    pins = set(locked(role))
     return {mod for mod, dists in packages_distributions().items()
-            if mod not in OWN and not any(norm(d) in edge for d in dists)}
+            if mod not in OWN and not any(norm(d) in pins for d in dists)}
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -124,33 +124,33 @@ runpy.run_module("citybrain.cli", run_name="__main__")
 """
 
 
-def edge_box(code: str, *args: str | Path, blocked: set[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Python `code` (sys.argv = ["citybrain", *args]) as on an edge box: every module the edge lock lacks
-    (or those `blocked`) unimportable."""
-    block = ",".join(sorted(not_in_edge_lock() if blocked is None else blocked))
+def as_installed(code: str, *args: str | Path, blocked: set[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Python `code` (sys.argv = ["citybrain", *args]) as on a box with one role installed: every module the
+    edge lock lacks (or those `blocked`) unimportable."""
+    block = ",".join(sorted(not_in_lock() if blocked is None else blocked))
     return subprocess.run([sys.executable, "-c", NOT_INSTALLED + code, block, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
 def edge_only(*args: str | Path, blocked: set[str] | None = None) -> subprocess.CompletedProcess[str]:
     """`citybrain ARGS` on an edge box."""
-    return edge_box(CLI, *args, blocked=blocked)
+    return as_installed(CLI, *args, blocked=blocked)
 
 
 def test_edge_modules_load_no_hub_package() -> None:
     # Here, with every role installed: importing all of edge/ loads none of the hub's packages...
-    r = edge_box(IMPORT_ALL_EDGE, blocked=set())
+    r = as_installed(IMPORT_ALL_EDGE, blocked=set())
     assert r.returncode == 0, r.stderr[-2000:]
     loaded = set(json.loads(r.stdout.strip().splitlines()[-1]))
     assert {"cv2", "paho", "edge", "protocol"} <= loaded
     assert loaded & HUB_ONLY == set()
     # ...and it needs nothing the edge lock lacks (an optional import, e.g. paho's of PySocks, just fails).
-    r = edge_box(IMPORT_ALL_EDGE)
+    r = as_installed(IMPORT_ALL_EDGE)
     assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_blocker_really_blocks() -> None:
-    blocked = not_in_edge_lock()
+    blocked = not_in_lock()
     assert {"fastapi", "sqlalchemy", "pydantic_settings", "pjsua2", "vosk"} <= blocked
     assert not {"central", "edge", "protocol", "cv2", "typer", "pydantic", "yaml"} & blocked
     r = edge_only("hub", "serve")
@@ -196,3 +196,25 @@ def test_hub_says_so_when_its_code_is_absent() -> None:
     """The edge image ships no central/ at all: `citybrain hub` is the same one line and exit 2."""
     r = edge_only("hub", "migrate", blocked={"central"})
     assert r.returncode == 2 and "no module 'central'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+IMPORT_ALL_HUB = """
+import importlib, pkgutil
+import central, citybrain.cli
+# The SIP engine process alone needs the dialer role (pjsua2, vosk, pocketsphinx, pyttsx3, numpy).
+ENGINE = {"central.dialer." + m for m in ("engine", "sip", "asr", "tts", "audio")}
+for m in pkgutil.walk_packages(central.__path__, "central."):
+    if m.name not in ENGINE and ".alembic" not in m.name:
+        importlib.import_module(m.name)
+from central.app import create_app
+"""
+
+
+def test_hub_runs_without_the_dialer_packages() -> None:
+    """citybrain[hub] serves the dialer's routes and tasks; only `citybrain hub dialer run` needs [dialer]."""
+    blocked = not_in_lock("hub")
+    assert {"pjsua2", "vosk", "pocketsphinx", "pyttsx3", "cv2", "onnxruntime"} <= blocked
+    r = as_installed(IMPORT_ALL_HUB, blocked=blocked)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = as_installed(CLI, "hub", "--help", blocked=blocked)
+    assert r.returncode == 0 and "dialer" in r.stdout, r.stderr[-2000:]
