@@ -51,10 +51,26 @@ def test_dockerfiles_copy_only_existing_paths() -> None:
     for df in ("Dockerfile.hub", "Dockerfile.edge"):
         text = (DOCKER / df).read_text()
         assert "HEALTHCHECK" in text
+        args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))  # COPY requirements/${ROLE}.txt: the default
         for line in text.splitlines():
             if line.startswith("COPY "):
                 for src in line.split()[1:-1]:
+                    for name, default in args.items():
+                        src = src.replace(f"${{{name}}}", default)
                     assert (root / src).exists(), f"{df}: COPY {src} missing"
+
+
+def test_images_install_their_role_from_its_lock() -> None:
+    """Each image installs one role's hashed lock, then citybrain without dependencies; the edge's has no hub
+    code at all."""
+    edge = (DOCKER / "Dockerfile.edge").read_text()
+    assert "--require-hashes -r requirements/edge.txt" in edge and "COPY central" not in edge
+    hub = (DOCKER / "Dockerfile.hub").read_text()
+    assert "ARG ROLE=hub" in hub and "--require-hashes -r requirements/${ROLE}.txt" in hub
+    assert (DOCKER.parent / "requirements/dialer.txt").is_file()  # --build-arg ROLE=dialer
+    for text in (edge, hub):
+        assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in text
+        assert not re.search(r"pip install (?!.*(--require-hashes|--no-deps))", text)
 
 
 def test_configs_agree_with_code() -> None:
