@@ -78,13 +78,14 @@ def serve(
     import uvicorn
 
     from central.app import create_app
+    from central.media import MediaError
     from central.store import StoreUnavailable
 
     s = _settings(config, host=host, port=port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         application = create_app(s, start_bridge=False if no_bridge else None)
-    except StoreUnavailable as e:  # stop at start, saying where the database was expected
+    except (StoreUnavailable, MediaError) as e:  # stop at start, naming the database or media_dir
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
     tls = {}

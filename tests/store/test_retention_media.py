@@ -20,7 +20,7 @@ from central.settings import RetentionSettings
 from central.video import store as video_store
 from central.video.service import service_of
 from protocol.messages import Event
-from tests.conftest import make_settings
+from tests.conftest import database_url, make_settings
 
 _md = sa.MetaData()
 rows = sa.Table("t_retained", _md, sa.Column("id", sa.Integer, primary_key=True),
@@ -214,3 +214,19 @@ def test_a_media_dir_that_cannot_be_written_stops_the_hub(tmp_path: Path) -> Non
     blocker.write_text("not a directory")
     with pytest.raises(MediaError, match=r"media_dir: .*a-file/media is not a writable directory"):
         build_hub(make_settings(tmp_path, media_dir=blocker / "media"))
+
+
+def test_hub_serve_stops_at_start_naming_an_unwritable_media_dir(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from central.cli import app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = {"CITYBRAIN_DATA_DIR": str(tmp_path / "hub"), "CITYBRAIN_MEDIA_DIR": str(blocker / "media"),
+           "CITYBRAIN_MQTT__ENABLED": "false"}
+    if (url := database_url(migrated=True)) is not None:
+        env["CITYBRAIN_DATABASE_URL"] = url
+    r = CliRunner().invoke(app, ["serve", "--port", "1"], env=env)
+    assert r.exit_code == 2, r.output
+    assert "a-file/media is not a writable directory" in r.output and "Traceback" not in r.output
