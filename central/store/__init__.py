@@ -11,7 +11,7 @@
   claim with SKIP LOCKED, serialised appends, full-text search); nothing else may test the dialect.
 
 SQLite: WAL, `synchronous=NORMAL`, foreign keys on, and `BEGIN IMMEDIATE` for write transactions (the write
-lock up front: no upgrade deadlocks). PostgreSQL: psycopg 3, READ COMMITTED, a bounded pool per process.
+lock up front: no upgrade deadlocks). PostgreSQL: psycopg 3, READ COMMITTED, a psycopg-pool ConnectionPool per process.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
@@ -123,8 +124,17 @@ class Store:
             else:  # connections are cheap; enough for the request thread pool plus the workers
                 kwargs.update(pool_size=pool_size, max_overflow=64, pool_timeout=60)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True, pool_timeout=30,
-                          connect_args={"connect_timeout": 10, "application_name": "citybrain-hub"})
+            # psycopg-pool is the pool (its documented SQLAlchemy integration: NullPool with the pool's getconn
+            # as creator, close_returns so SQLAlchemy's close() hands the connection back). Opened on first use,
+            # so a Store that never connects starts no pool threads; `check` drops a connection a restarted
+            # server closed, as pool_pre_ping did.
+            from psycopg_pool import ConnectionPool
+
+            self._pg_pool = ConnectionPool(
+                self.conninfo(), min_size=1, max_size=pool_size + max_overflow, timeout=30, open=False,
+                close_returns=True, check=ConnectionPool.check_connection, name="citybrain-hub",
+                kwargs={"connect_timeout": 10, "application_name": "citybrain-hub"})
+            kwargs.update(poolclass=sa.pool.NullPool, creator=self._pg_connection)
         # rowcount of every statement (INSERT .. ON CONFLICT DO NOTHING included) on both backends
         options = {"preserve_rowcount": True}
         self.engine: Engine = sa.create_engine(self.url, execution_options=options, **kwargs)
@@ -144,6 +154,22 @@ class Store:
         self._readers: list[tuple[Connection, threading.Thread]] = []
         self.background_checkpoint_passes = 0
 
+    _pg_pool: Any = None  # psycopg_pool.ConnectionPool on PostgreSQL
+    _pg_open = False
+
+    def conninfo(self) -> str:
+        """The URL as libpq takes it (postgresql://user:pass@host:port/db?...), password included."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def _pg_connection(self) -> Any:
+        if not self._pg_open:
+            with self._lock:
+                if not self._pg_open:
+                    self._check_open()
+                    self._pg_pool.open(wait=False)
+                    self._pg_open = True
+        return self._pg_pool.getconn()
+
     def __repr__(self) -> str:
         return f"Store({describe(self.url)})"
 
@@ -161,9 +187,13 @@ class Store:
     def ping(self) -> None:
         """Connect once; `StoreUnavailable` names where the database was expected."""
         try:
+            if self.dialect == "postgresql":  # straight to the server: the pool would only say it timed out
+                with psycopg.connect(self.conninfo(), connect_timeout=10) as c:
+                    c.execute("SELECT 1")
+                return
             with self.engine.connect() as c:
                 c.exec_driver_sql("SELECT 1")
-        except (SAOperationalError, sqlite3.Error) as e:
+        except (SAOperationalError, sqlite3.Error, psycopg.Error) as e:
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
             raise StoreUnavailable(f"database_url: cannot connect to {describe(self.url)}: {reason}") from None
 
@@ -321,6 +351,11 @@ class Store:
         self.engine.dispose(close=True)
         if self._reader_engine is not None:
             self._reader_engine.dispose(close=True)
+        if self._pg_pool is not None:
+            with self._lock:
+                opened, self._pg_open = self._pg_open, True  # closed for good: never opened again
+            if opened:
+                self._pg_pool.close(timeout=timeout)
 
 
 def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:

@@ -131,3 +131,26 @@ def test_store_refuses_work_after_close(store: Store) -> None:
     store.close()
     with pytest.raises(StoreClosed), store.tx():
         pass
+
+
+def test_postgresql_connections_come_from_psycopg_pool_and_go_back_to_it(tmp_path: Path) -> None:
+    url = database_url()
+    if url is None:
+        pytest.skip("PostgreSQL only: SQLite's connections are file handles")
+    from psycopg_pool import ConnectionPool
+
+    s = Store(url)
+    try:
+        assert isinstance(s._pg_pool, ConnectionPool) and s._pg_pool.closed  # opened on first use only
+        _md.create_all(s.engine)
+        for i in range(20):  # twenty transactions, one after the other: one pooled connection serves them
+            with s.tx() as db:
+                db.run(sa.insert(jobs).values(name=f"j{i}"))
+        stats = s._pg_pool.get_stats()
+        assert stats["pool_size"] >= 1 and stats.get("connections_num", 1) <= 2, stats
+        assert stats["pool_available"] == stats["pool_size"], stats  # every connection went back
+        with s.read() as db:
+            assert db.scalar(sa.select(sa.func.count()).select_from(jobs)) == 20
+    finally:
+        s.close()
+    assert s._pg_pool.closed
