@@ -66,3 +66,14 @@ def test_an_unknown_hook_name_is_refused_at_wiring() -> None:
         hooks.on("codes.revoke", lambda **kw: None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no hook named"):
         hooks.emit("event.ingested")  # type: ignore[arg-type]
+
+
+def test_no_test_package_shadows_an_installed_one() -> None:
+    """pytest puts the test packages' root on sys.path: a `tests/packaging/` hid the `packaging` library
+    from schemathesis for every test that ran after it."""
+    import importlib.metadata
+
+    installed = set(importlib.metadata.packages_distributions())
+    tests = Path(__file__).resolve().parents[1]
+    ours = {p.parent.name for p in tests.glob("*/__init__.py")}
+    assert not ours & installed, sorted(ours & installed)
