@@ -43,6 +43,7 @@ HookName = Literal[
     "scans.ingested",      # (db, [(site, device, ScanBatch)])  inside the bridge's write transaction
     "mqtt.registry_push",  # (payload: bytes)            a registry push arrived over MQTT
     "devices.config",      # (cfg: dict)                 a device config is being built: fill your part
+    "devices.reported",    # (db, now, statuses, heartbeats, acks)  inside the bridge's write transaction
     "codes.revoked",       # (serials=, identity_id=, kid=)  after a revocation committed
 ]
 HOOK_NAMES: frozenset[str] = frozenset(get_args(HookName))

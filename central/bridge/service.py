@@ -31,7 +31,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.bridge import store
-from central.devices import store as devices_store
 from central.hub import Hub
 from central.media import MediaRef, MediaStore, jpeg_b64, media_of
 from central.store import StoreClosed
@@ -268,9 +267,7 @@ class Bridge:
         now = time.monotonic()
         if now - self._unknown.get(device_id, -10.0) < 1.0:
             return False
-        with self.hub.store.read() as db:
-            row = devices_store.get(db, device_id)
-        if row is not None and not row.get("revoked"):
+        if self.hub.services["devices"].is_active(device_id):
             self._known.add(device_id)
             return True
         if len(self._unknown) > 10_000:
@@ -338,12 +335,8 @@ class Bridge:
         with self.hub.store.tx() as db:
             new_events = store_events(db, events, raw_events, now, snapshots)
             new_scans = self._store_scans(db, scans, now)
-            for device_id, state in statuses:
-                devices_store.set_status(db, device_id, state, now)
-            for device_id, hb in hbs.items():
-                devices_store.set_heartbeat(db, device_id, now, hb.model_dump_json(), hb.queue_depth, hb.queue_dropped)
-            for a in acks:
-                devices_store.ack_command(db, a.cmd_id, now, a.ok, a.detail)
+            if statuses or hbs or acks:  # devices' own tables, written by the devices service
+                self.hub.hooks.emit("devices.reported", db, now, statuses, hbs, acks)
             if rejects:
                 store.insert_rejects(db, [(now, *r) for r in rejects])
             if new_events:

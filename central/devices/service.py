@@ -174,6 +174,23 @@ class DeviceService:
             out.append(self.view(r, now, stale))
         return out
 
+    def is_active(self, device_id: str) -> bool:
+        """Provisioned and not revoked (the bridge accepts messages only from such a device)."""
+        with self.hub.store.read() as db:
+            row = store.get(db, device_id)
+        return row is not None and not row.get("revoked")
+
+    def on_reported(self, db: Any, now: str, statuses: list[tuple[str, str]], heartbeats: dict[str, Any],
+                    acks: list[Any]) -> None:
+        """Hook `devices.reported`, inside the bridge's write transaction: what devices said about
+        themselves (online/offline, heartbeat, command acks) lands in devices' own tables."""
+        for device_id, state in statuses:
+            store.set_status(db, device_id, state, now)
+        for device_id, hb in heartbeats.items():
+            store.set_heartbeat(db, device_id, now, hb.model_dump_json(), hb.queue_depth, hb.queue_dropped)
+        for a in acks:
+            store.ack_command(db, a.cmd_id, now, a.ok, a.detail)
+
     def get(self, device_id: str) -> dict[str, Any] | None:
         with self.hub.store.read() as db:
             r = store.get(db, device_id)
@@ -219,3 +236,4 @@ def setup(hub: Hub) -> None:
     svc = DeviceService(hub)
     hub.services["devices"] = svc
     hub.hooks.on("hub.started", svc.refresh_broker_acl)
+    hub.hooks.on("devices.reported", svc.on_reported)

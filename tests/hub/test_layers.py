@@ -77,3 +77,37 @@ def test_no_test_package_shadows_an_installed_one() -> None:
     tests = Path(__file__).resolve().parents[1]
     ours = {p.parent.name for p in tests.glob("*/__init__.py")}
     assert not ours & installed, sorted(ours & installed)
+
+
+# Where a capability reaches into another's store module, and why it only reads. Anything new here must be
+# a read too (or go through the owner's service or a hook): no capability writes another's tables.
+CROSS_STORE_READS = {
+    ("video", "bridge"): "reads the events feed (events_after, max_seq) and names what the events purge keeps",
+    ("devices", "bridge"): "reads a device's recent events for its page",
+    ("devices", "video"): "reads the org video maps a site to (a site's owner, for provisioning rights)",
+    ("channel", "codes"): "reads scene names and revoked reasons",
+}
+
+
+def _cross_store_imports() -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT).parts
+        if len(parts) < 2 or parts[0] not in capabilities.CAPABILITIES:
+            continue
+        cap = parts[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            for m in mods:
+                bits = m.split(".")
+                if len(bits) >= 3 and bits[0] == "central" and bits[2] == "store" and bits[1] != cap:
+                    found.add((cap, bits[1]))
+    return found
+
+
+def test_no_capability_reaches_into_another_store_except_the_listed_reads() -> None:
+    assert _cross_store_imports() == set(CROSS_STORE_READS)
