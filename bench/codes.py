@@ -1,6 +1,7 @@
 """City-code benchmark: online verification over HTTP with N issued codes, and batch issuing.
 
     .venv/bin/python bench/codes.py [--codes 1000000] [--seconds 8] [--workers 2] [--clients 2] [--threads 8]
+                                    [--rounds 1] [--database-url postgresql://...]
 
 1. Builds a hub in a temp dir (intl profile): department, duty, approved scene, app key.
 2. Batch issue: signed codes/s through `CodesService.issue_batch` (no images), with and without the
@@ -10,6 +11,11 @@
 4. Runs uvicorn (subprocess, --workers) for the hub and, same settings, for a bare FastAPI app returning a
    constant (the baseline), and drives each with the same pure-Python client: --clients processes x
    --threads keep-alive http.client connections. Reports req/s and p50/p99 latency.
+5. --rounds N: the two servers stay up and take the load in turn (baseline, hub, hub, baseline, ...), N times
+   each; the figures are medians, the ratio the median of each round's own hub/baseline ratio (on a shared,
+   noisy machine one run's ratio moves by 20 % and more). Also printed: the server processes' CPU time per
+   request (user+sys from /proc), which other load on the machine moves much less than req/s.
+--database-url: the hub on that (EMPTY) database, e.g. PostgreSQL; default a SQLite file in the data dir.
 Last stdout line: {"metric","value","unit","target","baseline","ratio"}.
 """
 
@@ -20,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,7 +52,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def setup_hub(data_dir: Path, total: int, probes: int) -> tuple[list[str], str, dict[str, float]]:
+def setup_hub(
+    data_dir: Path, total: int, probes: int, database_url: str | None = None
+) -> tuple[list[str], str, dict[str, float]]:
     sys.path.insert(0, str(ROOT))
     import sqlalchemy as sa
 
@@ -56,7 +65,7 @@ def setup_hub(data_dir: Path, total: int, probes: int) -> tuple[list[str], str, 
     from central.settings import MqttSettings, Settings
     from protocol import citycode
 
-    hub = build_hub(Settings(data_dir=data_dir, mqtt=MqttSettings(enabled=False)))
+    hub = build_hub(Settings(data_dir=data_dir, database_url=database_url, mqtt=MqttSettings(enabled=False)))
     svc = service_of(hub)
     svc.register_department("bench", "HEALTH", "Health", "/city/health")
     svc.import_duties("bench", [{"dept_id": "HEALTH", "scene_type": "clinic.pass"}])
@@ -215,6 +224,19 @@ def drive_wrk(
             "errors": int(non2xx.group(1)) if non2xx else 0, "requests": 0}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """user+sys seconds of `pid` and its children that are alive (uvicorn's workers); None without /proc."""
+    try:
+        kids = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid="], capture_output=True, text=True).stdout.split()
+        total = 0.0
+        for p in [pid, *map(int, kids)]:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+    except (OSError, ValueError):
+        return None
+
+
 def serve(target: list[str], env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     cmd = [
@@ -253,6 +275,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=1, help="baseline and hub take the load in turn, N times each")
+    ap.add_argument("--database-url", default=None,
+                    help="an EMPTY database for the hub (postgresql://...); default: a SQLite file in the data dir")
     ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                     help="load generator: wrk when installed (auto), else Python threads")
     args = ap.parse_args()
@@ -267,7 +292,7 @@ def main() -> None:
 
     data_dir = args.dir or Path(tempfile.mkdtemp(prefix="bench-codes-"))
     t0 = time.perf_counter()
-    probes, app_key, fig = setup_hub(data_dir, args.codes, probes=2000)
+    probes, app_key, fig = setup_hub(data_dir, args.codes, probes=2000, database_url=args.database_url)
     print(f"setup: {fig['codes']:.0f} codes in {time.perf_counter() - t0:.1f} s (filler insert {fig['fill_s']:.1f} s)")
     print(
         f"batch issue (signed, no images): {fig['batch_issue_per_s']:.0f} codes/s; "
@@ -280,41 +305,69 @@ def main() -> None:
         "CITYBRAIN_MQTT__ENABLED": "false",
         "PYTHONPATH": str(ROOT),
     }
+    if args.database_url:
+        env["CITYBRAIN_DATABASE_URL"] = args.database_url
     headers = {"Content-Type": "application/json", "X-App-Key": app_key}
     bodies = [json.dumps({"text": t}).encode() for t in probes]
 
+    def timed(proc: subprocess.Popen[bytes], port: int) -> dict[str, float]:
+        c0 = cpu_seconds(proc.pid)
+        res = load(port)
+        c1 = cpu_seconds(proc.pid)
+        n = res["requests"] or res["rps"] * args.seconds  # wrk reports a rate, not a count
+        res["cpu_us"] = (c1 - c0) / n * 1e6 if c0 is not None and c1 is not None and n else float("nan")
+        return res
+
+    print(f"load generator: {'wrk (1 thread, 32 connections)' if use_wrk else 'Python threads'}; "
+          f"backend: {'PostgreSQL' if args.database_url else 'SQLite'}")
     base_proc, base_port = serve(["--app-dir", str(ROOT / "bench"), "codes:baseline_app"], env, args.workers)
+    bases: list[dict[str, float]] = []
+    hubs: list[dict[str, float]] = []
     try:
-        base = load(base_port)
+        hub_proc, hub_port = serve(["--factory", "central.app:create_app"], env, args.workers)
+        try:
+            # sanity: the probes verify (valid, and revoked for the first few) before timing
+            import http.client
+
+            c = http.client.HTTPConnection("127.0.0.1", hub_port, timeout=10)
+            verdicts = []
+            for b in bodies[:10]:
+                c.request("POST", "/api/v1/codes/verify", body=b, headers=headers)
+                verdicts.append(json.loads(c.getresponse().read())["verdict"])
+            c.close()
+            print(f"probe verdicts: {verdicts}")
+            assert "valid" in verdicts, verdicts
+            for r in range(args.rounds):  # ABBA: neither side always runs first
+                for side in (("base", "hub") if r % 2 == 0 else ("hub", "base")):
+                    if side == "base":
+                        bases.append(timed(base_proc, base_port))
+                    else:
+                        hubs.append(timed(hub_proc, hub_port))
+                b, h = bases[-1], hubs[-1]
+                print(f"round {r + 1}: baseline {b['rps']:.0f} req/s ({b['cpu_us']:.0f} us CPU/req), online verify "
+                      f"{h['rps']:.0f} req/s ({h['cpu_us']:.0f} us CPU/req), ratio {h['rps'] / b['rps']:.3f}")
+        finally:
+            hub_proc.terminate()
+            hub_proc.wait(10)
     finally:
         base_proc.terminate()
         base_proc.wait(10)
-    print(f"load generator: {'wrk (1 thread, 32 connections)' if use_wrk else 'Python threads'}")
+
+    def med(rs: list[dict[str, float]], k: str) -> float:
+        return statistics.median(x[k] for x in rs)
+
+    base = {k: med(bases, k) for k in ("rps", "p50_ms", "p99_ms", "errors", "cpu_us")}
+    res = {k: med(hubs, k) for k in ("rps", "p50_ms", "p99_ms", "errors", "cpu_us")}
+    ratio = statistics.median(h["rps"] / b["rps"] for b, h in zip(bases, hubs, strict=True))
+    what = f"median of {args.rounds} rounds" if args.rounds > 1 else "one round"
     print(
-        f"baseline (constant endpoint): {base['rps']:.0f} req/s, p50 {base['p50_ms']:.2f} ms, "
-        f"p99 {base['p99_ms']:.2f} ms, errors {base['errors']}"
+        f"baseline (constant endpoint, {what}): {base['rps']:.0f} req/s, p50 {base['p50_ms']:.2f} ms, "
+        f"p99 {base['p99_ms']:.2f} ms, errors {base['errors']:.0f}, server CPU {base['cpu_us']:.0f} us/req"
     )
-
-    hub_proc, hub_port = serve(["--factory", "central.app:create_app"], env, args.workers)
-    try:
-        # sanity: the probes verify (valid, and revoked for the first few) before timing
-        import http.client
-
-        c = http.client.HTTPConnection("127.0.0.1", hub_port, timeout=10)
-        verdicts = []
-        for b in bodies[:10]:
-            c.request("POST", "/api/v1/codes/verify", body=b, headers=headers)
-            verdicts.append(json.loads(c.getresponse().read())["verdict"])
-        c.close()
-        print(f"probe verdicts: {verdicts}")
-        assert "valid" in verdicts, verdicts
-        res = load(hub_port)
-    finally:
-        hub_proc.terminate()
-        hub_proc.wait(10)
     print(
-        f"online verify ({fig['codes']:.0f} codes): {res['rps']:.0f} req/s, p50 {res['p50_ms']:.2f} ms, "
-        f"p99 {res['p99_ms']:.2f} ms, errors {res['errors']}"
+        f"online verify ({fig['codes']:.0f} codes, {what}): {res['rps']:.0f} req/s, p50 {res['p50_ms']:.2f} ms, "
+        f"p99 {res['p99_ms']:.2f} ms, errors {res['errors']:.0f}, server CPU {res['cpu_us']:.0f} us/req "
+        f"(CPU-per-request ratio to the baseline {base['cpu_us'] / res['cpu_us']:.3f})"
     )
     print(
         json.dumps(
@@ -348,7 +401,7 @@ def main() -> None:
                 "unit": "req/s",
                 "target": 3000,
                 "baseline": round(base["rps"]),
-                "ratio": round(res["rps"] / base["rps"], 3),
+                "ratio": round(ratio, 3),
             }
         )
     )
