@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from central.codes import feed as codes_feed
 from central.codes.service import CodesError, CodesService, service_of
 from central.deps import get_hub
-from central.feeds import http as feed_http
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
 

@@ -12,7 +12,7 @@ from central.deps import get_hub
 from central.dialer import feed as dialer_feed
 from central.dialer import service as svc
 from central.dialer.templates import KEY_RE, Template
-from central.feeds import http as feed_http
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.deps import get_hub
-from central.feeds import http as feed_http
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
 from central.registry import feed as registry_feed

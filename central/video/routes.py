@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.deps import get_hub
-from central.feeds import http as feed_http
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
 from central.video import feed as video_feed

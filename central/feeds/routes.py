@@ -1,5 +1,6 @@
-"""The HTTP answer of every `GET /api/v1/<cap>/feed` (routes call `feed_response`; the rules stay in
-`central.feeds.service`)."""
+"""The HTTP answer of every `GET /api/v1/<cap>/feed`: each capability's routes.py declares its own route and
+permission and calls `feed_response` (the rules stay in `central.feeds.service`). No `router` here: the feeds
+live under their capabilities' prefixes."""
 
 from __future__ import annotations
 
