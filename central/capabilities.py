@@ -23,6 +23,7 @@ CAPABILITIES: tuple[str, ...] = (
     "channel",    # access-channel pilot (handles codes.revoked)
     "video",      # cases from stored events (handles events.ingested)
     "dialer",     # voice robot
+    "feeds",      # change feeds' shared shape and MQTT push (reads every capability's feed.py)
     "retention",  # purges what every store above offers (runs last)
     "web",        # the console's pages (mounted last: it serves `/`)
 )

@@ -78,6 +78,19 @@ def alert(capability: str, department: str) -> str:
     return f"{ROOT}/alerts/{capability}/{department}"
 
 
+_ORG = re.compile(r"^(/[a-z0-9][a-z0-9_-]{0,62})+$")
+FEED = f"{ROOT}/feed"
+
+
+def feed(capability: str, org: str | None) -> str:
+    """Hub -> subscribers: one change of a capability's feed, under its org path so a broker ACL can scope
+    a subscriber to a subtree, e.g. city/v1/feed/video/city/district-a (`-` when the change has no org).
+    Subscribe to city/v1/feed/<cap>/# for all of a feed (docs/FEEDS.md)."""
+    if not _KIND.match(capability) or (org is not None and not _ORG.match(org)):
+        raise ValueError(f"feed topic: bad capability {capability!r} or org {org!r}")
+    return f"{FEED}/{capability}{org or '/-'}"
+
+
 # Subscriptions used by the hub bridge.
 SUB_STATUS = f"{ROOT}/+/+/status"
 SUB_HEARTBEAT = f"{ROOT}/+/+/hb"

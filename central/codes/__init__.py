@@ -10,4 +10,5 @@ PERMISSIONS: dict[str, str] = {
     "codes.revoke": "Revoke a code, every code of an entity, or a department key",
     "codes.keys": "Register departments and rotate department issuing keys",
     "codes.supervise": "Supervision statistics, CSV export and the dashboard",
+    "codes.feed.read": "Read the codes change feed: issued and revoked codes, terminal scans (big-data platform)",
 }

@@ -14,8 +14,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.codes import feed as codes_feed
 from central.codes.service import CodesError, CodesService, service_of
 from central.deps import get_hub
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
 
@@ -745,3 +747,11 @@ def resolve(city_seg: str, dept_seg: str, request: Request, hub: Hub = Depends(g
 def install(app: FastAPI, hub: Hub) -> None:
     """Mount the resolver at the root: the guide URL of hub-resolved codes is `{public_url}/c`."""
     app.include_router(resolver, tags=["codes"])
+
+
+# ---- the change feed in the shared shape (docs/FEEDS.md) ----------------------------------------------
+@router.get("/feed", response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
+def feed_lines(after: str | None = feed_http.AFTER, limit: int = feed_http.LIMIT, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("codes.feed.read"))) -> Response:
+    """Codes changes (issued, revoked, terminal scans) as JSON Lines after the cursor `after`."""
+    return feed_http.feed_response(hub, p, codes_feed.SOURCE, after, limit)

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from central.store import dialect, metadata
+from central.store import feed as feeds
 from central.store.dialect import BigId
+from central.store.feed import feed_table
 
 if TYPE_CHECKING:
     from central.store import Db
@@ -173,8 +175,11 @@ rules = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# The codes change feed (docs/FEEDS.md): issued and revoked codes and terminal scans, in commit order.
+feed = feed_table("codes_feed")
+
 TABLES = [departments, duties, applications, appkeys, urls, keys, issued, revoked_identities, lists, scans,
-          verify_stats, webhooks, rules]
+          verify_stats, webhooks, rules, feed]
 
 # The registry's entity table, by name only: codes checks identities against it when the registry is
 # installed (its columns below are the registry's published contract; the registry owns the Table).
@@ -686,3 +691,36 @@ def _add_folded_scans(db: Db, app_id: int, since_day: str, verdicts: dict[str, i
 
 
 RETENTION = {"scans": purge_scans}
+
+
+# ---- change feed ---------------------------------------------------------------------------------------
+
+def append_feed(db: Db, rows: Sequence[dict[str, Any]]) -> None:
+    """rows of {at, type, org, data (JSON text)}, in the writer's transaction (seq order = commit order)."""
+    feeds.append(db, feed, rows)
+
+
+def feed_page(db: Db, after: int, scopes: Iterable[str], limit: int) -> list[dict[str, Any]]:
+    return feeds.page(db, feed, after, scopes, limit)
+
+
+def feed_last(db: Db) -> int:
+    return feeds.last_seq(db, feed)
+
+
+def dept_orgs(db: Db, dept_ids: Iterable[str]) -> dict[str, str]:
+    ids = sorted(set(dept_ids))
+    if not ids:
+        return {}
+    return {r["id"]: r["org"] for r in db.all(sa.select(departments.c.id, departments.c.org)
+                                                .where(departments.c.id.in_(ids)))}
+
+
+# The devices table, by name only (devices comes before codes): a scan of a code no department owns is
+# scoped by the terminal's org.
+_devices = sa.table("devices", sa.column("site"), sa.column("device"), sa.column("org_path"))
+
+
+def device_org(db: Db, site: str, device: str) -> str | None:
+    d = _devices.c
+    return db.scalar(sa.select(d.org_path).where(d.site == site, d.device == device))

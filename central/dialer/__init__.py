@@ -6,4 +6,5 @@ PERMISSIONS: dict[str, str] = {
     "dialer.design": "Create, copy and customise scene templates",
     "dialer.run": "Create call tasks, import call lists, start/pause/resume/cancel tasks",
     "dialer.dnc": "Manage the do-not-call list",
+    "dialer.feed.read": "Read the dialer change feed: call results and completed tasks (big-data platform)",
 }

@@ -9,8 +9,10 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from central.deps import get_hub
+from central.dialer import feed as dialer_feed
 from central.dialer import service as svc
 from central.dialer.templates import KEY_RE, Template
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
 
@@ -217,3 +219,11 @@ def add_dnc(body: DncIn, hub: Hub = Depends(get_hub), p: Principal = Depends(req
     except svc.DialerError as e:
         raise _fail(e) from e
     return {"ok": True}
+
+
+# ---- the change feed in the shared shape (docs/FEEDS.md) ----------------------------------------------
+@router.get("/feed", response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
+def feed_lines(after: str | None = feed_http.AFTER, limit: int = feed_http.LIMIT, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("dialer.feed.read"))) -> Response:
+    """Dialer call results (one line per finished attempt) as JSON Lines after the cursor `after`."""
+    return feed_http.feed_response(hub, p, dialer_feed.SOURCE, after, limit)

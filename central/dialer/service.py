@@ -451,6 +451,9 @@ def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int,
             for r in rows]
 
 
+FEED_CDR_FIELDS = ("engine", "started_at", "answered_at", "ended_at", "sip_status", "outcome", "duration_s")
+
+
 def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime) -> dict[str, Any]:
     """Store the CDR, then retry (busy/no answer/failed per the schedule) or close the contact. Returns
     the contact row and whether it is final; completes the task when nothing is left to call."""
@@ -473,6 +476,15 @@ def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime
         store.set_contact_result(db, contact_id, status, next_at, outcome,
                                  json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now))
         finished = maybe_complete(hub, task_id, now)
+        # The feed (docs/FEEDS.md) commits with the CDR. No phone, ASR text or transcript: those stay behind
+        # the dialer's own PII-checked routes.
+        result = {"task_id": task_id, "contact_id": contact_id, "attempt": attempts,
+                  **{k: cdr.get(k) for k in FEED_CDR_FIELDS}, "answers": cdr.get("answers") or {},
+                  "recording_sha256": store.recording_sha256(cdr.get("recording")),
+                  "contact_status": status, "final": not retry, "next_at": next_at}
+        changes = [("call.result", result)] + ([("task.completed", {"task_id": task_id})] if finished else [])
+        store.append_feed(db, [{"at": iso(utc()), "type": t, "org": row["org"],
+                                "data": json.dumps(d, ensure_ascii=False, default=str)} for t, d in changes])
     return {"task_id": task_id, "final": not retry, "status": status, "task_completed": finished}
 
 

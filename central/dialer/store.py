@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from central.media import delete_after_commit
 from central.store import dialect, metadata
+from central.store import feed as feeds
 from central.store.dialect import BigId
 
 if TYPE_CHECKING:
@@ -117,7 +118,11 @@ dnc_t = sa.Table(
     sa.Column("added_at", sa.Text, nullable=False),
 )
 
-TABLES = [templates, tasks, contacts, cdrs_t, dnc_t]
+# The dialer change feed (docs/FEEDS.md): one row per finished call attempt (its CDR and the contact's
+# result), and one when a task completes.
+feed = feeds.feed_table("dialer_feed")
+
+TABLES = [templates, tasks, contacts, cdrs_t, dnc_t, feed]
 CDR_COLUMNS = frozenset(cdrs_t.c.keys())
 
 # The engine polls these ten times a second and runs them per claim and per call: built once here (with
@@ -145,7 +150,7 @@ _SKIP_DNC = (sa.update(contacts).where(_c.id.in_(sa.bindparam("b_ids", expanding
 _MARK_CALLING = (sa.update(contacts).where(_c.id.in_(sa.bindparam("b_ids", expanding=True)))
                  .values(status="calling", attempts=_c.attempts + 1, updated_at=sa.bindparam("b_now"),
                          claimed_by=sa.bindparam("b_engine")))
-_FOR_FINISH = (sa.select(_c.task_id, _c.attempts, _t.schedule).join(tasks, _t.id == _c.task_id)
+_FOR_FINISH = (sa.select(_c.task_id, _c.attempts, _t.schedule, _t.org).join(tasks, _t.id == _c.task_id)
                .where(_c.id == sa.bindparam("b_id")))
 _RESULT = (sa.update(contacts).where(_c.id == sa.bindparam("b_id"))
            .values(status=sa.bindparam("b_status"), next_at=sa.bindparam("b_next"),
@@ -481,3 +486,16 @@ def _delete_recordings(db: Db, files: list[str]) -> None:
 
 
 RETENTION = {"cdrs": purge_cdrs}
+
+
+# --- change feed -------------------------------------------------------------------------------------------
+def append_feed(db: Db, rows: list[dict[str, Any]]) -> None:
+    feeds.append(db, feed, rows)
+
+
+def feed_page(db: Db, after: int, scopes: list[str], limit: int) -> list[dict[str, Any]]:
+    return feeds.page(db, feed, after, scopes, limit)
+
+
+def feed_last(db: Db) -> int:
+    return feeds.last_seq(db, feed)

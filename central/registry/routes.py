@@ -6,13 +6,15 @@ import io
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.deps import get_hub
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
+from central.registry import feed as registry_feed
 from central.registry import service as svc
 from central.registry import store
 from central.registry.ids import IdError, normalize_id
@@ -179,7 +181,7 @@ def push(body: PushIn, hub: Hub = Depends(get_hub),
     return svc.push(hub, p, body).to_dict()
 
 
-@router.get("/feed")
+@router.get("/feed/page")  # the JSON page from before the shared feed shape (GET /feed)
 def feed(after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000), hub: Hub = Depends(get_hub),
          p: Principal = Depends(require("registry.feed.read"))) -> dict[str, Any]:
     items, nxt = svc.read_feed(hub, p, after, limit)
@@ -214,3 +216,11 @@ def approve(application_id: int, body: Decision = Body(default_factory=Decision)
 def reject(application_id: int, body: Decision = Body(default_factory=Decision), hub: Hub = Depends(get_hub),
            p: Principal = Depends(require("registry.approve", org_of=application_org))) -> dict[str, Any]:
     return svc.decide(hub, p, application_id, False, body.reason)
+
+
+# ---- the change feed in the shared shape (docs/FEEDS.md) ----------------------------------------------
+@router.get("/feed", response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
+def feed_lines(after: str | None = feed_http.AFTER, limit: int = feed_http.LIMIT, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("registry.feed.read"))) -> Response:
+    """Registry changes (entity, link, alias; codes issuance) as JSON Lines after the cursor `after`."""
+    return feed_http.feed_response(hub, p, registry_feed.SOURCE, after, limit)

@@ -10,8 +10,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.deps import get_hub
+from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
+from central.video import feed as video_feed
 from central.video.service import VideoError, VideoService, service_of
 
 router = APIRouter()
@@ -198,3 +200,11 @@ def delete_route(route_id: int, p: Principal = Depends(require("video.admin")),
     _need_admin(p, r["org_prefix"])
     _call(s.delete_route, route_id, p.name)
     return Response(status_code=204)
+
+
+# ---- the change feed in the shared shape (docs/FEEDS.md) ----------------------------------------------
+@router.get("/feed", response_class=Response, responses={200: {"content": {"application/x-ndjson": {}}}})
+def feed_lines(after: str | None = feed_http.AFTER, limit: int = feed_http.LIMIT, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("video.feed.read"))) -> Response:
+    """Video case changes (created, reviewed, dispatched, ...) as JSON Lines after the cursor `after`."""
+    return feed_http.feed_response(hub, p, video_feed.SOURCE, after, limit)

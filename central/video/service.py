@@ -391,7 +391,14 @@ class VideoService:
 
     # --- workflow -----------------------------------------------------------------------------------
     def _log(self, db: Db, case_id: int, actor: str, action: str, detail: dict[str, Any]) -> None:
-        store.log_case(db, case_id, iso(now()), actor, action, json.dumps(detail))
+        t = iso(now())
+        store.log_case(db, case_id, t, actor, action, json.dumps(detail))
+        # Every log entry is a change of the case: the feed line (docs/FEEDS.md) commits with it.
+        case = store.case_for_feed(db, case_id) or {}
+        data = {"case_id": case_id, "action": action, "actor": actor, **case, "detail": detail}
+        data.pop("org", None)
+        store.append_feed(db, [{"at": t, "type": action.removeprefix("video."), "org": case.get("org"),
+                                "data": json.dumps(data, ensure_ascii=False, default=str)}])
 
     def _transition(self, case_id: int, actor: str, allowed_from: tuple[str, ...], action: str,
                     fn: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from central.bridge import store as bridge_store
 from central.store import dialect, metadata
+from central.store import feed as feeds
 
 if TYPE_CHECKING:
     from central.store import Db
@@ -154,7 +155,10 @@ cursor = sa.Table(
 
 # create_extras seeds the cursor row; `hub copy-store` replaces it with the source's.
 SEEDED = ("video_cursor",)
-TABLES = [sites, cameras, cases, case_events, case_log, feedback, routes, alerts, cursor]
+# The video change feed (docs/FEEDS.md): one row per case log entry (created, reviewed, dispatched, ...).
+feed = feeds.feed_table("video_feed")
+
+TABLES = [sites, cameras, cases, case_events, case_log, feedback, routes, alerts, cursor, feed]
 
 CASE_COLS = ("id", "site", "device", "camera", "zone", "kind", "org", "status", "verdict", "reason", "score",
              "peak_count", "first_ts", "last_ts", "live", "event_count", "cameras", "lat", "lon", "department",
@@ -596,3 +600,25 @@ def store_snapshot_ref(db: Db, case_id: int, key: str | None, sha256: str | None
 
 
 LEGACY_MEDIA = {"video_cases": (legacy_snapshots, store_snapshot_ref)}
+
+
+# --- change feed ---------------------------------------------------------------------------------------------
+_FEED_CASE = ("status", "org", "kind", "site", "device", "camera", "zone", "verdict", "department", "score",
+              "peak_count", "event_count", "first_ts", "last_ts", "lat", "lon", "due_at")
+
+
+def case_for_feed(db: Db, case_id: int) -> dict[str, Any] | None:
+    """The case fields a feed line carries (no snapshot, no reason text beyond the log's detail)."""
+    return case_field(db, case_id, *_FEED_CASE)
+
+
+def append_feed(db: Db, rows: list[dict[str, Any]]) -> None:
+    feeds.append(db, feed, rows)
+
+
+def feed_page(db: Db, after: int, scopes: list[str], limit: int) -> list[dict[str, Any]]:
+    return feeds.page(db, feed, after, scopes, limit)
+
+
+def feed_last(db: Db) -> int:
+    return feeds.last_seq(db, feed)

@@ -135,7 +135,7 @@ def test_issuance_and_revocation_join_the_registry_feed(city: City) -> None:
     person = register_entity(city.hub)
     serial = city.ok(city.issue(app_id, person, image="none"), 201)["serial"]
     city.ok(city.c.post("/api/v1/codes/revoke", headers=city.issuer, json={"serial": serial, "reason": "lost"}))
-    feed = city.ok(city.c.get("/api/v1/registry/feed?after=0", headers=city.admin))
+    feed = city.ok(city.c.get("/api/v1/registry/feed/page?after=0", headers=city.admin))
     items = feed["items"] if isinstance(feed, dict) else feed
     mine = [(r["kind"], r["entity_id"]) for r in items if r["kind"].startswith("code.")]
     assert ("code.issued", person) in mine and ("code.revoked", person) in mine, mine

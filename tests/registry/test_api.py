@@ -167,7 +167,7 @@ def test_aliases_both_ways(hub: Hub, client, admin_a: Api, city: dict[str, str])
 
 def test_update_and_retire_show_in_feed(admin_a: Api, city: dict[str, str]) -> None:
     admin_a.ok("patch", f"/entities/{city['hydrant']}", {"grid": "wtmkq8v2", "status": "retired"})
-    feed = admin_a.ok("get", "/feed")["items"]
+    feed = admin_a.ok("get", "/feed/page")["items"]
     kinds = [f["kind"] for f in feed]
     assert kinds[:4] == ["entity.create"] * 4 and kinds[-1] == "entity.update"
     assert feed[-1]["data"] == {"grid": "wtmkq8v2", "status": "retired"}

@@ -39,7 +39,7 @@ def test_resuming_consumer_sees_every_change_exactly_once(hub: Hub, client: Test
     cursor = 0
     try:
         while True:
-            page = feed_key.ok("get", "/feed", params={"after": cursor, "limit": 7})
+            page = feed_key.ok("get", "/feed/page", params={"after": cursor, "limit": 7})
             seen += [it["seq"] for it in page["items"]]
             cursor = page["next"]  # a consumer persists only this, then resumes from it
             if not page["items"] and not t.is_alive():
@@ -56,9 +56,9 @@ def test_resuming_consumer_sees_every_change_exactly_once(hub: Hub, client: Test
 
 def test_feed_cursor_validation_and_jsonl_export(hub: Hub, client: TestClient, admin_a: Api,
                                                  city: dict[str, str]) -> None:
-    page = admin_a.ok("get", "/feed", params={"after": 0, "limit": 2})
+    page = admin_a.ok("get", "/feed/page", params={"after": 0, "limit": 2})
     assert [i["seq"] for i in page["items"]] == [1, 2] and page["next"] == 2
-    rest = admin_a.ok("get", "/feed", params={"after": 2})
+    rest = admin_a.ok("get", "/feed/page", params={"after": 2})
     assert rest["items"][0]["seq"] == 3 and rest["items"][-1]["entity_id"] == city["hydrant"]
     hyd = rest["items"][-1]["data"]
     assert hyd["links"][0] == {"rel": "contained_in", "dst": city["building"]}
@@ -67,14 +67,14 @@ def test_feed_cursor_validation_and_jsonl_export(hub: Hub, client: TestClient, a
     r = client.get("/api/v1/registry/feed.jsonl", params={"after": 1}, headers=admin_a.h)
     lines = [json.loads(x) for x in r.text.splitlines()]
     assert [x["seq"] for x in lines] == [2, 3, 4]
-    assert admin_a.get("/feed", params={"after": -1}).status_code == 422
-    assert admin_a.get("/feed", params={"limit": 0}).status_code == 422
+    assert admin_a.get("/feed/page", params={"after": -1}).status_code == 422
+    assert admin_a.get("/feed/page", params={"limit": 0}).status_code == 422
 
 
 def test_append_feed_for_other_capabilities(hub: Hub, admin_a: Api, city: dict[str, str]) -> None:
     with hub.store.tx() as db:
         seq = hub.services["registry"].append_feed(db, "code.issued", city["hydrant"], {"serial": "C1"})
-    item = admin_a.ok("get", "/feed", params={"after": seq - 1})["items"][0]
+    item = admin_a.ok("get", "/feed/page", params={"after": seq - 1})["items"][0]
     assert item == {**item, "seq": seq, "kind": "code.issued", "org": "/city/district-a", "data": {"serial": "C1"}}
     assert hub.services["registry"].lookup(city["hydrant"])["type"] == "object"
     assert hub.services["registry"].lookup(make_id("object", "330106", 5)[:-1] + "?") is None

@@ -25,7 +25,7 @@ def test_other_district_is_denied_and_audited(hub: Hub, admin_b: Api, city: dict
                                    "dst": city["building"]}).status_code == 404
     assert admin_b.get(f"/entities/{city['building']}/descendants").status_code == 404
     assert admin_b.ok("get", "/search", params={"q": "hydrant"})["items"] == []
-    assert admin_b.ok("get", "/feed")["items"] == []
+    assert admin_b.ok("get", "/feed/page")["items"] == []
     assert _denials(hub) >= before + 5
     # but b can register in its own district, linking to a's (city-wide) identifiers
     own = admin_b.ok("post", "/entities", {"type": "object", "region": "330108", "name": "bench", "links": [
@@ -37,7 +37,7 @@ def test_roles_without_write_or_feed_are_refused(hub: Hub, client: TestClient, c
     issuer = Api(client, token_for(hub, "issuer", role="department_issuer", org="/city/district-a"))
     assert issuer.ok("get", f"/entities/{city['building']}")["id"] == city["building"]
     assert issuer.post("/entities", {"type": "place", "region": "330106", "name": "x"}).status_code == 403
-    assert issuer.get("/feed").status_code == 403
+    assert issuer.get("/feed/page").status_code == 403
     assert client.get("/api/v1/registry/search").status_code == 401
 
 

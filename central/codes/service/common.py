@@ -4,6 +4,7 @@ and the calls into other capabilities (audit log, registry feed) made with the c
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets
 import threading
@@ -62,6 +63,16 @@ def feed(db: Db, kind: str, entity_id: str | None, data: dict[str, Any]) -> None
     except ImportError:
         return
     append_feed(db, kind, entity_id, data)
+
+
+def codes_feed(db: Db, changes: list[tuple[str, str | None, dict[str, Any]]]) -> None:
+    """Append (type, org, data) changes to the codes feed (docs/FEEDS.md) in the write's own transaction."""
+    if changes:
+        from central.codes import store
+
+        at = now_iso()
+        store.append_feed(db, [{"at": at, "type": t, "org": org, "data": json.dumps(d, ensure_ascii=False)}
+                               for t, org, d in changes])
 
 
 def new_serial() -> str:

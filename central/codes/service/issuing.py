@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from central.codes import store
-from central.codes.service.common import CodesError, Part, audit, feed, new_serial, now_iso
+from central.codes.service.common import CodesError, Part, audit, codes_feed, feed, new_serial, now_iso
 from protocol import citycode
 
 if TYPE_CHECKING:
@@ -137,6 +137,10 @@ class IssuingPart(Part):
                 app["org"],
                 {"count": len(rows), "first_serial": rows[0]["serial"] if rows else None},
             )
+            codes_feed(db, [("code.issued", app["org"], {
+                "serial": r["serial"], "identity_id": r["identity_id"], "application_id": app_id,
+                "dept_id": r["dept_id"], "code_system": r["code_system"], "kid": r["kid"],
+                "issued_at": r["issued_at"], "expires_at": r["expires_at"]}) for r in rows])
             for r in rows[:1000]:  # the feed carries the issuance; huge batches log their first 1,000
                 feed(db, "code.issued", r["identity_id"],
                      {"serial": r["serial"], "application_id": app_id, "dept_id": app["dept_id"]})
@@ -175,6 +179,9 @@ class IssuingPart(Part):
             audit(db, actor, "codes.revoke.code", serial, rec["org"], {"reason": reason})
             self._enqueue(db, rec["dept_id"], "code.revoked", {"serials": [serial], "reason": reason})  # type: ignore[attr-defined]
             feed(db, "code.revoked", rec["identity_id"], {"serial": serial, "reason": reason})
+            codes_feed(db, [("code.revoked", rec["org"], {
+                "scope": "serial", "serial": serial, "identity_id": rec["identity_id"],
+                "application_id": rec["app_id"], "dept_id": rec["dept_id"], "reason": reason})])
         self._kick_webhooks()  # type: ignore[attr-defined]
         out = {"revoked": "serial", "serial": serial, "revocation_version": self.publish_revocations()}  # type: ignore[attr-defined]
         self.hub.hooks.emit("codes.revoked", serials=[serial], identity_id=None, kid=None)
@@ -188,6 +195,9 @@ class IssuingPart(Part):
             for dept in depts:
                 self._enqueue(db, dept, "code.revoked", {"identity_id": ident, "reason": reason})  # type: ignore[attr-defined]
             feed(db, "code.revoked", ident, {"identity_id": ident, "reason": reason, "codes": n})
+            orgs = store.dept_orgs(db, depts)
+            codes_feed(db, [("code.revoked", orgs.get(d), {"scope": "identity", "identity_id": ident,
+                                                           "dept_id": d, "reason": reason}) for d in depts])
         self._kick_webhooks()  # type: ignore[attr-defined]
         out = {
             "revoked": "identity",
@@ -211,6 +221,8 @@ class IssuingPart(Part):
             new_kid = self._new_dept_key(db, row["dept_id"]) if was_active else None  # type: ignore[attr-defined]
             audit(db, actor, "codes.revoke.key", kid, dept["org"], {"reason": reason, "replacement": new_kid})
             self._enqueue(db, row["dept_id"], "code.revoked", {"kid": kid, "reason": reason})  # type: ignore[attr-defined]
+            codes_feed(db, [("code.revoked", dept["org"], {"scope": "key", "kid": kid, "dept_id": row["dept_id"],
+                                                           "reason": reason, "replacement": new_kid})])
         self._kick_webhooks()  # type: ignore[attr-defined]
         self.publish_trust()  # type: ignore[attr-defined]
         out = {"revoked": "key", "kid": kid, "replacement": new_kid,

@@ -19,6 +19,7 @@ from central.codes.service.common import (
     WEBHOOK_LEASE_S,
     WEBHOOK_MAX_ATTEMPTS,
     Part,
+    codes_feed,
     dt,
     feed,
     now_iso,
@@ -36,7 +37,9 @@ class SupervisionPart(Part):
     def ingest_scans(self, db: Db, batches: list[tuple[str, str, ScanBatch]]) -> int:
         """Hook `scans.ingested`, inside the bridge's write transaction (`db`)."""
         n = 0
+        changes: list[tuple[str | None, str | None, dict[str, Any]]] = []  # (dept, terminal org, data)
         for site, device, batch in batches:
+            terminal_org = store.device_org(db, site, device)  # one lookup per batch
             for rec in batch.records:
                 serial = rec.serial.upper() if rec.serial else None
                 row = store.issued_brief(db, serial) if serial else None
@@ -49,6 +52,11 @@ class SupervisionPart(Part):
                 if not fresh:
                     continue  # a re-sent batch: counted once
                 n += 1
+                changes.append((row["dept_id"] if row else rec.dept, terminal_org, {
+                    "scan_id": rec.scan_id, "serial": serial, "identity_id": row["identity_id"] if row else None,
+                    "application_id": row["app_id"] if row else None, "dept_id": row["dept_id"] if row else rec.dept,
+                    "site": site, "device": device, "verdict": rec.verdict, "reason": rec.reason,
+                    "ts": rec.ts.isoformat()}))
                 if row is None or serial is None:
                     continue
                 store.note_scan(db, serial, ts)
@@ -58,6 +66,9 @@ class SupervisionPart(Part):
                     "serial": serial, "verdict": rec.verdict, "reason": rec.reason, "site": site, "device": device,
                     "ts": rec.ts.isoformat(),
                 })
+        if changes:
+            orgs = store.dept_orgs(db, [d for d, _org, _data in changes if d])
+            codes_feed(db, [("code.scanned", orgs.get(d or "") or org, data) for d, org, data in changes])
         if n:
             self._kick_webhooks()
         return n

@@ -387,3 +387,8 @@ def feed_page(db: Db, after: int, scopes: Iterable[str], limit: int) -> list[dic
 
 def insert_reject(db: Db, ts: str, source: str, error: str, payload: str) -> None:
     db.run(sa.insert(rejects).values(ts=ts, source=source, error=error, payload=payload))
+
+
+def feed_last(db: Db) -> int:
+    """The newest feed seq (0 when empty): where the MQTT push starts."""
+    return int(db.scalar(sa.select(sa.func.coalesce(sa.func.max(F.seq), 0))) or 0)
