@@ -5,9 +5,7 @@ transaction of the change; the registry keeps its `registry_feed`.
 No backfill: a feed starts with the changes made after this revision (history before it is in the
 capabilities' own tables and the audit log).
 
-down_revision is 0002 while other branches add 0003/0004; whoever merges them re-chains this one.
-
-Revision ID: 0005
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-02
 """
@@ -17,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
+revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
