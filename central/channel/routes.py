@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.channel.service import ChannelError, ChannelService, service_of
+from central.channel.service import ChannelService, service_of
 from central.deps import get_hub
 from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
@@ -23,10 +23,7 @@ def svc(hub: Hub = Depends(get_hub)) -> ChannelService:
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    try:
-        return fn(*args, **kw)
-    except ChannelError as e:
-        raise HTTPException(e.status, f"{e.field}: {e.detail}") from None
+    return fn(*args, **kw)
 
 
 def org_of_scene(app_id: int, s: ChannelService = Depends(svc)) -> str | None:

@@ -29,10 +29,7 @@ def org_of_case(case_id: int, s: VideoService = Depends(svc)) -> str | None:
 
 
 def _call(fn: Any, *args: Any, **kw: Any) -> Any:
-    try:
-        return fn(*args, **kw)
-    except VideoError as e:
-        raise HTTPException(e.status, e.detail) from None
+    return fn(*args, **kw)
 
 
 class _Body(BaseModel):
