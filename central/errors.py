@@ -2,8 +2,12 @@
 
 `install(app, max_body_bytes)` (called last by `central.app.create_app`) adds what every route shares:
 
+- one error shape, RFC 9457 problem details (`application/problem+json`, members in `central.problems`),
+  for every 4xx and 5xx: a `HubError` raised by a service or route, an HTTPException (iam.deps, Starlette's
+  404 for an unknown path and 405), a validation error, a closed or unreachable store (503) and any
+  unhandled exception (500: nothing of it in the answer but a request id, under which it is logged);
 - a validation-error answer that always serialises (FastAPI's own echoes the input, and `1e309`, NaN or
-  bytes in it made the error answer itself fail with a 500);
+  bytes in it made the error answer itself fail with a 500); its items are the problem's `errors`;
 - an input guard (innermost middleware: before any route or dependency runs; an `org_of` dependency
   reads the database with the raw path id) refusing what no field of this API may hold and SQLite cannot
   take: integers outside the signed 64-bit range (in int-typed path/query parameters and anywhere in a
@@ -17,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,12 +35,15 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from central.store import StoreClosed
+from central.problems import HubError, problem
+from central.store import StoreClosed, StoreUnavailable
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -45,6 +54,8 @@ TEXT_SUSPECT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 _INPUT_ECHO = 200  # an error answer repeats at most this many characters of the bad input
 
 Loc = tuple[str | int, ...]
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("citybrain.errors")
 
 
 def text_problem(value: str, *, multiline: bool = True) -> str | None:
@@ -209,15 +220,11 @@ def _content_type(scope: Scope) -> tuple[bool, int | None]:
     return json_body, length
 
 
-def _problem_response(problems: Iterable[tuple[Loc, str, str]]) -> JSONResponse:
-    return JSONResponse({"detail": [_item(t, loc, msg) for loc, t, msg in problems]}, status_code=422)
-
-
 def _item(kind: str, loc: Loc, msg: str) -> dict[str, Any]:
     loc = _safe_loc(loc)  # a key in a bad body may be megabytes long
     named = loc[1:] if loc and loc[0] in ("body", "path", "query", "header", "cookie") else loc
     field = ".".join(str(p) for p in named) or str(loc[0] if loc else "body")
-    return {"type": kind, "loc": list(loc), "msg": msg, "field": field}
+    return {"type": kind, "loc": list(loc), "field": field, "message": msg}
 
 
 class InputGuard:
@@ -290,9 +297,31 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def _summary(items: list[dict[str, Any]]) -> str:
+    """The human sentence of a 422: the first failing field and how many more."""
+    if not items:
+        return "invalid input"
+    first = f"{items[0]['field']}: {items[0]['message']}"
+    return first if len(items) == 1 else f"{first} (and {len(items) - 1} more)"
+
+
+def problem_response(status: int, detail: str, *, errors: list[Any] | None = None,
+                     headers: Mapping[str, str] | None = None, instance: str | None = None) -> JSONResponse:
+    """The one error answer: RFC 9457 problem details (see central.problems for the members)."""
+    body = problem(status, detail, errors=errors)
+    if instance is not None:
+        body["instance"] = instance
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_JSON)
+
+
+def _problem_response(problems: Iterable[tuple[Loc, str, str]]) -> JSONResponse:
+    items = [_item(t, loc, msg) for loc, t, msg in problems]
+    return problem_response(422, _summary(items), errors=items)
+
+
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422 shape ({"detail": [{"type", "loc", "msg", ...}]}) plus "field", built only from values
-    that always serialise."""
+    """422 problem details; `errors` holds FastAPI's items ({"type", "loc", ...}) with "field" and "message",
+    built only from values that always serialise."""
     assert isinstance(exc, RequestValidationError)
     items = []
     for err in list(exc.errors())[:50]:
@@ -305,18 +334,72 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
             item["ctx"] = {str(k): e for k, v in ctx.items() if (e := _echo(v if isinstance(v, str | int | float | bool)
                                                                         else str(v))) is not None}
         items.append(item)
-    return JSONResponse({"detail": items}, status_code=422)
+    return problem_response(422, _summary(items), errors=items)
+
+
+Observer = Callable[[Request, HubError], None]
+
+
+def observe(app: FastAPI, fn: Observer) -> None:
+    """Have `fn` see every HubError before it is answered (iam audits its refusals this way)."""
+    if not hasattr(app.state, "problem_observers"):
+        app.state.problem_observers = []
+    app.state.problem_observers.append(fn)
+
+
+async def hub_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HubError)
+    for fn in getattr(request.app.state, "problem_observers", ()):
+        await run_in_threadpool(fn, request, exc)  # observers may write (an audit row): off the event loop
+    return problem_response(exc.status, exc.problem_detail, errors=list(exc.errors), headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """HTTPException (routes, iam.deps, Starlette's own 404 for an unknown path and 405) as problem details.
+    A dict detail {"field", "error"} or a list of them (older routes) becomes `errors`."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (204, 304) or exc.status_code < 400:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    d = exc.detail
+    errors: list[dict[str, Any]] = []
+    if isinstance(d, dict):
+        d = [d]
+    if isinstance(d, list):
+        errors = [{"field": str(x.get("field", "")), "message": str(x.get("error", x.get("message", "")))}
+                  for x in d if isinstance(x, dict)]
+        detail = _summary(errors) if errors else str(exc.status_code)
+    else:
+        detail = str(d)
+    return problem_response(exc.status_code, detail, errors=errors, headers=exc.headers)
 
 
 async def store_closed(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "the hub is shutting down; retry shortly"}, status_code=503,
-                        headers={"Retry-After": "5"})
+    return problem_response(503, "the hub is shutting down; retry shortly", headers={"Retry-After": "5"})
+
+
+async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # the reason names the database server: logged for the operator, not told to the caller
+    log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(503, "the database is unavailable; retry shortly", headers={"Retry-After": "5"})
+
+
+async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+    """500 for a bug: nothing of it in the answer but a request id, under which the traceback is logged."""
+    rid = uuid.uuid4().hex
+    log.error("unhandled error on %s %s (request %s)", request.method, request.url.path, rid,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return problem_response(500, f"internal error; quote request id {rid} to the operator",
+                            headers={"X-Request-Id": rid}, instance=f"urn:uuid:{uuid.UUID(rid)}")
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
-    """Error answers, and the input guard as the innermost middleware (call it after every route is
-    mounted: the guard learns the int-typed parameters from the routes)."""
+    """Error answers (every 4xx and 5xx as problem details), and the input guard as the innermost middleware
+    (call it after every route is mounted: the guard learns the int-typed parameters from the routes)."""
+    app.add_exception_handler(HubError, hub_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StoreClosed, store_closed)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_exception_handler(Exception, unhandled)  # Starlette runs this one outermost, for any route
     # appended, not `add_middleware` (which puts it outermost): the body limit must count what it reads
     app.user_middleware.append(Middleware(InputGuard, specs=_specs(app), max_body=max_body_bytes))

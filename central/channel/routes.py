@@ -3,14 +3,13 @@ revocation, the gateway's peer list and the grant-signing public key. Thin: pars
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.channel.service import ChannelError, ChannelService, service_of
+from central.channel.service import ChannelService, service_of
 from central.deps import get_hub
 from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
@@ -20,13 +19,6 @@ router = APIRouter()
 
 def svc(hub: Hub = Depends(get_hub)) -> ChannelService:
     return service_of(hub)
-
-
-def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    try:
-        return fn(*args, **kw)
-    except ChannelError as e:
-        raise HTTPException(e.status, f"{e.field}: {e.detail}") from None
 
 
 def org_of_scene(app_id: int, s: ChannelService = Depends(svc)) -> str | None:
@@ -40,7 +32,7 @@ def org_of_grant(grant_id: str, s: ChannelService = Depends(svc)) -> str | None:
 
 
 def org_of_application(body: SceneIn, s: ChannelService = Depends(svc)) -> str:
-    return str(_call(s.application, body.application_id)["org"])
+    return str(s.application(body.application_id)["org"])
 
 
 class _In(BaseModel):
@@ -104,8 +96,8 @@ def signing_key(s: ChannelService = Depends(svc)) -> dict[str, str]:
 @router.post("/scenes", status_code=201)
 def mark_scene(body: SceneIn, p: Principal = Depends(require("channel.manage", org_of=org_of_application)),
                s: ChannelService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.mark_scene, p.name, body.application_id, body.service_name, body.service_addr, body.service_port,
-                 body.ttl_s, body.gateway_public_key, body.endpoint, body.terminals)
+    return s.mark_scene(p.name, body.application_id, body.service_name, body.service_addr, body.service_port,
+                        body.ttl_s, body.gateway_public_key, body.endpoint, body.terminals)
 
 
 @router.get("/scenes")
@@ -126,7 +118,7 @@ def request_grant(body: GrantIn, who: GrantCaller = Depends(grant_caller), s: Ch
                   ) -> dict[str, Any]:
     """Present a scanned code; a valid code of a channel scene returns a signed token and a WireGuard peer
     config (its private key is shown only here)."""
-    return _call(s.request_grant, body.text, principal=who.principal, app_key_app=who.app_id)
+    return s.request_grant(body.text, principal=who.principal, app_key_app=who.app_id)
 
 
 @router.get("/grants")
@@ -147,4 +139,4 @@ def get_grant(grant_id: str, p: Principal = Depends(require("channel.read", org_
 def revoke_grant(grant_id: str, body: RevokeIn,
                  p: Principal = Depends(require("channel.revoke", org_of=org_of_grant)),
                  s: ChannelService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.revoke, p.name, grant_id, body.reason)
+    return s.revoke(p.name, grant_id, body.reason)

@@ -28,6 +28,7 @@ from central.channel import store
 from central.hub import Hub
 from central.iam.audit import record
 from central.iam.principal import Principal, under
+from central.problems import HubError
 from protocol import signing, topics
 
 if TYPE_CHECKING:
@@ -38,10 +39,10 @@ PEERS_TOPIC = f"{topics.ROOT}/channel/{{app_id}}/peers"  # retained, signed peer
 MAX_TTL_S = 8 * 3600
 
 
-class ChannelError(Exception):
+class ChannelError(HubError):
     def __init__(self, status: int, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.status, self.field, self.detail = status, field, detail
+        super().__init__(f"{field}: {detail}", status=status, field=field)
+        self.detail = detail
 
 
 def wg_keypair() -> tuple[str, str]:

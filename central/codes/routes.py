@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.codes import feed as codes_feed
-from central.codes.service import CodesError, CodesService, service_of
+from central.codes.service import CodesService, service_of
 from central.deps import get_hub
 from central.feeds import routes as feed_http
 from central.hub import Hub
@@ -31,10 +31,6 @@ def svc_dep(hub: Hub = Depends(get_hub)) -> CodesService:
 
 
 Svc = Annotated[CodesService, Depends(svc_dep)]
-
-
-def _err(e: CodesError) -> HTTPException:
-    return HTTPException(e.status, f"{e.field}: {e.detail}")
 
 
 def _ensure(hub: Hub, principal: Principal, perm: str, org: str, missing: str = "not found") -> None:
@@ -107,17 +103,11 @@ def _authorize_app(hub: Hub, who: Caller, perm: str, app: dict[str, Any]) -> Non
 
 
 def _app(svc: CodesService, app_id: int) -> dict[str, Any]:
-    try:
-        return svc.application(app_id)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.application(app_id)
 
 
 def _dept(svc: CodesService, dept_id: str) -> dict[str, Any]:
-    try:
-        return svc.department(dept_id)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.department(dept_id)
 
 
 # ---- departments, duties, rules ---------------------------------------------------------------------
@@ -135,10 +125,7 @@ def register_department(
     body: DepartmentIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.keys"))
 ) -> dict[str, Any]:
     _ensure(hub, p, "codes.keys", body.org, "org: not found")
-    try:
-        return svc.register_department(p.name, body.id, body.name, body.org, body.webhook_url)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.register_department(p.name, body.id, body.name, body.org, body.webhook_url)
 
 
 @router.get("/departments")
@@ -210,10 +197,7 @@ async def import_duties(
         except ValueError as e:
             raise HTTPException(422, f"body: {e}") from None
         rows, replace = [r.model_dump() for r in parsed.rows], parsed.replace
-    try:
-        n = svc.import_duties(p.name, rows, replace=replace)
-    except CodesError as e:
-        raise _err(e) from None
+    n = svc.import_duties(p.name, rows, replace=replace)
     return {"imported": n}
 
 
@@ -237,10 +221,7 @@ def put_rules(
     body: dict[str, Any], svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.approve"))
 ) -> dict[str, Any]:
     _city_level(hub, p, "codes.approve")
-    try:
-        return svc.set_rules(p.name, body)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.set_rules(p.name, body)
 
 
 # ---- applications ------------------------------------------------------------------------------------
@@ -264,10 +245,7 @@ def apply(
 ) -> dict[str, Any]:
     dept = _dept(svc, body.dept_id)
     _ensure(hub, p, "codes.apply", dept["org"], _no_dept(body.dept_id))
-    try:
-        return svc.apply(p.name, **body.model_dump())
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.apply(p.name, **body.model_dump())
 
 
 @router.get("/applications")
@@ -302,10 +280,7 @@ def edit_application(
     """Change a pending application. Whoever edits it, like whoever filed it, may not decide it."""
     app = _app(svc, app_id)
     _ensure(hub, p, "codes.apply", app["org"], _no_app(app_id))
-    try:
-        return svc.edit_application(p.name, app_id, body.model_dump(exclude_unset=True))
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.edit_application(p.name, app_id, body.model_dump(exclude_unset=True))
 
 
 class DecisionIn(Body):
@@ -325,10 +300,7 @@ def decide(
     """Approve (assigning the code-system id) or reject; the response shows the three checks."""
     _city_level(hub, p, "codes.approve")
     _app(svc, app_id)
-    try:
-        return svc.decide(p.name, app_id, body.approve, body.code_system, body.reason)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.decide(p.name, app_id, body.approve, body.code_system, body.reason)
 
 
 class AppKeyIn(Body):
@@ -342,10 +314,7 @@ def create_app_key(
     """Register a business subsystem: the key (shown once) issues and verifies under this scene only."""
     app = _app(svc, app_id)
     _ensure(hub, p, "codes.apply", app["org"], _no_app(app_id))
-    try:
-        return svc.create_app_key(p.name, app_id, body.name)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.create_app_key(p.name, app_id, body.name)
 
 
 @router.get("/applications/{app_id}/appkeys")
@@ -383,10 +352,7 @@ def file_url(
 ) -> dict[str, Any]:
     dept = _dept(svc, body.dept_id)
     _ensure(hub, p, "codes.apply", dept["org"], _no_dept(body.dept_id))
-    try:
-        return svc.file_url(p.name, body.dept_id, body.url)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.file_url(p.name, body.dept_id, body.url)
 
 
 @router.get("/urls")
@@ -409,10 +375,7 @@ def audit_url(
     p: Principal = Depends(require("codes.approve")),
 ) -> dict[str, Any]:
     _city_level(hub, p, "codes.approve")
-    try:
-        return svc.audit_url(p.name, url_id, body.approve, body.reason)
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.audit_url(p.name, url_id, body.approve, body.reason)
 
 
 # ---- issuing -----------------------------------------------------------------------------------------
@@ -473,17 +436,14 @@ def _issue(
 ) -> list[dict[str, Any]]:
     app = _app(svc, body.application_id)
     _authorize_app(hub, who, "codes.issue", app)
-    try:
-        return svc.issue_batch(
-            who.name,
-            body.application_id,
-            items,
-            guide_url=body.guide_url,
-            lifetime_s=body.lifetime_s,
-            city_fields={"code_system": body.code_system, "auth_id": body.auth_id, "attribute": body.attribute},
-        )
-    except CodesError as e:
-        raise _err(e) from None
+    return svc.issue_batch(
+        who.name,
+        body.application_id,
+        items,
+        guide_url=body.guide_url,
+        lifetime_s=body.lifetime_s,
+        city_fields={"code_system": body.code_system, "auth_id": body.auth_id, "attribute": body.attribute},
+    )
 
 
 @router.post("/issue", status_code=201)
@@ -577,23 +537,20 @@ def revoke(
     given = [k for k in ("serial", "identity_id", "kid") if getattr(body, k)]
     if len(given) != 1:
         raise HTTPException(422, "serial/identity_id/kid: give exactly one")
-    try:
-        if body.serial:
-            rec = svc.code_record(body.serial.upper())
-            if rec is None:
-                raise HTTPException(404, f"serial: no code {body.serial}")
-            _ensure(hub, p, "codes.revoke", rec["org"], f"serial: no code {body.serial}")
-            return svc.revoke_code(p.name, body.serial.upper(), body.reason)
-        if body.identity_id:
-            _city_level(hub, p, "codes.revoke")  # spans every department's codes
-            return svc.revoke_identity(p.name, body.identity_id, body.reason, p.scopes("codes.revoke")[0])
-        key_dept = svc.key_dept(str(body.kid))
-        if key_dept is None:
-            raise HTTPException(404, f"kid: no key {body.kid}")
-        _ensure(hub, p, "codes.revoke", _dept(svc, key_dept)["org"], f"kid: no key {body.kid}")
-        return svc.revoke_key(p.name, str(body.kid), body.reason)
-    except CodesError as e:
-        raise _err(e) from None
+    if body.serial:
+        rec = svc.code_record(body.serial.upper())
+        if rec is None:
+            raise HTTPException(404, f"serial: no code {body.serial}")
+        _ensure(hub, p, "codes.revoke", rec["org"], f"serial: no code {body.serial}")
+        return svc.revoke_code(p.name, body.serial.upper(), body.reason)
+    if body.identity_id:
+        _city_level(hub, p, "codes.revoke")  # spans every department's codes
+        return svc.revoke_identity(p.name, body.identity_id, body.reason, p.scopes("codes.revoke")[0])
+    key_dept = svc.key_dept(str(body.kid))
+    if key_dept is None:
+        raise HTTPException(404, f"kid: no key {body.kid}")
+    _ensure(hub, p, "codes.revoke", _dept(svc, key_dept)["org"], f"kid: no key {body.kid}")
+    return svc.revoke_key(p.name, str(body.kid), body.reason)
 
 
 # ---- trust material for devices (public: the lists are signed by the city root) -------------------

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from central.deps import get_hub
-from central.devices.service import DeviceError, DeviceService
+from central.devices.service import DeviceService
 from central.hub import Hub
 from central.iam.deps import Principal, require
 
@@ -67,10 +67,7 @@ def provision(
 ) -> dict:
     """Returns the device and its ready config (the broker password appears only here, once). A site
     belongs to the org that first provisioned on it: only admins over that org add devices there."""
-    try:
-        row, cfg = service.provision(body.site, body.kind, body.name, body.device, body.org_path, actor=p)
-    except DeviceError as e:
-        raise HTTPException(e.status, detail={"field": e.field, "error": str(e)}) from None
+    row, cfg = service.provision(body.site, body.kind, body.name, body.device, body.org_path, actor=p)
     return {"device": service.get(row["id"]), "config": cfg}
 
 
@@ -79,7 +76,4 @@ def command(
     site: str, device: str, body: CommandIn,
     p: Principal = Depends(require("devices.write", org_of=device_org)), service: DeviceService = Depends(svc),
 ) -> dict:
-    try:
-        return service.send_command(f"{site}/{device}", body.action, body.args, actor=p.name)
-    except DeviceError as e:
-        raise HTTPException(e.status, detail={"field": e.field, "error": str(e)}) from None
+    return service.send_command(f"{site}/{device}", body.action, body.args, actor=p.name)

@@ -13,17 +13,16 @@ from central import broker
 from central.devices import store
 from central.hub import Hub
 from central.iam.principal import under
+from central.problems import HubError
 from central.store import utcnow
 from protocol import messages, topics
 
 Kind = Literal["camera", "scanner"]
 
 
-class DeviceError(ValueError):
+class DeviceError(HubError, ValueError):
     def __init__(self, field: str, msg: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {msg}")
-        self.field = field
-        self.status = status
+        super().__init__(f"{field}: {msg}", status=status, field=field)
 
 
 class Provisioner(Protocol):

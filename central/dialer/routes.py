@@ -15,13 +15,10 @@ from central.dialer.templates import KEY_RE, Template
 from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
+from central.problems import FieldProblem, Invalid
 
 router = APIRouter()
 MAX_LIST_BYTES = 10 * 1024 * 1024
-
-
-def _fail(e: svc.DialerError) -> HTTPException:
-    return HTTPException(e.status, detail={"field": e.field, "error": str(e)})
 
 
 def _check(p: Principal, perm: str, org: str) -> None:
@@ -30,19 +27,13 @@ def _check(p: Principal, perm: str, org: str) -> None:
 
 
 def _task(hub: Hub, task_id: int, p: Principal, perm: str) -> dict[str, Any]:
-    try:
-        task = svc.get_task(hub, task_id)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    task = svc.get_task(hub, task_id)
     _check(p, perm, task["org"])
     return task
 
 
 def _template(hub: Hub, key: str, version: int | None, p: Principal) -> tuple[Template, dict[str, Any]]:
-    try:
-        tpl, meta = svc.get_template(hub, key, version)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    tpl, meta = svc.get_template(hub, key, version)
     if not svc.visible(meta["org"], p.scopes("dialer.read")):
         raise HTTPException(404, detail={"field": "key", "error": f"no template {key!r}"})
     return tpl, meta
@@ -80,10 +71,7 @@ class TemplateIn(BaseModel):
 def save_template(body: TemplateIn, hub: Hub = Depends(get_hub),
                   p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
     _check(p, "dialer.design", body.org)
-    try:
-        tpl = svc.save_template(hub, body.template, body.org, p.name)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    tpl = svc.save_template(hub, body.template, body.org, p.name)
     return {"key": tpl.key, "version": tpl.version, "org": body.org}
 
 
@@ -94,10 +82,11 @@ def import_template(org: str = Query(pattern=r"^/[\w\-/]*$"), yaml_text: str = B
     try:
         tpl = Template.from_yaml(yaml_text)
     except ValidationError as e:
-        raise HTTPException(422, detail=[{"field": ".".join(map(str, x["loc"])), "error": x["msg"]}
-                                         for x in e.errors()]) from e
+        problems: list[FieldProblem] = [{"field": ".".join(map(str, x["loc"])), "message": x["msg"]}
+                                        for x in e.errors()]
+        raise Invalid(f"template: {len(problems)} invalid field(s)", errors=problems) from e
     except ValueError as e:
-        raise HTTPException(422, detail={"field": "body", "error": str(e)}) from e
+        raise Invalid(f"body: {e}", field="body") from e
     return save_template(TemplateIn(org=org, template=tpl), hub, p)
 
 
@@ -114,10 +103,7 @@ def copy_template(key: str, body: CopyIn, hub: Hub = Depends(get_hub),
                   p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
     _check(p, "dialer.design", body.org)
     _template(hub, key, body.version, p)
-    try:
-        tpl = svc.copy_template(hub, key, body.new_key, body.org, p.name, body.version, body.name)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    tpl = svc.copy_template(hub, key, body.new_key, body.org, p.name, body.version, body.name)
     return {"key": tpl.key, "version": tpl.version, "org": body.org, "based_on": key}
 
 
@@ -126,10 +112,7 @@ def copy_template(key: str, body: CopyIn, hub: Hub = Depends(get_hub),
 def create_task(body: svc.TaskIn, hub: Hub = Depends(get_hub),
                 p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
     _check(p, "dialer.run", body.org)
-    try:
-        tid = svc.create_task(hub, body, p.name)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    tid = svc.create_task(hub, body, p.name)
     return svc.get_task(hub, tid) | {"template": None}
 
 
@@ -152,20 +135,14 @@ async def import_contacts(task_id: int, file: UploadFile, hub: Hub = Depends(get
     data = await file.read(MAX_LIST_BYTES + 1)
     if len(data) > MAX_LIST_BYTES:
         raise HTTPException(413, detail={"field": "file", "error": "call list larger than 10 MB"})
-    try:
-        return svc.import_contacts(hub, task_id, file.filename or "list.csv", data, p.name)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    return svc.import_contacts(hub, task_id, file.filename or "list.csv", data, p.name)
 
 
 @router.post("/tasks/{task_id}/{action}")
 def change_state(task_id: int, action: Literal["start", "pause", "resume", "cancel"],
                  hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
     _task(hub, task_id, p, "dialer.run")
-    try:
-        status = svc.change_state(hub, task_id, action, p.name)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    status = svc.change_state(hub, task_id, action, p.name)
     return {"task_id": task_id, "status": status}
 
 
@@ -214,10 +191,7 @@ class DncIn(BaseModel):
 @router.post("/dnc", status_code=201)
 def add_dnc(body: DncIn, hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.dnc"))) -> dict:
     _check(p, "dialer.dnc", body.org)
-    try:
-        svc.add_dnc(hub, body.phone, body.org, p.name, body.reason)
-    except svc.DialerError as e:
-        raise _fail(e) from e
+    svc.add_dnc(hub, body.phone, body.org, p.name, body.reason)
     return {"ok": True}
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from central import csvsafe
 from central.dialer import store
 from central.dialer.templates import Template, builtin_templates
+from central.problems import HubError
 
 if TYPE_CHECKING:
     from central.hub import Hub
@@ -38,13 +39,11 @@ ACTIVE = ("pending", "calling")
 SIP_OUTCOMES = ("busy", "no_answer", "failed")
 
 
-class DialerError(ValueError):
-    """A rule violation; `field` names the offending input (routes turn it into 400/404/409)."""
+class DialerError(HubError, ValueError):
+    """A rule violation; `field` names the offending input, `status` the answer (400/404/409/413/422)."""
 
     def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.status = status
+        super().__init__(f"{field}: {message}", status=status, field=field)
 
 
 def utc(now: datetime | None = None) -> datetime:

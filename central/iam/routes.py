@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from central import errors
 from central.deps import get_hub
 from central.hub import Hub
 from central.iam.audit import record, verify
@@ -18,6 +18,7 @@ from central.iam.middleware import BodyLimit, SecurityHeaders
 from central.iam.pii import present
 from central.iam.service import Forbidden, IamError, IamService, NotFound, service_of
 from central.iam.store import audit_page
+from central.problems import HubError
 
 router = APIRouter()
 
@@ -317,19 +318,17 @@ def audit_verify(p: Principal = Depends(require("audit.read")), hub: Hub = Depen
 
 # --- hub-wide security baseline -----------------------------------------------------------
 def install(app: FastAPI, hub: Hub) -> None:
-    """Called by central.app.create_app: error mapping, body limit, CORS (off unless configured), headers."""
+    """Called by central.app.create_app: denial audit, body limit, CORS (off unless configured), headers."""
 
-    @app.exception_handler(IamError)
-    async def iam_error(request: Request, exc: IamError) -> JSONResponse:
-        if exc.status == 403 or exc.denied:
+    def audit_denial(request: Request, exc: HubError) -> None:
+        # refusals on scope are audited; central.errors answers them like every other error
+        if isinstance(exc, IamError) and (exc.status == 403 or exc.denied):
             p = getattr(request.state, "principal", None)
             with hub.store.tx() as db:
                 record(db, actor=p.name if p else "?", action="denied",
                        target=f"{request.method} {request.url.path}", detail={"why": exc.message})
-        body: dict[str, Any] = {"detail": exc.message}
-        if exc.field:
-            body["field"] = exc.field
-        return JSONResponse(body, status_code=exc.status)
+
+    errors.observe(app, audit_denial)
 
     sec = hub.settings.security
     app.add_middleware(BodyLimit, max_bytes=sec.max_body_bytes)

@@ -25,6 +25,7 @@ from central.iam import store as iam_store
 from central.iam.audit import record, set_profile
 from central.iam.pii import pii_cipher
 from central.iam.principal import Principal, minimal, read_perm, under
+from central.problems import HubError
 
 if TYPE_CHECKING:
     from central.store import Db
@@ -39,14 +40,13 @@ ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
 APIKEY_PREFIX = "cbk_"
 
 
-class IamError(Exception):
+class IamError(HubError):
     status = 400
     denied = False  # a refusal on scope (audited as "denied" even when answered 404)
 
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, field=field)
         self.message = message
-        self.field = field
 
 
 class Invalid(IamError):

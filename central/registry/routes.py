@@ -6,8 +6,8 @@ import io
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.deps import get_hub
@@ -30,14 +30,6 @@ from central.registry.models import (
 )
 
 router = APIRouter()
-
-
-def install(app: FastAPI, hub: Hub) -> None:
-    async def on_registry_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, svc.RegistryError)
-        return JSONResponse({"detail": exc.to_dict()}, status_code=exc.status)
-
-    app.add_exception_handler(svc.RegistryError, on_registry_error)
 
 
 def entity_org(entity_id: str, hub: Hub = Depends(get_hub)) -> str | None:

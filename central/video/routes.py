@@ -30,13 +30,6 @@ def org_of_case(case_id: int, s: VideoService = Depends(svc)) -> str | None:
     return s.case_org(case_id)
 
 
-def _call(fn: Any, *args: Any, **kw: Any) -> Any:
-    try:
-        return fn(*args, **kw)
-    except VideoError as e:
-        raise HTTPException(e.status, e.detail) from None
-
-
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,59 +76,59 @@ def list_cases(
     limit: int = Query(default=50, ge=1, le=500), offset: int = Query(default=0, ge=0),
     p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc),
 ) -> dict[str, Any]:
-    return _call(s.list_cases, p.scopes("video.read"), status, kind, site, overdue, since, limit, offset)
+    return s.list_cases(p.scopes("video.read"), status, kind, site, overdue, since, limit, offset)
 
 
 @router.get("/cases/{case_id}")
 def get_case(case_id: int, p: Principal = Depends(require("video.read", org_of=org_of_case)),
              s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.case_detail, case_id)
+    return s.case_detail(case_id)
 
 
 @router.get("/cases/{case_id}/snapshot", response_class=Response,
             responses={200: {"content": {"image/jpeg": {}}}})
 def get_snapshot(case_id: int, p: Principal = Depends(require("video.read", org_of=org_of_case)),
                  s: VideoService = Depends(svc)) -> Response:
-    return Response(_call(s.snapshot, case_id), media_type="image/jpeg",
+    return Response(s.snapshot(case_id), media_type="image/jpeg",
                     headers={"Cache-Control": "private, max-age=60"})
 
 
 @router.post("/cases/{case_id}/review")
 def review(case_id: int, body: ReviewIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
            s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.review, case_id, body.verdict, body.reason, p.name)
+    return s.review(case_id, body.verdict, body.reason, p.name)
 
 
 @router.post("/cases/{case_id}/dispatch")
 def dispatch(case_id: int, body: DispatchIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
              s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.dispatch, case_id, p.name, body.department)
+    return s.dispatch(case_id, p.name, body.department)
 
 
 @router.post("/cases/{case_id}/acknowledge")
 def acknowledge(case_id: int, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
                 s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.acknowledge, case_id, p.name)
+    return s.acknowledge(case_id, p.name)
 
 
 @router.post("/cases/{case_id}/resolve")
 def resolve(case_id: int, body: ResolveIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
             s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.resolve, case_id, p.name, body.note)
+    return s.resolve(case_id, p.name, body.note)
 
 
 # --- analysis ----------------------------------------------------------------------------------------
 @router.get("/stats")
 def stats(since: datetime | None = None, until: datetime | None = None,
           p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.stats, p.scopes("video.read"), since, until)
+    return s.stats(p.scopes("video.read"), since, until)
 
 
 @router.get("/heatmap")
 def heatmap(cell_deg: float = Query(default=0.01, ge=0.0001, le=10),
             kind: str | None = Query(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$"), since: datetime | None = None,
             p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> dict[str, Any]:
-    return _call(s.heatmap, p.scopes("video.read"), cell_deg, kind, since)
+    return s.heatmap(p.scopes("video.read"), cell_deg, kind, since)
 
 
 @router.get("/feedback")
@@ -158,7 +151,7 @@ def set_site(site: str, body: SiteIn, p: Principal = Depends(require("video.admi
     # Both the site's current org and the new one must be inside the caller's scope.
     _need_admin(p, s.site_org(site))
     _need_admin(p, body.org_path)
-    return _call(s.set_site, site, body.org_path, p.name)
+    return s.set_site(site, body.org_path, p.name)
 
 
 @router.get("/sites/{site}")
@@ -174,7 +167,7 @@ def get_site(site: str, p: Principal = Depends(require("video.read")), s: VideoS
 def set_camera(site: str, device: str, camera: str, body: CameraIn, p: Principal = Depends(require("video.admin")),
                s: VideoService = Depends(svc)) -> dict[str, Any]:
     _need_admin(p, s.site_org(site))
-    return _call(s.set_camera, site, device, camera, body.lat, body.lon, body.neighbours, p.name)
+    return s.set_camera(site, device, camera, body.lat, body.lon, body.neighbours, p.name)
 
 
 @router.get("/routes")
@@ -186,8 +179,8 @@ def list_routes(p: Principal = Depends(require("video.read")), s: VideoService =
 def add_route(body: RouteIn, p: Principal = Depends(require("video.admin")),
               s: VideoService = Depends(svc)) -> dict[str, Any]:
     _need_admin(p, body.org_prefix)
-    return _call(s.add_route, body.org_prefix, body.kind, body.department, body.webhook_url, body.webhook_secret,
-                 body.mqtt, body.ack_sla_min, body.resolve_sla_min, p.name)
+    return s.add_route(body.org_prefix, body.kind, body.department, body.webhook_url, body.webhook_secret,
+                       body.mqtt, body.ack_sla_min, body.resolve_sla_min, p.name)
 
 
 @router.delete("/routes/{route_id}", status_code=204)
@@ -198,7 +191,7 @@ def delete_route(route_id: int, p: Principal = Depends(require("video.admin")),
     except VideoError:
         raise HTTPException(404, "not found") from None  # the same answer as for another scope's route
     _need_admin(p, r["org_prefix"])
-    _call(s.delete_route, route_id, p.name)
+    s.delete_route(route_id, p.name)
     return Response(status_code=204)
 
 

@@ -27,6 +27,7 @@ from central.bridge import store as bridge_store
 from central.hub import Hub, LoopWorker
 from central.iam.audit import record
 from central.media import MediaError, jpeg_b64, media_of
+from central.problems import HubError
 from central.store import Db
 from central.video import store
 from protocol import topics
@@ -43,12 +44,11 @@ DEFAULT_RESOLVE_SLA_MIN = 240.0
 ALERT_TOPIC = f"{topics.ROOT}/alerts/video"  # + "/{department}"
 
 
-class VideoError(Exception):
+class VideoError(HubError):
     """status: 400 bad input, 404 unknown, 409 wrong workflow state, 410 a media file gone or damaged."""
 
     def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
+        super().__init__(detail, status=status)
         self.detail = detail
 
 

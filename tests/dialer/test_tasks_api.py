@@ -81,7 +81,7 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     assert client.get(f"{API}/templates/sat-a", headers=other).status_code == 404
     bad = client.post(f"{API}/templates/import?org=/city/district-a",
                       headers={**admin, "Content-Type": "application/yaml"}, content="key: x1\nname: n\nstart: a\n")
-    assert bad.status_code == 422 and any(e["field"] == "nodes" for e in bad.json()["detail"])
+    assert bad.status_code == 422 and any(e["field"] == "nodes" for e in bad.json()["errors"])
 
     # task: bad input names the field
     r = client.post(f"{API}/tasks", headers=admin, json={"name": "t", "org": "/city/district-a",
@@ -115,7 +115,7 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     assert len(raw) == 2 and all("13800138000" not in r["phone_enc"] for r in raw)  # PII encrypted
     assert raw[0]["phone_masked"] == "138****8000"
     r = client.post(f"{API}/tasks/{tid}/contacts", headers=admin, files={"file": ("x.csv", b"foo,bar\n1,2\n")})
-    assert r.status_code == 400 and r.json()["detail"]["field"] == "file"
+    assert r.status_code == 400 and r.json()["field"] == "file"
 
     for action, status in [("start", "running"), ("pause", "paused"), ("resume", "running"),
                            ("cancel", "cancelled")]:
@@ -128,7 +128,7 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     assert csv_text.splitlines()[0] == "row,phone,name,status,outcome,attempts,score,comment"
     assert "138****8000" in csv_text and "13800138000" not in csv_text
     assert client.post(f"{API}/dnc", headers=admin, json={"phone": "abc", "org": "/city/district-a"}
-                       ).json()["detail"]["field"] == "phone"
+                       ).json()["field"] == "phone"
     assert client.get(f"{API}/tasks/999/report", headers=admin).status_code == 404
 
 

@@ -185,14 +185,14 @@ def test_validation_error_answer_always_serialises(target: Target) -> None:
         url = "/api/v1/registry/entities" if "lat" in body else "/api/v1/codes/issue"
         r = target.client.post(BASE + url, data=body, headers=h)
         assert r.status_code == 422, r.text
-        assert [d["field"] for d in r.json()["detail"]] == [name], r.text
+        assert [d["field"] for d in r.json()["errors"]] == [name], r.text
     r = target.client.get(BASE + "/api/v1/registry/search", params={"q": "ab\x00cd"}, headers=h)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "q"], r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", "q"], r.text
     r = target.client.delete(BASE + f"/api/v1/registry/links/{BIG}", headers=h)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "link_id"], r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["path", "link_id"], r.text
     # a plain validation error still reads as FastAPI's, input echoed when it is short and printable
     r = target.client.post(BASE + "/api/v1/registry/entities", data=json.dumps({"type": "ship"}), headers=h)
-    assert r.status_code == 422 and any(d["field"] == "type" and d.get("input") == "ship" for d in r.json()["detail"])
+    assert r.status_code == 422 and any(d["field"] == "type" and d.get("input") == "ship" for d in r.json()["errors"])
 
 
 def test_a_closed_store_answers_503_not_500(hub: Hub) -> None:

@@ -101,7 +101,7 @@ def test_http_import_jsonl_and_header_errors(admin_a: Api, client: TestClient, c
     body = r.json()
     assert r.status_code == 200 and body["created"] == 3 and body["errors"][0]["row"] == 2
     r = client.post("/api/v1/registry/import", content="type,region,colour\nplace,330106,red\n", headers=admin_a.h)
-    assert r.status_code == 400 and r.json()["detail"]["field"] == "header" and "colour" in r.json()["detail"]["error"]
+    assert r.status_code == 400 and r.json()["field"] == "header" and "colour" in r.json()["errors"][0]["message"]
 
 
 def test_cli_import_with_progress(tmp_path: Path, settings: Settings, hub: Hub) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from central.hub import Hub, LoopWorker
+from central.problems import HubError
 from protocol import signing
 
 if TYPE_CHECKING:
@@ -31,11 +32,11 @@ WEBHOOK_LEASE_S = 300.0
 WEBHOOK_BATCH = 50
 
 
-class CodesError(Exception):
+class CodesError(HubError):
+    """A refusal of the codes rules; `status` as the HTTP answer means it (400/403/404/409/410/422)."""
+
     def __init__(self, status: int, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.status = status
-        self.field = field
+        super().__init__(f"{field}: {detail}", status=status, field=field)
         self.detail = detail
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from central.problems import HubError
 from central.registry import store
 from central.registry.ids import (
     IdError,
@@ -40,12 +41,11 @@ def _dumps(obj: Any) -> str:
 
 # ---------------------------------------------------------------- errors and actors
 
-class RegistryError(ValueError):
+class RegistryError(HubError, ValueError):
     status = 400
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+        super().__init__(f"{field}: {message}", field=field)
         self.message = message
 
     def to_dict(self) -> dict[str, str]:
