@@ -231,7 +231,9 @@ def test_bad_cursor_is_a_422_naming_after(cap: str, hub: Hub, client: TestClient
     for bad in ("garbage!", "12", other, wrong_seq, feeds.encode_cursor(cap, 1) + "!", "=="):
         r = client.get(f"/api/v1/{cap}/feed", params={"after": bad}, headers=h)
         assert r.status_code == 422, (bad, r.text)
-        assert r.json()["detail"][0]["loc"] == ["query", "after"] and r.json()["detail"][0]["field"] == "after"
+        problem = r.json()  # RFC 9457 problem details: the failing fields under `errors`
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert problem["errors"][0]["loc"] == ["query", "after"] and problem["errors"][0]["field"] == "after"
     r = client.get(f"/api/v1/{cap}/feed", params={"limit": 0}, headers=h)
     assert r.status_code == 422 and "limit" in r.text
     r = client.get(f"/api/v1/{cap}/feed", params={"after": feeds.encode_cursor(cap, 0)}, headers=h)
