@@ -17,6 +17,7 @@ data-access layer; the service-level figures above are SQLite's.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -104,6 +105,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", "--n", type=int, default=1_000_000, help="entities to load (default 1,000,000)")
     ap.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL store figures")
+    ap.add_argument("--database-url", help="a PostgreSQL server's URL for the store figures (its role creates a"
+                    " schema of its own there and drops it after; default: start a throwaway server)")
+    ap.add_argument("--keep-pg", action="store_true", help="leave the PostgreSQL schema behind (to EXPLAIN)")
     ap.add_argument("--children", type=int, default=10_000, help="objects linked under the test building")
     ap.add_argument("--queries", type=int, default=2000, help="point lookups to time")
     ap.add_argument("--chunk", type=int, default=10_000,
@@ -189,7 +193,9 @@ def main() -> None:
     sys.stdout.flush()
     subprocess.run([sys.executable, __file__, "--query-only", "--dir", str(work), "--count", str(args.count),
                     "--children", str(args.children), "--queries", str(args.queries), "--building", bld,
-                    *(["--no-pg"] if args.no_pg else [])], check=True)
+                    *(["--no-pg"] if args.no_pg else []),
+                    *(["--database-url", args.database_url] if args.database_url else []),
+                    *(["--keep-pg"] if args.keep_pg else [])], check=True)
     emit("registry_bulk_registration_rate", rate, "entities/s", 20000.0, base_rate, entities=created,
          seconds=round(took, 1), cpu_us_per_row=round(cpu / created * 1e6, 1),
          writer_cpu_us_per_row=round(writer_cpu / created * 1e6, 1), baseline_cpu_rate=round(base_cpu_rate),
@@ -250,6 +256,10 @@ def query(args: argparse.Namespace, work: Path) -> None:
     emit("registry_descendants_10k_p99", pct(lat, 99), "ms", 50.0, p50=round(statistics.median(lat), 3),
          items=len(res["items"]))
     batch = prepared_rows(hub.store)
+    # the bench's own millions of row objects would make every full collection during the timed queries
+    # below a 100 ms pause (a hub serving requests holds no such heap): out of the collector's sight
+    gc.collect()
+    gc.freeze()
     hub.close()
     store_level(args, work, batch, bld, all_ids, queries)
 
@@ -276,33 +286,94 @@ def prepared_rows(st: Store) -> list[tuple[list[Any], list[Any], list[Any], list
     return out
 
 
+def pg_schema(url: str, keep: bool) -> tuple[str, Any]:
+    """A fresh schema on the given server for this run (the role needs CREATE on its database), as a URL
+    whose connections put it first on search_path (pg_trgm stays reachable in public); and its dropper."""
+    import psycopg
+
+    name = f"bench_registry_{os.getpid()}"
+    plain = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(plain, autocommit=True) as c:
+        c.execute(f"CREATE SCHEMA {name}")
+
+    def drop() -> None:
+        if keep:
+            print(f"# kept schema {name} (options=-csearch_path={name},public)", file=sys.stderr)
+            return
+        with psycopg.connect(plain, autocommit=True) as c:
+            c.execute(f"DROP SCHEMA {name} CASCADE")
+
+    return str(sa.make_url(plain).update_query_dict({"options": f"-csearch_path={name},public"})
+               .render_as_string(hide_password=False)), drop
+
+
+def raw_baseline(st: Store, batch: list[Any]) -> float:
+    """The same entity rows, the driver's fastest path into a plain table (id TEXT PRIMARY KEY, no other
+    index, no links/FTS/feed): executemany on SQLite, COPY on PostgreSQL; 10k rows a transaction."""
+    coldefs = ", ".join(c + (" TEXT PRIMARY KEY" if c == "id" else " TEXT") for c in svc.ENTITY_COLS)
+    with st.tx() as db:
+        db.run(f"CREATE TABLE bench_raw_e ({coldefs})")
+    n = sum(len(b[0]) for b in batch)
+    t = time.perf_counter()
+    for ents, *_ in batch:
+        with st.tx() as db:
+            if db.dialect == "sqlite":
+                db.raw.executemany(f"INSERT INTO bench_raw_e VALUES ({', '.join('?' * len(svc.ENTITY_COLS))})",
+                                   ents)
+            else:
+                with db.raw.cursor() as cur, cur.copy("COPY bench_raw_e FROM STDIN") as cp:
+                    for r in ents:
+                        cp.write_row(r)
+    rate = n / (time.perf_counter() - t)
+    with st.tx() as db:
+        db.run("DROP TABLE bench_raw_e")
+    return rate
+
+
 def store_level(args: argparse.Namespace, work: Path, batch: list[Any], bld: str, ids: list[str],
                 queries: list[str]) -> None:
     from central.registry import store as rstore
     from central.registry.store.bulk import write_rows
 
     backends: list[tuple[str, str]] = [("sqlite", str(work / "store-sqlite.db"))]
-    srv = None
-    if not args.no_pg:
+    srv, drop = None, None
+    if args.database_url:
+        url, drop = pg_schema(args.database_url, args.keep_pg)
+        backends.append(("postgresql", url))
+    elif not args.no_pg:
         from tests.pg import PgServer
 
         srv = PgServer().start()
         backends.append(("postgresql", srv.url(srv.create_database())))
+    table: dict[str, dict[str, str]] = {}
     try:
         for backend, url in backends:
+            col = table.setdefault(backend, {})
             st = Store(url)
             st.migrate()
+            if backend == "postgresql":
+                with st.read() as db:
+                    col["server"] = str(db.scalar(sa.text("SHOW server_version"))).split()[0]
             n = sum(len(b[0]) for b in batch)
             t = time.perf_counter()
             for ents, links, aliases, feeds in batch:
                 with st.tx() as db:
                     write_rows(db, ents, links, aliases, feeds, [])
             took = time.perf_counter() - t
-            emit("registry_store_bulk_write_rate", n / took, "entities/s", 20000.0, backend=backend, entities=n,
-                 seconds=round(took, 1), what="write_rows of prepared rows (executemany | COPY), 10k per tx")
+            rate = n / took
             if backend == "postgresql":
-                with st.tx() as db:
-                    db.run("ANALYZE")
+                # settled, as SQLite's store is (checkpointed): what autovacuum does after a big load, at once
+                # (statistics, and the visibility map that lets the walk's index-only scans skip the heap)
+                with st.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
+                    for t in ("registry_entities", "registry_links", "registry_feed", "registry_aliases"):
+                        c.exec_driver_sql(f"VACUUM (ANALYZE) {t}")
+                    # VACUUM leaves the whole table dirty in shared buffers; written back by the checkpointer
+                    # meanwhile, it doubles the lookups' latency (needs pg_checkpoint or superuser)
+                    try:
+                        c.exec_driver_sql("CHECKPOINT")
+                    except sa.exc.DBAPIError as e:
+                        print(f"# no CHECKPOINT ({str(e.orig).strip()}): queries meet the write-back", file=sys.stderr)
+                os.sync()
             lat = []
             for eid in ids[:50] + ids:
                 t = time.perf_counter()
@@ -312,6 +383,7 @@ def store_level(args: argparse.Namespace, work: Path, batch: list[Any], bld: str
             lat = lat[50:]
             emit("registry_store_point_lookup_p99", pct(lat, 99), "ms", 2.0, backend=backend,
                  p50=round(pct(lat, 50), 3), n=len(lat))
+            col["point lookup p99 (p50)"] = f"{pct(lat, 99):.3f} ms ({pct(lat, 50):.3f})"
             lat = []
             for q in queries[:10] + queries:
                 t = time.perf_counter()
@@ -321,6 +393,7 @@ def store_level(args: argparse.Namespace, work: Path, batch: list[Any], bld: str
             lat = lat[10:]
             emit("registry_store_search_p99", pct(lat, 99), "ms", 50.0, backend=backend,
                  p50=round(pct(lat, 50), 3), n=len(lat))
+            col["search p99 (p50)"] = f"{pct(lat, 99):.2f} ms ({pct(lat, 50):.2f})"
             with st.read() as db:
                 rid = rstore.rid_of(db, bld)
             lat = []
@@ -333,10 +406,27 @@ def store_level(args: argparse.Namespace, work: Path, batch: list[Any], bld: str
             lat = lat[3:]
             emit("registry_store_descendants_10k_p99", pct(lat, 99), "ms", 50.0, backend=backend,
                  p50=round(statistics.median(lat), 3), items=len(items))
+            col["descendants of 10k p99 (p50)"] = f"{pct(lat, 99):.1f} ms ({statistics.median(lat):.1f})"
+            # after the queries: its WAL and dropped table would otherwise weigh on them
+            base = raw_baseline(st, batch)
+            emit("registry_store_bulk_write_rate", rate, "entities/s", 20000.0, base, backend=backend,
+                 entities=n, seconds=round(took, 1), what="write_rows of prepared rows (executemany | COPY),"
+                 " 10k per tx", baseline_what="the same entity rows, raw executemany | COPY into a plain table")
+            col["bulk write (executemany | COPY)"] = f"{rate:,.0f} /s (raw {base:,.0f}, {rate / base:.2f})"
             st.close()
     finally:
         if srv is not None:
             srv.stop()
+        if drop is not None:
+            drop()
+    # side by side, for the eye (the JSON lines above carry the same figures)
+    names = list(table)
+    rows_ = list(dict.fromkeys(k for c in table.values() for k in c))
+    w = max(len(r) for r in rows_)
+    print(f"# store level, {sum(len(b[0]) for b in batch):,} entities: " + " | ".join(names))
+    for r in rows_:
+        print(f"#   {r:<{w}}  " + " | ".join(f"{table[b].get(r, '-'):<34}" for b in names))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

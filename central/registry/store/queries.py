@@ -229,53 +229,47 @@ def links_in(db: Db, rid: int, orgs: Iterable[str], limit: int = 10000) -> list[
 def walk(db: Db, rid: int, depth: int, limit: int, down: bool, orgs: Iterable[str],
          type: str | None = None) -> list[tuple[str, str, str, str, int]]:
     """(id, type, name, org, depth) of what lies under (down) or above `rid` along physical links, nearest
-    first. Down uses the (dst_rid, category, src_rid) index; up UNIQUE(src_rid, rel, dst_rid) with
-    `rel IN (physical)`.
+    first (ties by id, in code-point order on both backends). Down uses the (dst_rid, category, src_rid)
+    index; up UNIQUE(src_rid, rel, dst_rid) with `rel IN (physical)`.
 
-    SQLite: UNION ALL (no dedupe b-tree per step, a third of the walk's cost) with a row cap that bounds a
-    DAG whose shared parents would repeat subtrees. PostgreSQL refuses LIMIT in a recursive term: there
-    UNION (distinct (id, depth) pairs) bounds the walk instead."""
-    orgs = list(orgs)
-    if db.dialect == "sqlite":
-        return _walk_sqlite(db, rid, depth, limit, down, orgs, type)
-    step, start = (L.src_rid, L.dst_rid) if down else (L.dst_rid, L.src_rid)
-    cat = L.category == "physical" if down else L.rel.in_(PHYSICAL_RELS)
-    w = sa.select(sa.literal(rid, dialect.BigId).label("id"), sa.literal(0).label("depth")).cte("w", recursive=True)
-    w = w.union(sa.select(step, w.c.depth + 1).select_from(links).join(w, start == w.c.id)
-                .where(cat, w.c.depth < depth))
-    m = sa.select(w.c.id, sa.func.min(w.c.depth).label("d")).where(w.c.depth > 0).group_by(w.c.id).cte("m")
-    q = (sa.select(E.id, E.type, E.name, E.org, m.c.d).select_from(m).join(entities, E.rid == m.c.id)
-         .where(org_in(E.org, orgs)))
-    if type:
-        q = q.where(E.type == type)
-    return list(db.run(q.order_by(m.c.d, E.id).limit(limit)).all())  # type: ignore[arg-type]
+    One statement as text, run through the driver on both backends: a 10k-row walk as SQLAlchemy Rows
+    cost more than the walk itself. SQLite: UNION ALL (no dedupe b-tree per step, a third of the walk's
+    cost) with a row cap that bounds a DAG whose shared parents would repeat subtrees (Core would
+    parenthesise a recursive term with a LIMIT, which SQLite refuses). PostgreSQL refuses LIMIT in a
+    recursive term: there UNION (distinct (id, depth) pairs) bounds the walk instead, and the order by id
+    is COLLATE "C" (a sort by the database's locale costs strcoll per comparison, and "C" is SQLite's order)."""
+    sqlite = db.dialect == "sqlite"
 
+    def ph(name: str) -> str:
+        return f":{name}" if sqlite else f"%({name})s"
 
-def _walk_sqlite(db: Db, rid: int, depth: int, limit: int, down: bool, orgs: list[str],
-                 type: str | None) -> list[tuple[str, str, str, str, int]]:
-    """SQLite's walk as text: Core parenthesises a recursive term that has a LIMIT, which SQLite refuses."""
     parts, args = [], {}
     for i, s in enumerate(dict.fromkeys(orgs)):
         if s == "/":
-            parts = ["1"]
+            parts = ["1 = 1"]
             break
         s = s.rstrip("/")
-        parts.append(f"(e.org = :o{i} OR (e.org > :a{i} AND e.org < :b{i}))")
+        parts.append(f"(e.org = {ph(f'o{i}')} OR (e.org > {ph(f'a{i}')} AND e.org < {ph(f'b{i}')}))")
         args.update({f"o{i}": s, f"a{i}": s + "/", f"b{i}": s + "0"})
-    clause = "(" + " OR ".join(parts) + ")" if parts else "0"
+    clause = "(" + " OR ".join(parts) + ")" if parts else "1 = 0"
     step, start = ("l.src_rid", "l.dst_rid") if down else ("l.dst_rid", "l.src_rid")
     cat = "l.category = 'physical'" if down else f"l.rel IN ({', '.join(repr(r) for r in PHYSICAL_RELS)})"
-    tclause = " AND e.type = :type" if type else ""
-    cap = limit * 4 + 1000
+    tclause = f" AND e.type = {ph('type')}" if type else ""
+    if sqlite:
+        seed, union, cap, order = ":rid", "UNION ALL", f" LIMIT {int(limit * 4 + 1000)}", "e.id"
+    else:
+        seed, union, cap, order = "CAST(%(rid)s AS BIGINT)", "UNION", "", 'e.id COLLATE "C"'
     sql = (
-        f"WITH RECURSIVE w(id, depth) AS (SELECT :rid, 0 UNION ALL SELECT {step}, w.depth + 1"
-        f" FROM registry_links l JOIN w ON {start} = w.id WHERE {cat} AND w.depth < :depth LIMIT {int(cap)}),"
+        f"WITH RECURSIVE w(id, depth) AS (SELECT {seed}, 0 {union} SELECT {step}, w.depth + 1"
+        f" FROM registry_links l JOIN w ON {start} = w.id WHERE {cat} AND w.depth < {ph('depth')}{cap}),"
         f" m AS (SELECT id, min(depth) AS d FROM w WHERE depth > 0 GROUP BY id)"
         f" SELECT e.id, e.type, e.name, e.org, m.d FROM m JOIN registry_entities e ON e.rid = m.id"
-        f" WHERE {clause}{tclause} ORDER BY m.d, e.id LIMIT :limit")
+        f" WHERE {clause}{tclause} ORDER BY m.d, {order} LIMIT {ph('limit')}")
     params = {"rid": rid, "depth": depth, "limit": limit, **args, **({"type": type} if type else {})}
-    # through the driver: 10k rows as SQLAlchemy Rows cost more than the walk itself
-    return db.raw.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+    if sqlite:
+        return db.raw.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+    with db.raw.cursor() as cur:
+        return cur.execute(sql, params).fetchall()  # type: ignore[no-any-return]
 
 
 def linked(db: Db, rid: int, depth: int, limit: int, orgs: Iterable[str]) -> list[tuple[Any, ...]]:
