@@ -265,9 +265,9 @@ def test_a_sender_stopped_mid_delivery_is_resent_after_restart(tmp_path: Path, r
     body = d["body"].encode()
     httpx.post(d["url"], content=body, headers=wh.headers(d["msg_id"], int(time.time()), body, d["secret"]))
     first.close()  # ... and stops before it stored the answer
-    assert row_of(tmp_path, mid) == "delivering"
+    assert row_of(first, mid) == "delivering"
 
-    again = _hub(tmp_path)  # the restarted hub: a new sender identity on the same database
+    again = build_hub(first.settings)  # the restarted hub: a new sender identity on the same database
     try:
         svc = wh.service_of(again)
         assert svc.owner != old.owner
@@ -303,8 +303,8 @@ def audit_actions(hub: Hub) -> list[str]:
         return list(db.run(sa.select(_audit.c.action).order_by(_audit.c.seq)).scalars())
 
 
-def row_of(tmp_path: Path, mid: str) -> str:
-    h = Hub(make_settings(tmp_path))
+def row_of(closed: Hub, mid: str) -> str:
+    h = Hub(closed.settings)  # a fresh store on the closed hub's database
     try:
         return str(row(h, mid)["status"])
     finally:
