@@ -324,7 +324,7 @@ class VideoService:
             d["alerts"] = store.alerts_of_case(db, case_id) + [
                 {"id": w["id"], "channel": "webhook", "target": w["url"], "status": _ALERT_STATUS[w["status"]],
                  "attempts": w["attempts"], "error": w["last_error"], "sent_at": w["delivered_at"],
-                 "msg_id": w["msg_id"]}
+                 "msg_id": w["msg_id"], "delivery_id": w["id"]}
                 for w in reversed(webhooks.service_of(self.hub).deliveries_of(db, f"video.case:{case_id}"))]
         return d
 
