@@ -325,7 +325,7 @@ class VideoService:
                 {"id": w["id"], "channel": "webhook", "target": w["url"], "status": _ALERT_STATUS[w["status"]],
                  "attempts": w["attempts"], "error": w["last_error"], "sent_at": w["delivered_at"],
                  "msg_id": w["msg_id"], "delivery_id": w["id"]}
-                for w in reversed(webhooks.service_of(self.hub).deliveries_of(db, f"video.case:{case_id}"))]
+                for w in reversed(webhooks.deliveries_of(db, f"video.case:{case_id}"))]
         return d
 
     def snapshot(self, case_id: int) -> bytes:
@@ -469,7 +469,7 @@ class VideoService:
 
         out = self._transition(case_id, actor, ("reviewed",), "video.case.dispatch", fn)
         self._send_async(alerts)  # after commit: network I/O never holds the write lock
-        webhooks.service_of(self.hub).kick()
+        webhooks.kick(self.hub)
         return out
 
     def acknowledge(self, case_id: int, actor: str) -> dict[str, Any]:

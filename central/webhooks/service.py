@@ -98,6 +98,11 @@ def enqueue(db: Db, event_type: str, payload: dict[str, Any], target: Target, re
     return msg_id
 
 
+def deliveries_of(db: Db, ref: str) -> list[dict[str, Any]]:
+    """Every delivery about `ref` (newest first), for its owner's own views, inside the owner's `db`."""
+    return store.list_deliveries(db, None, None, ref, None, 1000, None)
+
+
 def under_any(org: str, scopes: list[str]) -> bool:
     return any(org == s or org.startswith(s.rstrip("/") + "/") for s in scopes)
 
@@ -178,10 +183,6 @@ class WebhooksService:
         with self.hub.store.read() as db:
             return store.list_deliveries(db, endpoint_id, status, ref, before, limit, scopes)
 
-    def deliveries_of(self, db: Db, ref: str) -> list[dict[str, Any]]:
-        """Every delivery about `ref`, for its owner's own views (inside the owner's `db`)."""
-        return store.list_deliveries(db, None, None, ref, None, 1000, None)
-
     def endpoints(self, scopes: list[str]) -> list[dict[str, Any]]:
         with self.hub.store.read() as db:
             return [e for e in store.list_endpoints(db) if under_any(e["org"], scopes)]
@@ -248,6 +249,14 @@ def _audit(db: Db, actor: str, action: str, target: str, org: str, detail: dict[
     from central.iam.audit import record
 
     record(db, actor=actor, action=action, target=target, org=org, detail=detail)
+
+
+def kick(hub: Hub) -> None:
+    """Wake this process's delivery worker after an enqueue committed; a process without one (a bare store
+    in tests, a dialer engine) has nothing to wake: the hub's worker finds the row at its next poll."""
+    svc = getattr(hub, "services", {}).get("webhooks")
+    if svc is not None:
+        svc.kick()
 
 
 def service_of(hub: Hub) -> WebhooksService:

@@ -131,4 +131,4 @@ class SupervisionPart(Part):
 
     def _kick_webhooks(self) -> None:
         """Wake the outbox's delivery worker (after the enqueuing transaction committed)."""
-        webhooks.service_of(self.hub).kick()
+        webhooks.kick(self.hub)
