@@ -69,14 +69,19 @@ def endpoint(db: Db, endpoint_id: str) -> dict[str, Any] | None:
 
 def put_endpoint(db: Db, endpoint_id: str, org: str, url: str, secret: str, at: str) -> None:
     """Insert the endpoint, or bring its url/org up to date; an owner's new secret replaces the current one
-    at once (an owner's edit is meant to take effect now; only `rotate` keeps the old one valid)."""
+    at once (an owner's edit is meant to take effect now; only `rotate` keeps the old one valid). One
+    primary-key read when nothing changed (the common case: it runs once per enqueued delivery)."""
     e = endpoints.c
-    db.run(dialect.insert_ignore(db, endpoints, "id").values(
-        id=endpoint_id, org=org, url=url, secret=secret, source_secret=secret, created_at=at, updated_at=at))
-    db.run(sa.update(endpoints).where(e.id == endpoint_id, sa.or_(e.url != url, e.org != org))
-           .values(url=url, org=org, updated_at=at))
-    db.run(sa.update(endpoints).where(e.id == endpoint_id, e.source_secret != secret)
-           .values(secret=secret, source_secret=secret, prev_secret=None, prev_until=None, updated_at=at))
+    cur = db.first(sa.select(e.org, e.url, e.source_secret).where(e.id == endpoint_id))
+    if cur is None:
+        db.run(dialect.insert_ignore(db, endpoints, "id").values(
+            id=endpoint_id, org=org, url=url, secret=secret, source_secret=secret, created_at=at, updated_at=at))
+        return
+    if (cur["org"], cur["url"]) != (org, url):
+        db.run(sa.update(endpoints).where(e.id == endpoint_id).values(url=url, org=org, updated_at=at))
+    if cur["source_secret"] != secret:
+        db.run(sa.update(endpoints).where(e.id == endpoint_id).values(
+            secret=secret, source_secret=secret, prev_secret=None, prev_until=None, updated_at=at))
 
 
 def rotate(db: Db, endpoint_id: str, new_secret: str, prev_until: float, at: str) -> None:
