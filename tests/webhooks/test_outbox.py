@@ -194,6 +194,12 @@ def test_rotation_signs_with_both_secrets_until_the_old_one_expires(hub: Hub, re
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         standardwebhooks.Webhook(SECRET).verify(body, h)
     assert "webhooks.rotate" in audit_actions(hub)
+    # The owner gives a secret of its own (e.g. a department re-registered its hook): it applies at once.
+    (mid,) = enqueue(hub, target(receiver.url, OTHER))
+    svc.deliver_due()
+    h, body = receiver.got[-1]
+    assert h["webhook-id"] == mid and len(h["webhook-signature"].split(" ")) == 1
+    standardwebhooks.Webhook(OTHER).verify(body, h)
 
 
 def test_a_lease_keeps_a_delivery_with_its_sender(hub: Hub) -> None:
