@@ -137,7 +137,11 @@ class WebhooksService:
             while True:
                 with self.hub.store.tx() as db:
                     due = store.claim(db, t, self.cfg.lease_s, self.owner, batch)
-                for d in due:
+                for i, d in enumerate(due):
+                    if self.worker.stopping and self.worker.alive:  # its hub is stopping: hand the rest back
+                        with self.hub.store.tx() as db:
+                            store.release(db, [r["id"] for r in due[i:]], self.owner)
+                        return out
                     self._send(client, d, t, out)
                 if len(due) < batch or limit is not None or self.worker.stopping:
                     break

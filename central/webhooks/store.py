@@ -144,6 +144,13 @@ def failed(db: Db, did: int, owner: str, attempts: int, error: str, next_at: flo
         lease_until=None, lease_owner=None)).rowcount)
 
 
+def release(db: Db, ids: Sequence[int], owner: str) -> None:
+    """Hand claimed but unsent deliveries back (due at once, tries unchanged): a stopping sender."""
+    d = deliveries.c
+    db.run(sa.update(deliveries).where(d.id.in_(list(ids)), d.status == "delivering", d.lease_owner == owner)
+           .values(status="pending", lease_until=None, lease_owner=None))
+
+
 def delivery(db: Db, did: int) -> dict[str, Any] | None:
     return db.first(sa.select(*_VIEW).join(endpoints, endpoints.c.id == deliveries.c.endpoint_id)
                     .where(deliveries.c.id == did))

@@ -9,7 +9,7 @@ import http.server
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class Receiver:
     def __init__(self) -> None:
         self.got: list[tuple[dict[str, str], bytes]] = []
         self.answers: list[int] = []
+        self.hook: Callable[[int], int] = lambda code: code  # runs before the answer is sent
         self.lock = threading.Lock()
         outer = self
 
@@ -48,6 +49,7 @@ class Receiver:
                 with outer.lock:
                     outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body))
                     code = outer.answers.pop(0) if outer.answers else 204
+                code = outer.hook(code)
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -307,6 +309,41 @@ def audit_actions(hub: Hub) -> list[str]:
 
     with hub.store.read() as db:
         return list(db.run(sa.select(_audit.c.action).order_by(_audit.c.seq)).scalars())
+
+
+def test_a_stopping_worker_hands_back_what_it_has_not_sent(tmp_path: Path, receiver: Receiver) -> None:
+    h = _hub(tmp_path, worker=True)
+    svc = wh.service_of(h)
+    stopper: list[threading.Thread] = []
+
+    def stop_during_first(status: int = 204) -> int:  # the hub is told to stop while #1 is being posted
+        if not stopper:
+            stopper.append(threading.Thread(target=svc.worker.stop))
+            stopper[0].start()
+            deadline = time.monotonic() + 30
+            while not svc.worker.stopping and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return status
+
+    receiver.hook = stop_during_first
+    try:
+        mids = enqueue(h, target(receiver.url), n=3)
+        h.start()
+        svc.kick()
+        stopper_joined = False
+        deadline = time.monotonic() + 30
+        while not stopper_joined and time.monotonic() < deadline:
+            if stopper:
+                stopper[0].join(30)
+                stopper_joined = True
+            else:
+                time.sleep(0.02)
+        assert stopper_joined and not svc.worker.alive
+        assert [row(h, m)["status"] for m in mids] == ["delivered", "pending", "pending"]
+        assert [row(h, m)["lease_owner"] for m in mids[1:]] == [None, None] and row(h, mids[1])["attempts"] == 0
+        assert receiver.ids() == mids[:1]
+    finally:
+        h.close()
 
 
 def row_of(closed: Hub, mid: str) -> str:
