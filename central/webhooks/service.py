@@ -137,11 +137,17 @@ class WebhooksService:
             while True:
                 with self.hub.store.tx() as db:
                     due = store.claim(db, t, self.cfg.lease_s, self.owner, batch)
+                claimed = time.monotonic()
                 for i, d in enumerate(due):
-                    if self.worker.stopping and self.worker.alive:  # its hub is stopping: hand the rest back
+                    stopping = self.worker.stopping and self.worker.alive  # its hub is stopping
+                    # Never post on a lease that may run out mid-request: another sender may own it by then.
+                    late = i > 0 and time.monotonic() - claimed > self.cfg.lease_s - self.cfg.timeout_s
+                    if stopping or late:  # hand the rest back, due at once
                         with self.hub.store.tx() as db:
                             store.release(db, [r["id"] for r in due[i:]], self.owner)
-                        return out
+                        if stopping:
+                            return out
+                        break
                     self._send(client, d, t, out)
                 if len(due) < batch or limit is not None or self.worker.stopping:
                     break
@@ -158,7 +164,7 @@ class WebhooksService:
                                                                     d["secret"], prev))
             if not 200 <= r.status_code < 300:
                 err = f"HTTP {r.status_code}"
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as e:  # a bad URL fails like a refusal
             err = f"{type(e).__name__}: {e}"[:300]
         n = d["attempts"] + 1
         with self.hub.store.tx() as db:

@@ -204,6 +204,13 @@ def test_rotation_signs_with_both_secrets_until_the_old_one_expires(hub: Hub, re
     standardwebhooks.Webhook(OTHER).verify(body, h)
 
 
+def test_an_unusable_url_is_a_failed_try_not_a_stuck_delivery(hub: Hub) -> None:
+    mids = enqueue(hub, target("http://[::1"), n=1) + enqueue(hub, target("ftp://127.0.0.1/x", key="test:ftp"))
+    assert wh.service_of(hub).deliver_due() == {"delivered": 0, "failed": 2, "dead": 0}
+    assert [row(hub, m)["status"] for m in mids] == ["pending", "pending"]
+    assert all(row(hub, m)["last_error"] and row(hub, m)["lease_owner"] is None for m in mids)
+
+
 def test_a_lease_keeps_a_delivery_with_its_sender(hub: Hub) -> None:
     with hub.store.tx() as db:
         for i in range(40):
