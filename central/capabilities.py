@@ -18,6 +18,7 @@ CAPABILITIES: tuple[str, ...] = (
     "devices",    # sites' devices, provisioning, broker accounts
     "bridge",     # MQTT <-> store: events, scans, heartbeats (references devices)
     "iam",        # users, orgs, roles, audit chain
+    "webhooks",   # the one durable webhook outbox (codes, video and dialer enqueue into it)
     "registry",   # unified identifiers
     "codes",      # city codes: keys, issuing, verification (references registry identities)
     "channel",    # access-channel pilot (handles codes.revoked)

@@ -69,6 +69,22 @@ class RetentionSettings(BaseModel):
     interval_s: int = Field(default=3600, ge=10)
 
 
+class WebhooksSettings(BaseModel):
+    """The webhook outbox (central/webhooks): tries, back-off, leases and secret rotation."""
+
+    max_attempts: int = Field(default=8, ge=1, le=100)  # then the delivery is dead (replayable)
+    backoff_base_s: float = Field(default=2.0, gt=0)  # full jitter up to base * 2^(tries-1), at least base
+    backoff_cap_s: float = Field(default=3600.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)  # a claimed delivery is one sender's for this long
+    timeout_s: float = Field(default=10.0, gt=0)
+    rotation_overlap_s: float = Field(default=86400.0, ge=0)  # the old secret still signs this long
+    batch: int = Field(default=50, ge=1, le=1000)
+    poll_s: float = Field(default=1.0, gt=0)
+    # Run the `webhooks-deliver` worker in this hub process (any number may: claims are leased). Off for a
+    # process that only enqueues, and for tests that deliver by calling `deliver_due()` themselves.
+    worker: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
@@ -83,6 +99,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     device_offline_after_s: int = Field(default=90, ge=5)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
     # Snapshots and call recordings (files + checksums; the database holds references). Default data_dir/media.
     media_dir: Path | None = None
     # Background consumers of the stored events (video correlation) run inside this process unless

@@ -155,19 +155,6 @@ verify_stats = sa.Table(
     sa.Column("n", sa.Integer, nullable=False),
     sqlite_with_rowid=False,
 )
-webhooks = sa.Table(
-    "codes_webhooks", metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("dept_id", sa.Text, nullable=False),
-    sa.Column("event", sa.Text, nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.Column("next_at", sa.Float, nullable=False),
-    sa.Column("status", sa.Text, nullable=False, server_default="pending"),
-    sa.Column("last_error", sa.Text),
-    sa.Column("created_at", sa.Text, nullable=False),
-)
-sa.Index("codes_webhooks_due", webhooks.c.status, webhooks.c.next_at)
 rules = sa.Table(
     "codes_rules", metadata,
     sa.Column("key", sa.Text, primary_key=True),
@@ -179,7 +166,7 @@ rules = sa.Table(
 feed = feed_table("codes_feed")
 
 TABLES = [departments, duties, applications, appkeys, urls, keys, issued, revoked_identities, lists, scans,
-          verify_stats, webhooks, rules, feed]
+          verify_stats, rules, feed]
 
 # The registry's entity table, by name only: codes checks identities against it when the registry is
 # installed (its columns below are the registry's published contract; the registry owns the Table).
@@ -223,6 +210,11 @@ def set_webhook(db: Db, dept_id: str, url: str | None, secret: str) -> None:
 
 def webhook_url(db: Db, dept_id: str) -> str | None:
     return db.scalar(sa.select(departments.c.webhook_url).where(departments.c.id == dept_id))  # type: ignore[no-any-return]
+
+
+def webhook_target(db: Db, dept_id: str) -> dict[str, Any] | None:
+    d = departments.c
+    return db.first(sa.select(d.org, d.webhook_url, d.webhook_secret).where(d.id == dept_id))
 
 
 def replace_duties(db: Db, rows: list[dict[str, str]], replace: bool) -> None:
@@ -618,37 +610,6 @@ def append_list(db: Db, kind: str, make_body: Any, published_at: str) -> tuple[i
 def latest_list(db: Db, kind: str) -> str | None:
     return db.scalar(sa.select(lists.c.body).where(lists.c.kind == kind)  # type: ignore[no-any-return]
                      .order_by(lists.c.version.desc()).limit(1))
-
-
-# ---- webhooks ----------------------------------------------------------------------------------------
-
-def enqueue_webhook(db: Db, row: Mapping[str, Any]) -> None:
-    db.run(sa.insert(webhooks).values(**row))
-
-
-def claim_webhooks(db: Db, now: float, lease_s: float, limit: int) -> list[dict[str, Any]]:
-    """Take up to `limit` due deliveries for this sender: their next_at moves `lease_s` on, so no other
-    sender (thread or hub process) takes them while this one posts; a sender that dies leaves them due
-    again after the lease. PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent claims skip each other's
-    rows instead of waiting; SQLite: the write transaction serialises claims."""
-    w = webhooks.c
-    ids = list(db.run(dialect.claim(sa.select(w.id).where(w.status == "pending", w.next_at <= now)
-                                    .order_by(w.id).limit(limit))).scalars())
-    if not ids:
-        return []
-    db.run(sa.update(webhooks).where(w.id.in_(ids)).values(next_at=now + lease_s))
-    return db.all(sa.select(w.id, w.body, w.attempts, w.event, departments.c.webhook_url,
-                            departments.c.webhook_secret)
-                  .join(departments, departments.c.id == w.dept_id).where(w.id.in_(ids)).order_by(w.id))
-
-
-def webhook_sent(db: Db, wid: int, attempts: int) -> None:
-    db.run(sa.update(webhooks).where(webhooks.c.id == wid).values(status="sent", attempts=attempts))
-
-
-def webhook_failed(db: Db, wid: int, attempts: int, error: str, next_at: float, dead: bool) -> None:
-    db.run(sa.update(webhooks).where(webhooks.c.id == wid).values(
-        attempts=attempts, last_error=error, next_at=next_at, status="dead" if dead else "pending"))
 
 
 # ---- scans retention ---------------------------------------------------------------------------------

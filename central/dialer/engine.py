@@ -236,7 +236,6 @@ class Engine:
         self.tts = Tts(cfg.work_dir / "tts-cache", cfg.sip.clock_rate, cfg.tts_wpm)
         self.asr = recogniser or make_recogniser(cfg.asr_backend, cfg.asr_model_dir)
         self.pool = ThreadPoolExecutor(max_workers=cfg.asr_workers, thread_name_prefix="asr")
-        self.hooks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webhook")
         self.sip = SipStack(cfg.sip)
         self.sessions: list[CallSession] = []
         self.next_dial: dict[int, float] = {}
@@ -272,8 +271,7 @@ class Engine:
                         "engine": self.cfg.engine_id, "started_at": svc.iso(now), "ended_at": svc.iso(now),
                         "sip_status": 0, "outcome": "failed", "asr_text": reason[:200]}, now)
             if not contacts and mine == 0 and active == 0:
-                if svc.maybe_complete(self.hub, tid, now):
-                    self._task_done(tid)
+                svc.maybe_complete(self.hub, tid, now)  # queues its task.completed webhook
         # Cancelled tasks: hang up their calls now; paused ones just stop taking new contacts.
         live = {s.task["id"] for s in self.sessions if not s.hangup_sent}
         statuses = svc.task_statuses(self.hub, live) if live else {}  # one query per tick, not one per call
@@ -287,21 +285,8 @@ class Engine:
         kept = s.release()
         if kept is not None:  # work_dir holds it only while the call is live: the CDR gets a media key
             cdr["recording"] = svc.store_recording(self.hub, kept, s.answered or s.started)
-        res = svc.finish_attempt(self.hub, s.contact["id"], cdr, now)
-        self.stats["cdrs"] += 1
-        target = svc.webhook_target(self.hub, res["task_id"])
-        if target and res["final"]:
-            payload = {"task_id": res["task_id"], "contact_id": s.contact["id"], "outcome": cdr["outcome"],
-                       "answers": cdr["answers"], "attempt": s.contact["attempt"]}
-            self.hooks.submit(svc.deliver_webhook, target[0], target[1], "contact.finished", payload)
-        if res["task_completed"]:
-            self._task_done(res["task_id"])
-
-    def _task_done(self, task_id: int) -> None:
-        target = svc.webhook_target(self.hub, task_id)
-        if target:
-            self.hooks.submit(svc.deliver_webhook, target[0], target[1], "task.completed",
-                              svc.report(self.hub, task_id))
+        svc.finish_attempt(self.hub, s.contact["id"], cdr, now)
+        self.stats["cdrs"] += 1  # its contact.finished / task.completed webhooks were queued with it
 
     def step(self) -> None:
         self.sip.poll(10)
@@ -368,5 +353,4 @@ class Engine:
         gc.collect()
         self.sip.close()
         self.pool.shutdown(wait=True)
-        self.hooks.shutdown(wait=True)
 

@@ -7,14 +7,11 @@ No HTTP types here. Every time-dependent function takes `now` so the clock is in
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
 import json
 import logging
 import re
 import sys
-import time as _time
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -26,6 +23,7 @@ from central import csvsafe
 from central.dialer import store
 from central.dialer.templates import Template, builtin_templates
 from central.problems import HubError
+from central.webhooks import service as webhooks
 
 if TYPE_CHECKING:
     from central.hub import Hub
@@ -474,6 +472,10 @@ def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime
             status, next_at = ("failed" if outcome in SIP_OUTCOMES else "done"), None
         store.set_contact_result(db, contact_id, status, next_at, outcome,
                                  json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now))
+        if not retry and (target := _webhook(db, task_id)) is not None:
+            webhooks.enqueue(db, "contact.finished", {
+                "event": "contact.finished", "task_id": task_id, "contact_id": contact_id, "outcome": outcome,
+                "answers": cdr.get("answers"), "attempt": attempts}, target, ref=f"dialer.task:{task_id}")
         finished = maybe_complete(hub, task_id, now)
         # The feed (docs/FEEDS.md) commits with the CDR. No phone, ASR text or transcript: those stay behind
         # the dialer's own PII-checked routes.
@@ -488,8 +490,14 @@ def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime
 
 
 def maybe_complete(hub: Hub, task_id: int, now: datetime) -> bool:
+    """Complete the task when nothing is left to call; its `task.completed` webhook (the report) is queued
+    in the same transaction."""
     with hub.store.tx() as db:
-        return store.complete_task(db, task_id, iso(now))
+        done = store.complete_task(db, task_id, iso(now))
+        if done and (target := _webhook(db, task_id)) is not None:
+            webhooks.enqueue(db, "task.completed", {"event": "task.completed", **report(hub, task_id)}, target,
+                             ref=f"dialer.task:{task_id}")
+        return done
 
 
 def release_stale(hub: Hub, now: datetime, engine_id: str = "engine-1") -> int:
@@ -621,33 +629,20 @@ def export_csv(hub: Hub, task_id: int, unmask: bool = False) -> str:
 
 
 # --- webhook ------------------------------------------------------------------------------------------
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
+# Results go through the hub's outbox (central/webhooks): queued in the transaction that stores them,
+# delivered by the hub's `webhooks-deliver` worker (from any process), signed per Standard Webhooks with
+# the task's secret (its UTF-8 bytes: receivers use `standardwebhooks.Webhook(secret.encode())`).
 def webhook_target(hub: Hub, task_id: int) -> tuple[str, str] | None:
     with hub.store.read() as db:
         return store.webhook_target(db, task_id)
 
 
-def deliver_webhook(url: str, secret: str, event: str, payload: dict[str, Any], attempts: int = 3) -> bool:
-    """POST JSON with `X-CityBrain-Signature: sha256=HMAC(secret, timestamp + "." + body)`; the department
-    verifies it and rejects stale timestamps. Retries with backoff; returns whether it was accepted."""
-    import httpx
-
-    body = json.dumps({"event": event, **payload}, ensure_ascii=False, default=str).encode()
-    for i in range(attempts):
-        ts = str(int(_time.time()))
-        try:
-            r = httpx.post(url, content=body, timeout=5, headers={
-                "Content-Type": "application/json", "X-CityBrain-Event": event, "X-CityBrain-Timestamp": ts,
-                "X-CityBrain-Signature": sign(secret, ts, body)})
-            if r.status_code < 300:
-                return True
-        except httpx.HTTPError:
-            pass
-        _time.sleep(0.5 * 2**i)
-    return False
+def _webhook(db: Db, task_id: int) -> webhooks.Target | None:
+    got = store.webhook_target(db, task_id)
+    if got is None:
+        return None
+    org = store.task_org(db, task_id) or "/"
+    return webhooks.Target(f"dialer.task:{task_id}", org, got[0], got[1])
 
 
 def setup(hub: Hub) -> None:

@@ -259,6 +259,10 @@ def webhook_target(db: Db, task_id: int) -> tuple[str, str] | None:
     return (row["webhook_url"], row["webhook_secret"]) if row and row["webhook_url"] and row["webhook_secret"] else None
 
 
+def task_org(db: Db, task_id: int) -> str | None:
+    return db.scalar(sa.select(_t.org).where(_t.id == task_id))  # type: ignore[no-any-return]
+
+
 def complete_task(db: Db, task_id: int, now: str) -> bool:
     """running -> completed when no contact is left to call; True if this call completed it."""
     if db.first(_LEFT_TO_CALL, {"b_task": task_id}) is not None:

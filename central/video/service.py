@@ -10,8 +10,6 @@ adjacent one (video_cameras.neighbours, either direction) and whose last event i
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import queue
@@ -21,8 +19,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-
 from central.bridge import store as bridge_store
 from central.hub import Hub, LoopWorker
 from central.iam.audit import record
@@ -30,6 +26,7 @@ from central.media import MediaError, jpeg_b64, media_of
 from central.problems import HubError
 from central.store import Db
 from central.video import store
+from central.webhooks import service as webhooks
 from protocol import topics
 from protocol.messages import Event
 
@@ -75,7 +72,8 @@ class VideoService:
         self.window_s = window_s
         self._process_lock = threading.Lock()
         # Hub-owned workers (registered by setup(), run by Hub.start()): the correlator over the stored
-        # events, and the alert sender, fed from a queue so a dispatch never waits for a webhook.
+        # events, and the MQTT alert sender, fed from a queue so a dispatch never waits for the broker
+        # (webhook alerts are durable deliveries in the hub's outbox, central/webhooks).
         self.correlator = LoopWorker("video-correlator",
                                      lambda: self.process_pending(stopping=lambda: self.correlator.stopping) > 0,
                                      interval_s=0.5)
@@ -323,7 +321,11 @@ class VideoService:
         with self.hub.store.read() as db:
             d["events"] = store.events_of_case(db, case_id)
             d["history"] = [{**r, "detail": json.loads(r["detail"])} for r in store.log_of_case(db, case_id)]
-            d["alerts"] = store.alerts_of_case(db, case_id)
+            d["alerts"] = store.alerts_of_case(db, case_id) + [
+                {"id": w["id"], "channel": "webhook", "target": w["url"], "status": _ALERT_STATUS[w["status"]],
+                 "attempts": w["attempts"], "error": w["last_error"], "sent_at": w["delivered_at"],
+                 "msg_id": w["msg_id"], "delivery_id": w["id"]}
+                for w in reversed(webhooks.deliveries_of(db, f"video.case:{case_id}"))]
         return d
 
     def snapshot(self, case_id: int) -> bytes:
@@ -462,14 +464,19 @@ class VideoService:
             body = self._alert_body(db, case_id, dept)
             if route is None or route["mqtt"]:
                 alerts.append(self._queue_alert(db, case_id, "mqtt", f"{ALERT_TOPIC}/{dept}", body, None))
+            channels = [a[1] for a in alerts]
             if route is not None and route["webhook_url"]:
-                alerts.append(self._queue_alert(db, case_id, "webhook", route["webhook_url"], body,
-                                                route["webhook_secret"]))
-            return {"department": dept, "route_id": route["id"] if route else None,
-                    "channels": [a[1] for a in alerts]}
+                # A durable delivery in the hub's outbox, committed with the dispatch: an alert is sent
+                # (again) after a restart, never lost with this process's memory.
+                webhooks.enqueue(db, "video.case.dispatched", json.loads(body), webhooks.Target(
+                    f"video.route:{route['id']}", route["org_prefix"], route["webhook_url"],
+                    route["webhook_secret"] or ""), ref=f"video.case:{case_id}")
+                channels.append("webhook")
+            return {"department": dept, "route_id": route["id"] if route else None, "channels": channels}
 
         out = self._transition(case_id, actor, ("reviewed",), "video.case.dispatch", fn)
         self._send_async(alerts)  # after commit: network I/O never holds the write lock
+        webhooks.kick(self.hub)
         return out
 
     def acknowledge(self, case_id: int, actor: str) -> dict[str, Any]:
@@ -541,14 +548,11 @@ class VideoService:
                 self._alerts_cv.wait(0.05)
 
     def _send_all(self, alerts: list[tuple[int, str, str, bytes, str | None]]) -> None:
-        for alert_id, channel, target, body, secret in alerts:
+        for alert_id, _channel, target, body, _secret in alerts:
             err, attempts = None, 0
             for attempts in range(1, 4):
                 try:
-                    if channel == "mqtt":
-                        self.hub.publish(target, body, qos=1)
-                    else:
-                        send_webhook(target, body, secret or "")
+                    self.hub.publish(target, body, qos=1)  # MQTT only: webhooks go through the outbox
                     err = None
                     break
                 except Exception as e:  # network errors of any kind: retry, then record
@@ -559,18 +563,8 @@ class VideoService:
                                    None if err else iso(now()))
 
 
-def sign(body: bytes, secret: str, ts: str) -> str:
-    """HMAC-SHA256 over "<timestamp>.<body>" (the timestamp is signed too, so a capture can't be replayed
-    later with a fresh header)."""
-    return "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def send_webhook(url: str, body: bytes, secret: str, timeout: float = 5.0) -> None:
-    ts = str(int(time.time()))
-    headers = {"Content-Type": "application/json", "X-CityBrain-Event": "video.case.dispatched",
-               "X-CityBrain-Timestamp": ts, "X-CityBrain-Signature": sign(body, secret, ts)}
-    r = httpx.post(url, content=body, headers=headers, timeout=timeout)
-    r.raise_for_status()
+# The outbox's statuses in the case view's words (the MQTT rows use pending / sent / failed).
+_ALERT_STATUS = {"pending": "pending", "delivering": "pending", "delivered": "sent", "dead": "failed"}
 
 
 def setup(hub: Hub) -> None:

@@ -18,9 +18,11 @@ from tests.helpers import auth, token_for
 
 def make_hub(tmp_path: Path, profile: str = "intl") -> Hub:
     from central.app import build_hub
-    from central.settings import SecuritySettings
+    from central.settings import SecuritySettings, WebhooksSettings
 
-    return build_hub(make_settings(tmp_path, security=SecuritySettings(crypto_profile=profile)))
+    # Tests deliver webhooks by calling the outbox's deliver_due() themselves (no background sender).
+    return build_hub(make_settings(tmp_path, security=SecuritySettings(crypto_profile=profile),
+                                   webhooks=WebhooksSettings(worker=False)))
 
 
 @pytest.fixture(params=["intl"])

@@ -1,6 +1,6 @@
 """The codes and channel stores on both backends (no hub: the other capabilities' SQL is not on the
 data-access layer everywhere yet): the verify lookup, revocations, scans counted once, statistics,
-serialised list versions, webhook claims that two senders never share, and channel grants."""
+serialised list versions and channel grants (webhook claims: tests/webhooks)."""
 
 from __future__ import annotations
 
@@ -159,46 +159,6 @@ def test_list_versions_never_collide(store: Store) -> None:
         versions = sorted(db.run(sa.select(codes.lists.c.version).where(codes.lists.c.kind == "trust")).scalars())
         assert versions == list(range(1, 31))
         assert codes.latest_list(db, "trust") == '{"version": 30}' and codes.latest_list(db, "revocations") is None
-
-
-def test_two_senders_never_claim_the_same_webhook(store: Store) -> None:
-    seed(store, n=0)
-    with store.tx() as db:
-        for i in range(40):
-            codes.enqueue_webhook(db, {"dept_id": "HEALTH", "event": "e", "body": f"{i}", "attempts": 0,
-                                       "next_at": NOW - 1.0, "status": "pending", "created_at": "2026-01-01"})
-    taken: dict[str, list[int]] = {"w1": [], "w2": []}
-
-    def sender(me: str) -> None:
-        while True:
-            with store.tx() as db:
-                due = codes.claim_webhooks(db, NOW, 300.0, 3)
-                time.sleep(0.002)  # hold the claim a while: the other sender must skip these rows
-            if not due:
-                return
-            assert all(w["webhook_url"] == "http://x/h" and w["webhook_secret"] == "s3cret" for w in due)
-            taken[me] += [w["id"] for w in due]
-            with store.tx() as db:
-                for w in due:
-                    codes.webhook_sent(db, w["id"], w["attempts"] + 1)
-
-    ts = [threading.Thread(target=sender, args=(w,)) for w in taken]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(120)
-    everything = taken["w1"] + taken["w2"]
-    assert len(everything) == 40 and len(set(everything)) == 40  # each delivery sent once
-    with store.tx() as db:
-        codes.enqueue_webhook(db, {"dept_id": "HEALTH", "event": "e", "body": "x", "attempts": 0,
-                                   "next_at": NOW - 1.0, "status": "pending", "created_at": "2026-01-01"})
-        (w,) = codes.claim_webhooks(db, NOW, 300.0, 10)
-    with store.tx() as db:
-        assert codes.claim_webhooks(db, NOW + 299, 300.0, 10) == []  # still leased
-        assert [r["id"] for r in codes.claim_webhooks(db, NOW + 301, 300.0, 10)] == [w["id"]]  # sender died
-        codes.webhook_failed(db, w["id"], 6, "HTTP 503", NOW + 400, dead=True)
-    with store.tx() as db:
-        assert codes.claim_webhooks(db, NOW + 10**6, 300.0, 10) == []  # dead letters are not retried
 
 
 def test_channel_scenes_and_one_active_grant_per_address(store: Store) -> None:

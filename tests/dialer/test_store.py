@@ -3,6 +3,7 @@ protocol the SIP engine runs, reports, and two engines claiming from one task at
 
 from __future__ import annotations
 
+import http.server
 import json
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import standardwebhooks
 
 from central.dialer import service as svc
 from central.dialer import store as ds
@@ -21,6 +23,8 @@ from central.dialer.templates import builtin_templates
 from central.iam.pii import PiiCipher, pii_cipher
 from central.settings import MqttSettings, Settings
 from central.store import Store
+from central.webhooks import store as ws
+from central.webhooks.service import WebhooksService
 from tests.conftest import database_url
 
 pytestmark = pytest.mark.both_backends
@@ -157,6 +161,10 @@ def test_claim_finish_retry_dnc_and_reports(hub: MiniHub) -> None:
     r = svc.finish_attempt(hub, by_phone[phones[1]], {"started_at": svc.iso(DAY), "outcome": "failed"}, DAY)  # type: ignore[arg-type]
     assert r == {"task_id": tid, "final": True, "status": "failed", "task_completed": True}
     assert svc.task_status(hub, tid) == "completed" and not svc.maybe_complete(hub, tid, DAY)  # type: ignore[arg-type]
+    # Every final contact and the completion queued their webhook in the outbox, in their own transaction.
+    with hub.store.read() as db:
+        queued = ws.list_deliveries(db, f"dialer.task:{tid}", None, None, None, 100, None)
+    assert [d["event_type"] for d in reversed(queued)] == ["contact.finished"] * 3 + ["task.completed"]
 
     p = svc.progress(hub, tid)  # type: ignore[arg-type]
     assert (p["total"], p["dialled"], p["answered"], p["completed"], p["failed"], p["skipped"], p["percent"]) == \
@@ -175,6 +183,38 @@ def test_claim_finish_retry_dnc_and_reports(hub: MiniHub) -> None:
     assert "138****0001" in masked and phones[0] not in masked
     assert svc.webhook_target(hub, tid) == ("http://h/x", "s" * 16)  # type: ignore[arg-type]
     assert not svc.any_active_task(hub)  # type: ignore[arg-type]
+
+
+def test_results_are_delivered_from_the_outbox_signed_per_standard_webhooks(hub: MiniHub) -> None:
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    secret = "s" * 20
+    tid = _task(hub, ["13800000001"])
+    with hub.store.tx() as db:
+        ds.update_task(db, tid, {"webhook_url": f"http://127.0.0.1:{srv.server_port}/hook", "webhook_secret": secret})
+    (c,) = svc.claim_due(hub, _running(hub, tid), DAY, 10, "e1")  # type: ignore[arg-type]
+    svc.finish_attempt(hub, c["id"], {"started_at": svc.iso(DAY), "outcome": "completed"}, DAY)  # type: ignore[arg-type]
+    try:
+        out = WebhooksService(hub).deliver_due()  # type: ignore[arg-type]  # what the hub's worker runs
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert out == {"delivered": 2, "failed": 0, "dead": 0}
+    bodies = [standardwebhooks.Webhook(secret.encode()).verify(b, h) for h, b in got]
+    assert [b["event"] for b in bodies] == ["contact.finished", "task.completed"]
+    assert bodies[0]["task_id"] == tid and bodies[0]["outcome"] == "completed" and bodies[1]["task"]["id"] == tid
+    assert not any(k.lower().startswith("x-citybrain") for h, _b in got for k in h)
 
 
 def test_cancel_and_idle(hub: MiniHub) -> None:

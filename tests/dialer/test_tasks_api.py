@@ -1,12 +1,7 @@
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
-import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import openpyxl
@@ -130,29 +125,3 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     assert client.post(f"{API}/dnc", headers=admin, json={"phone": "abc", "org": "/city/district-a"}
                        ).json()["field"] == "phone"
     assert client.get(f"{API}/tasks/999/report", headers=admin).status_code == 404
-
-
-def test_webhook_is_hmac_signed() -> None:
-    got: list[tuple[dict[str, str], bytes]] = []
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            got.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *a: object) -> None:
-            pass
-
-    srv = HTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        ok = svc.deliver_webhook(f"http://127.0.0.1:{srv.server_port}/hook", "s" * 20, "contact.finished",
-                                 {"task_id": 1, "outcome": "completed"})
-    finally:
-        srv.shutdown()
-    assert ok and len(got) == 1
-    headers, body = got[0]
-    mac = hmac.new(b"s" * 20, headers["X-CityBrain-Timestamp"].encode() + b"." + body, hashlib.sha256)
-    assert headers["X-CityBrain-Signature"] == "sha256=" + mac.hexdigest()
-    assert json.loads(body) == {"event": "contact.finished", "task_id": 1, "outcome": "completed"}

@@ -9,7 +9,6 @@ issue, revocation), verify, lists (trust and revocation lists), supervision (sca
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime
 
@@ -20,7 +19,6 @@ from central.codes.service.common import (
     KEY_LIFETIME_S,
     NO_SYSTEM,
     SCENE_TYPE,
-    WEBHOOK_MAX_ATTEMPTS,
     CodesError,
 )
 from central.codes.service.issuing import IssuingPart
@@ -31,7 +29,7 @@ from central.codes.service.verify import VerifyPart
 from central.hub import Hub, LoopWorker
 
 __all__ = ["DEPT_ID", "ENTITY_TYPES", "KEY_LIFETIME_S", "NO_SYSTEM", "REVOCATIONS_REFRESH_S", "SCENE_TYPE",
-           "WEBHOOK_MAX_ATTEMPTS", "CodesError", "CodesService", "service_of", "setup"]
+           "CodesError", "CodesService", "service_of", "setup"]
 
 # Terminals treat a revocation list older than 24 h (its signed issued_at) as stale: re-sign it hourly.
 REVOCATIONS_REFRESH_S = 3600
@@ -57,9 +55,6 @@ def service_of(hub: Hub) -> CodesService:
 
 def setup(hub: Hub) -> None:
     svc = service_of(hub)
-    # Offline hubs and tests call deliver_webhooks() themselves; a hub with a broker delivers in the background.
-    if hub.settings.mqtt.enabled or os.environ.get("CITYBRAIN_CODES_WEBHOOK_THREAD") == "1":
-        hub.add_worker(svc.webhook_worker)
     if hub.settings.mqtt.enabled:
         hub.add_worker(LoopWorker("codes-revocations-refresh", svc.refresh_revocations, interval_s=60))
     hub.hooks.on("scans.ingested", svc.ingest_scans)

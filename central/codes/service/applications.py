@@ -22,6 +22,7 @@ from central.codes.service.common import (
     under_any,
 )
 from central.iam.service import maker_refusal, note_maker
+from central.webhooks.service import new_secret
 from protocol import citycode
 
 
@@ -35,7 +36,7 @@ class ApplicationsPart(Part):
             raise CodesError(422, "id", f"{dept_id!r} must match {DEPT_ID.pattern}")
         if not org.startswith("/"):
             raise CodesError(422, "org", "must be an org path like /city/health")
-        secret = secrets.token_urlsafe(24)
+        secret = new_secret()  # whsec_<base64>: what Standard Webhooks receivers take
         with self.hub.store.tx() as db:
             if store.department_exists(db, dept_id):
                 raise CodesError(409, "id", f"department {dept_id} already exists")
@@ -68,7 +69,7 @@ class ApplicationsPart(Part):
         dept = self.department(dept_id)
         if url is not None and not re.match(r"^https?://\S+$", url):
             raise CodesError(422, "url", "must be an http(s) URL")
-        secret = secrets.token_urlsafe(24)
+        secret = new_secret()  # whsec_<base64>: what Standard Webhooks receivers take
         with self.hub.store.tx() as db:
             store.set_webhook(db, dept_id, url, secret)
             audit(db, actor, "codes.webhook.set", dept_id, dept["org"], {"url": url})

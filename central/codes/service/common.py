@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from central.hub import Hub, LoopWorker
+from central.hub import Hub
 from central.problems import HubError
 from protocol import signing
 
@@ -26,10 +26,6 @@ SCENE_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 ENTITY_TYPES = ("person", "enterprise", "object", "place")
 NO_SYSTEM = "-"  # trust-list placeholder: a key of a department with no approved scene may sign nothing
 KEY_LIFETIME_S = 2 * 366 * 86400
-WEBHOOK_MAX_ATTEMPTS = 6
-# A claimed delivery is the claiming sender's for this long (a sender that dies leaves it due again).
-WEBHOOK_LEASE_S = 300.0
-WEBHOOK_BATCH = 50
 
 
 class CodesError(HubError):
@@ -101,14 +97,10 @@ class Part:
         self._root: signing.PrivateKey | None = None
         self._stats: Counter[tuple[str, int, str]] = Counter()
         self._stats_flushed = time.monotonic()
-        self.webhook_worker = LoopWorker("codes-webhooks", self._webhook_step, interval_s=1.0)
         self.hub_resolver = hub.settings.public_url.rstrip("/") + "/c"
         # Hot-path caches for online verification; cleared in-process on change, and expiring after
         # CACHE_TTL_S so other hub processes pick up a change within that time.
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
-
-    def _webhook_step(self) -> bool:  # the webhooks part
-        raise NotImplementedError
 
     def _cached(self, kind: str, key: str, load: Any) -> Any:
         hit = self._cache.get((kind, key))

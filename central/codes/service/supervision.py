@@ -1,30 +1,18 @@
 """Supervision: scans reported by scan terminals (via the bridge), per-scene statistics (issued, active,
 scanned, verified, duplicates, zombies, daily trend), their CSV export, and the departments' signed
-webhooks with retries."""
+webhooks (enqueued into the hub's outbox)."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
-import json
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 from central import csvsafe
 from central.codes import store
-from central.codes.service.common import (
-    WEBHOOK_BATCH,
-    WEBHOOK_LEASE_S,
-    WEBHOOK_MAX_ATTEMPTS,
-    Part,
-    codes_feed,
-    dt,
-    feed,
-    now_iso,
-    under_any,
-)
+from central.codes.service.common import Part, codes_feed, dt, feed, now_iso, under_any
+from central.webhooks import service as webhooks
 from protocol.messages import ScanBatch
 
 if TYPE_CHECKING:
@@ -139,70 +127,18 @@ class SupervisionPart(Part):
             w.writerow(r)
         return buf.getvalue()
 
-    # ---- webhooks --------------------------------------------------------------------------------
+    # ---- webhooks (the hub's outbox, central/webhooks) -----------------------------------------------
 
     def _enqueue(self, db: Db, dept_id: str, event: str, data: dict[str, Any]) -> None:
-        if not store.webhook_url(db, dept_id):
+        """Queue a department's webhook in the caller's transaction (the event and its webhook commit
+        together); the outbox delivers it, signed per Standard Webhooks with the department's secret."""
+        dept = store.webhook_target(db, dept_id)
+        if dept is None or not dept["webhook_url"]:
             return
-        body = json.dumps(
-            {"event": event, "dept_id": dept_id, "id": secrets.token_hex(8), "ts": now_iso(), "data": data},
-            separators=(",", ":"),
-        )
-        store.enqueue_webhook(db, {"dept_id": dept_id, "event": event, "body": body, "attempts": 0,
-                                   "next_at": time.time(), "status": "pending", "created_at": now_iso()})
-
-    @staticmethod
-    def sign_webhook(secret: str, ts: str, body: bytes) -> str:
-        """HMAC-SHA256 over "{timestamp}.{body}" (the timestamp header stops replays of old deliveries)."""
-        return "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-    def deliver_webhooks(self, now: float | None = None, timeout: float = 5.0) -> dict[str, int]:
-        """Send due deliveries once; failures back off exponentially (2^attempts s) up to 6 attempts. Each
-        batch is claimed first (store.claim_webhooks), so two senders never post the same delivery."""
-        import httpx
-
-        t = time.time() if now is None else now
-        sent = failed = 0
-        with httpx.Client(timeout=timeout) as client:
-            while True:
-                with self.hub.store.tx() as db:
-                    due = store.claim_webhooks(db, t, WEBHOOK_LEASE_S, WEBHOOK_BATCH)
-                if not due:
-                    break
-                for w in due:
-                    body = w["body"]
-                    ts = str(int(time.time()))
-                    err: str | None = None
-                    try:
-                        r = client.post(
-                            w["webhook_url"] or "",
-                            content=body.encode(),
-                            headers={
-                                "Content-Type": "application/json",
-                                "X-CityCode-Event": w["event"],
-                                "X-CityCode-Timestamp": ts,
-                                "X-CityCode-Signature": self.sign_webhook(w["webhook_secret"] or "", ts, body.encode()),
-                            },
-                        )
-                        if r.status_code >= 300:
-                            err = f"HTTP {r.status_code}"
-                    except httpx.HTTPError as e:
-                        err = f"{type(e).__name__}: {e}"[:200]
-                    n = w["attempts"] + 1
-                    with self.hub.store.tx() as db:
-                        if err is None:
-                            sent += 1
-                            store.webhook_sent(db, w["id"], n)
-                        else:
-                            failed += 1
-                            store.webhook_failed(db, w["id"], n, err, t + 2**n, dead=n >= WEBHOOK_MAX_ATTEMPTS)
-                if len(due) < WEBHOOK_BATCH:
-                    break
-        return {"sent": sent, "failed": failed}
+        body = {"event": event, "dept_id": dept_id, "id": secrets.token_hex(8), "ts": now_iso(), "data": data}
+        webhooks.enqueue(db, event, body, webhooks.Target(f"codes:{dept_id}", dept["org"], dept["webhook_url"],
+                                                          dept["webhook_secret"] or ""))
 
     def _kick_webhooks(self) -> None:
-        """Wake the delivery worker (a hub worker; it runs while the hub is started)."""
-        self.webhook_worker.kick()
-
-    def _webhook_step(self) -> bool:
-        return sum(self.deliver_webhooks().values()) > 0
+        """Wake the outbox's delivery worker (after the enqueuing transaction committed)."""
+        webhooks.kick(self.hub)

@@ -352,7 +352,20 @@ async function video(me, root) {
       steps.length ? el("div", { class: "row" }, reason, c.status === "reviewed" ? dept : null, buttons) : null,
       el("h3", {}, "History"),
       table([{ title: "When", render: (h) => when(h.ts) }, { title: "By", key: "actor" }, { title: "Step", key: "action" },
-        { title: "Detail", render: (h) => el("code", {}, JSON.stringify(h.detail)) }], c.history || [], { id: "case-history" }))));
+        { title: "Detail", render: (h) => el("code", {}, JSON.stringify(h.detail)) }], c.history || [], { id: "case-history" }),
+      (c.alerts || []).length ? el("h3", {}, "Alerts") : null,
+      (c.alerts || []).length ? table([{ title: "Channel", key: "channel" }, { title: "Target", key: "target" },
+        { title: "Status", render: (a) => badge(a.status) }, { title: "Tries", render: (a) => String(a.attempts ?? "") },
+        { title: "Error", render: (a) => a.error || "" },
+        // A webhook alert is a delivery in the hub's outbox: it can be sent again (same webhook-id).
+        { title: "", render: (a) => a.delivery_id && has(me, "webhooks.manage") ? el("button", { class: "wf replay",
+          "data-delivery": a.delivery_id, onclick: () => replay(a.delivery_id, id) }, "Replay") : "" },
+      ], c.alerts, { id: "case-alerts" }) : null)));
+  }
+  async function replay(deliveryId, caseId) {
+    const res = await api(`/api/v1/webhooks/deliveries/${encodeURIComponent(deliveryId)}/replay`, { method: "POST" });
+    flash(root, res.ok ? `Alert ${deliveryId}: queued again` : CB.errText(res), res.ok ? "ok" : "error");
+    await caseView(caseId);
   }
   async function loadStats() {
     const r = await api("/api/v1/video/stats");
