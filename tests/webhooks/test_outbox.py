@@ -325,8 +325,9 @@ def test_a_stopping_worker_hands_back_what_it_has_not_sent(tmp_path: Path, recei
 
     def stop_during_first(status: int = 204) -> int:  # the hub is told to stop while #1 is being posted
         if not stopper:
-            stopper.append(threading.Thread(target=svc.worker.stop))
-            stopper[0].start()
+            t = threading.Thread(target=svc.worker.stop)
+            t.start()  # started before it is published: the test thread joins whatever it finds in `stopper`
+            stopper.append(t)
             deadline = time.monotonic() + 30
             while not svc.worker.stopping and time.monotonic() < deadline:
                 time.sleep(0.01)
