@@ -154,20 +154,18 @@ class Store:
         self._readers: list[tuple[Connection, threading.Thread]] = []
         self.background_checkpoint_passes = 0
 
-    _pg_pool: Any = None  # psycopg_pool.ConnectionPool on PostgreSQL
-    _pg_open = False
+    _pg_pool: Any = None  # psycopg_pool.ConnectionPool on PostgreSQL (closed until first used)
 
     def conninfo(self) -> str:
         """The URL as libpq takes it (postgresql://user:pass@host:port/db?...), password included."""
         return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def _pg_connection(self) -> Any:
-        if not self._pg_open:
+        if self._pg_pool.closed:
             with self._lock:
-                if not self._pg_open:
-                    self._check_open()
+                self._check_open()  # a closed Store never opens its pool again
+                if self._pg_pool.closed:
                     self._pg_pool.open(wait=False)
-                    self._pg_open = True
         return self._pg_pool.getconn()
 
     def __repr__(self) -> str:
@@ -187,7 +185,10 @@ class Store:
     def ping(self) -> None:
         """Connect once; `StoreUnavailable` names where the database was expected."""
         try:
-            if self.dialect == "postgresql":  # straight to the server: the pool would only say it timed out
+            # Before the pool is open (a hub starting): straight to the server, whose refusal names the reason
+            # (the pool would only say it timed out). After that (/healthz), through the pool: no new
+            # connection per call.
+            if self._pg_pool is not None and self._pg_pool.closed:
                 with psycopg.connect(self.conninfo(), connect_timeout=10) as c:
                     c.execute("SELECT 1")
                 return
@@ -351,11 +352,8 @@ class Store:
         self.engine.dispose(close=True)
         if self._reader_engine is not None:
             self._reader_engine.dispose(close=True)
-        if self._pg_pool is not None:
-            with self._lock:
-                opened, self._pg_open = self._pg_open, True  # closed for good: never opened again
-            if opened:
-                self._pg_pool.close(timeout=timeout)
+        if self._pg_pool is not None and not self._pg_pool.closed:
+            self._pg_pool.close(timeout=timeout)
 
 
 def _sqlite_on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
