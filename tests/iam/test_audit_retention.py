@@ -77,13 +77,19 @@ def test_only_rows_strictly_older_than_the_cutoff_and_in_batches(tmp_path: Path)
     assert verify_in(hub).ok
 
 
-def test_a_row_deleted_after_the_purge_is_still_detected(tmp_path: Path) -> None:
+def _purged_prefix(tmp_path: Path) -> tuple[Hub, int]:
+    """Ten rows under two checkpoints, the first checkpoint's rows purged; returns the hub and that head."""
     hub = make_hub(tmp_path)
     _rows(hub, 6)
     head = int(make_checkpoint(hub)["seq"])  # type: ignore[index]
     _rows(hub, 4, start=6)
     make_checkpoint(hub)
     assert _purge(hub, limit=head) == head
+    return hub, head
+
+
+def test_a_row_deleted_after_the_purge_is_still_detected(tmp_path: Path) -> None:
+    hub, head = _purged_prefix(tmp_path)
     assert verify_in(hub).ok
     with attacker(hub) as c:  # one row past the horizon, in the middle
         c.execute("DELETE FROM iam_audit WHERE seq = ?", (head + 2,))
@@ -92,12 +98,7 @@ def test_a_row_deleted_after_the_purge_is_still_detected(tmp_path: Path) -> None
 
 def test_rows_cut_right_after_the_horizon_are_detected(tmp_path: Path) -> None:
     """Deleting the rows that follow the purged prefix (the prefix made longer) is not a purge."""
-    hub = make_hub(tmp_path)
-    _rows(hub, 6)
-    head = int(make_checkpoint(hub)["seq"])  # type: ignore[index]
-    _rows(hub, 4, start=6)
-    make_checkpoint(hub)
-    assert _purge(hub, limit=head) == head
+    hub, head = _purged_prefix(tmp_path)
     with attacker(hub) as c:
         c.execute("DELETE FROM iam_audit WHERE seq <= ?", (head + 2,))
     kinds = {k for _s, k in _kinds(hub)}
