@@ -222,6 +222,7 @@ def test_city_admin_codes_in_browser(live: LiveHub, browser: Any, tmp_path: Path
     import io
 
     from PIL import Image
+    from pyzbar.pyzbar import ZBarSymbol
     from pyzbar.pyzbar import decode as zbar_decode
     from selenium.webdriver.common.by import By
 
@@ -273,7 +274,9 @@ def test_city_admin_codes_in_browser(live: LiveHub, browser: Any, tmp_path: Path
     drv.find_element(By.CSS_SELECTOR, "#issue-form button").click()
     card = wait(drv, "#issued .code-card")
     src = card.find_element(By.CSS_SELECTOR, "img.qr").get_attribute("src")
-    (sym,) = zbar_decode(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))))
+    (sym,) = zbar_decode(
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))), symbols=[ZBarSymbol.QRCODE]
+    )
     serial = card.get_attribute("data-serial")
     assert serial and serial in sym.data.decode()
     # Looking the serial up fetches the QR through the authenticated image endpoint.
