@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from central import capabilities, errors
 from central.hub import Hub
@@ -26,6 +27,12 @@ def build_hub(settings: Settings | None = None) -> Hub:
         if hasattr(svc, "setup"):
             svc.setup(hub)
     return hub
+
+
+def operation_id(route: APIRoute) -> str:
+    """`<capability>_<function>` (registry_register, codes_apply): the names a generated client's calls get,
+    stable while a route's function keeps its name."""
+    return f"{route.tags[0]}_{route.name}" if route.tags else route.name
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None, start_bridge: bool | None = None) -> FastAPI:
@@ -47,6 +54,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
         docs_url="/docs",
         openapi_url="/api/v1/openapi.json",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.hub = hub
 

@@ -392,9 +392,42 @@ async def unhandled(request: Request, exc: Exception) -> JSONResponse:
                             headers={"X-Request-Id": rid}, instance=f"urn:uuid:{uuid.UUID(rid)}")
 
 
+def document(app: FastAPI) -> None:
+    """The OpenAPI document names the real error answers: every operation's 4XX and 5XX are problem
+    details (FastAPI would document a 422 `HTTPValidationError` body the hub never sends)."""
+    from central.schema import Problem
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        for name, schema in Problem.model_json_schema(ref_template="#/components/schemas/{model}").pop("$defs",
+                                                                                                    {}).items():
+            schemas[name] = schema
+        schemas["Problem"] = {k: v for k, v in Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}").items() if k != "$defs"}
+        answer = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        for ops in doc.get("paths", {}).values():
+            for op in ops.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                responses["4XX"] = {"description": "Refused: problem details naming the failing field", **answer}
+                responses["5XX"] = {"description": "Server error: problem details", **answer}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install(app: FastAPI, max_body_bytes: int) -> None:
     """Error answers (every 4xx and 5xx as problem details), and the input guard as the innermost middleware
     (call it after every route is mounted: the guard learns the int-typed parameters from the routes)."""
+    document(app)
     app.add_exception_handler(HubError, hub_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

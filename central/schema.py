@@ -24,3 +24,21 @@ class Ok(Out):
     """The answer of an action that has nothing else to say."""
 
     ok: bool = True
+
+
+class FieldProblemOut(Out):
+    field: str
+    message: str
+
+
+class Problem(Out):
+    """RFC 9457 problem details, the body of every 4xx and 5xx (`application/problem+json`; see
+    central/problems.py): `type` is a stable URN a client may branch on, `detail` the sentence for this
+    occurrence, `errors` the failing fields and `field` the first of them."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblemOut] = []
+    field: str | None = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from central.hub import Hub
@@ -31,3 +34,32 @@ def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condit
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def serve(hub: Hub) -> Iterator[str]:
+    """The hub's app served by a real uvicorn (lifespan on: the hub's workers start and stop with it) in a
+    thread on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    from central.app import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn serves on this very socket (no race)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(hub=hub, start_bridge=False), log_level="warning",
+                                           lifespan="on"))
+    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if time.monotonic() > deadline or not t.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+        sock.close()

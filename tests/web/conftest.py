@@ -4,9 +4,6 @@ a headless Debian Chromium driven through chromedriver."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +11,7 @@ from typing import Any
 import pytest
 
 from central.hub import Hub
+from tests.helpers import serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -26,27 +24,8 @@ class LiveHub:
 
 @pytest.fixture
 def live(hub: Hub) -> Iterator[LiveHub]:
-    import uvicorn
-
-    from central.app import create_app
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # the OS picks a free port; uvicorn serves on this very socket (no race)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(hub=hub, start_bridge=False), log_level="warning",
-                                           lifespan="on"))
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not t.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    yield LiveHub(hub, f"http://127.0.0.1:{port}")
-    server.should_exit = True
-    t.join(10)
-    sock.close()
+    with serve(hub) as url:
+        yield LiveHub(hub, url)
 
 
 @pytest.fixture
