@@ -264,7 +264,12 @@ def task_org(db: Db, task_id: int) -> str | None:
 
 
 def complete_task(db: Db, task_id: int, now: str) -> bool:
-    """running -> completed when no contact is left to call; True if this call completed it."""
+    """running -> completed when no contact is left to call; True if this call completed it. Called in the
+    transaction that closed a contact, so two engines closing the last two contacts at once each saw the
+    other's still 'calling' (PostgreSQL, read committed) and neither completed the task. The check is
+    serialised per task: the later one reads after the earlier committed (each statement sees what is
+    committed when it starts) and completes it."""
+    dialect.serialize(db, f"dialer.complete.{task_id}")
     if db.first(_LEFT_TO_CALL, {"b_task": task_id}) is not None:
         return False
     return db.run(_COMPLETE, {"b_id": task_id, "b_now": now}).rowcount == 1
