@@ -15,10 +15,24 @@ from central.hub import Hub
 from central.iam.audit import record, verify
 from central.iam.deps import Principal, authenticated, public, require
 from central.iam.middleware import BodyLimit, SecurityHeaders
+from central.iam.models import (
+    ApiKeyCreatedOut,
+    ApiKeyOut,
+    AuditRowOut,
+    AuditVerifyOut,
+    BindingOut,
+    MeOut,
+    OrgOut,
+    RevokedOut,
+    RoleOut,
+    SessionOut,
+    UserOut,
+)
 from central.iam.pii import present
 from central.iam.service import Forbidden, IamError, IamService, NotFound, service_of
 from central.iam.store import audit_page
 from central.problems import HubError
+from central.schema import Ok
 
 router = APIRouter()
 
@@ -109,48 +123,48 @@ def org_of_key(key_id: int, s: IamService = Depends(svc)) -> str | None:
 
 
 # --- session ------------------------------------------------------------------------------
-@router.post("/login", dependencies=[Depends(public("the way in"))])
+@router.post("/login", response_model=SessionOut, dependencies=[Depends(public("the way in"))])
 def login(body: LoginIn, request: Request, s: IamService = Depends(svc)) -> dict[str, Any]:
     client = request.client.host if request.client else ""
     return s.login(body.username, body.password, client)
 
 
-@router.post("/logout")
+@router.post("/logout", response_model=Ok)
 def logout(p: Principal = Depends(authenticated), s: IamService = Depends(svc)) -> dict[str, bool]:
     s.logout(p)
     return {"ok": True}
 
 
-@router.post("/change-password")
+@router.post("/change-password", response_model=Ok)
 def change_password(body: ChangePasswordIn, p: Principal = Depends(authenticated),
                     s: IamService = Depends(svc)) -> dict[str, bool]:
     s.change_password(p, body.old_password, body.new_password)
     return {"ok": True}
 
 
-@router.get("/me")
+@router.get("/me", response_model=MeOut)
 def me(p: Principal = Depends(authenticated), s: IamService = Depends(svc)) -> dict[str, Any]:
     return s.me(p)
 
 
-@router.get("/permissions")
+@router.get("/permissions", response_model=dict[str, str])
 def permissions(p: Principal = Depends(require("iam.roles.read")), s: IamService = Depends(svc)) -> dict[str, str]:
     return s.universe()
 
 
 # --- orgs ---------------------------------------------------------------------------------
-@router.get("/orgs")
+@router.get("/orgs", response_model=list[OrgOut])
 def list_orgs(p: Principal = Depends(require("iam.orgs.read")), s: IamService = Depends(svc)) -> list[dict[str, Any]]:
     return s.list_orgs(p)
 
 
-@router.post("/orgs", status_code=201)
+@router.post("/orgs", status_code=201, response_model=OrgOut)
 def create_org(body: OrgIn, p: Principal = Depends(require("iam.orgs.write")),
                s: IamService = Depends(svc)) -> dict[str, Any]:
     return s.create_org(p, body.parent, body.slug, body.name)
 
 
-@router.get("/orgs/{path:path}")
+@router.get("/orgs/{path:path}", response_model=OrgOut)
 def get_org(path: str, p: Principal = Depends(require("iam.orgs.read", org_of=org_from_path)),
             s: IamService = Depends(svc)) -> dict[str, Any]:
     org = s.org(org_from_path(path))
@@ -159,13 +173,13 @@ def get_org(path: str, p: Principal = Depends(require("iam.orgs.read", org_of=or
     return org
 
 
-@router.patch("/orgs/{path:path}")
+@router.patch("/orgs/{path:path}", response_model=OrgOut)
 def rename_org(path: str, body: OrgPatch, p: Principal = Depends(require("iam.orgs.write", org_of=org_from_path)),
                s: IamService = Depends(svc)) -> dict[str, Any]:
     return s.rename_org(p, org_from_path(path), body.name)
 
 
-@router.delete("/orgs/{path:path}")
+@router.delete("/orgs/{path:path}", response_model=Ok)
 def delete_org(path: str, p: Principal = Depends(require("iam.orgs.write", org_of=org_from_path)),
                s: IamService = Depends(svc)) -> dict[str, bool]:
     s.delete_org(p, org_from_path(path))
@@ -184,42 +198,42 @@ def _user_view(hub: Hub, p: Principal, u: dict[str, Any], unmask: bool) -> dict[
     }
 
 
-@router.get("/users")
+@router.get("/users", response_model=list[UserOut])
 def list_users(phone: str | None = Query(default=None, max_length=32), unmask: bool = False,
                p: Principal = Depends(require("iam.users.read")), s: IamService = Depends(svc),
                hub: Hub = Depends(get_hub)) -> list[dict[str, Any]]:
     return [_user_view(hub, p, u, unmask) for u in s.list_users(p, phone=phone)]
 
 
-@router.post("/users", status_code=201)
+@router.post("/users", status_code=201, response_model=UserOut)
 def create_user(body: UserIn, p: Principal = Depends(require("iam.users.write")), s: IamService = Depends(svc),
                 hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     s.create_user(p, body.username, body.password, body.org, phone=body.phone, id_card=body.id_card)
     return _user_view(hub, p, s.user(body.username), unmask=False)  # type: ignore[arg-type]
 
 
-@router.get("/users/{username}")
+@router.get("/users/{username}", response_model=UserOut)
 def get_user(username: str, unmask: bool = False,
              p: Principal = Depends(require("iam.users.read", org_of=org_of_user)), s: IamService = Depends(svc),
              hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     return _user_view(hub, p, s.user(username), unmask)  # type: ignore[arg-type]
 
 
-@router.post("/users/{username}/disable")
+@router.post("/users/{username}/disable", response_model=Ok)
 def disable_user(username: str, p: Principal = Depends(require("iam.users.write", org_of=org_of_user)),
                  s: IamService = Depends(svc)) -> dict[str, bool]:
     s.set_disabled(p, username, True)
     return {"ok": True}
 
 
-@router.post("/users/{username}/enable")
+@router.post("/users/{username}/enable", response_model=Ok)
 def enable_user(username: str, p: Principal = Depends(require("iam.users.write", org_of=org_of_user)),
                 s: IamService = Depends(svc)) -> dict[str, bool]:
     s.set_disabled(p, username, False)
     return {"ok": True}
 
 
-@router.post("/users/{username}/reset-password")
+@router.post("/users/{username}/reset-password", response_model=Ok)
 def reset_password(username: str, body: ResetIn,
                    p: Principal = Depends(require("iam.users.write", org_of=org_of_user)),
                    s: IamService = Depends(svc)) -> dict[str, bool]:
@@ -227,7 +241,7 @@ def reset_password(username: str, body: ResetIn,
     return {"ok": True}
 
 
-@router.post("/users/{username}/unlock")
+@router.post("/users/{username}/unlock", response_model=Ok)
 def unlock_user(username: str, p: Principal = Depends(require("iam.users.write", org_of=org_of_user)),
                 s: IamService = Depends(svc)) -> dict[str, bool]:
     """End a lockout after failed logins (the same rule as reset: only over accounts you dominate)."""
@@ -236,50 +250,50 @@ def unlock_user(username: str, p: Principal = Depends(require("iam.users.write",
 
 
 # --- roles --------------------------------------------------------------------------------
-@router.get("/roles")
+@router.get("/roles", response_model=list[RoleOut])
 def list_roles(p: Principal = Depends(require("iam.roles.read")), s: IamService = Depends(svc)) -> list[dict[str, Any]]:
     return s.list_roles(p)
 
 
-@router.post("/roles", status_code=201)
+@router.post("/roles", status_code=201, response_model=RoleOut)
 def create_role(body: RoleIn, p: Principal = Depends(require("iam.roles.write")),
                 s: IamService = Depends(svc)) -> dict[str, Any]:
     return s.create_role(p, body.name, body.description, body.patterns, body.scope)
 
 
 # --- bindings (delegation) ----------------------------------------------------------------
-@router.get("/bindings")
+@router.get("/bindings", response_model=list[BindingOut])
 def list_bindings(include_inactive: bool = False, p: Principal = Depends(require("iam.bindings.read")),
                   s: IamService = Depends(svc)) -> list[dict[str, Any]]:
     return s.list_bindings(p, include_inactive)
 
 
-@router.post("/bindings", status_code=201)
+@router.post("/bindings", status_code=201, response_model=BindingOut)
 def grant(body: BindingIn, p: Principal = Depends(require("iam.bindings.write")),
           s: IamService = Depends(svc)) -> dict[str, Any]:
     return s.grant(p, body.username, body.role, body.org, _ts(body.expires_at))
 
 
-@router.delete("/bindings/{binding_id}")
+@router.delete("/bindings/{binding_id}", response_model=RevokedOut)
 def revoke(binding_id: int, p: Principal = Depends(require("iam.bindings.write", org_of=org_of_binding)),
            s: IamService = Depends(svc)) -> dict[str, Any]:
     return {"revoked": s.revoke(p, binding_id)}
 
 
 # --- API keys -----------------------------------------------------------------------------
-@router.get("/apikeys")
+@router.get("/apikeys", response_model=list[ApiKeyOut])
 def list_apikeys(p: Principal = Depends(require("iam.apikeys.read")), s: IamService = Depends(svc)
                  ) -> list[dict[str, Any]]:
     return s.list_apikeys(p)
 
 
-@router.post("/apikeys", status_code=201)
+@router.post("/apikeys", status_code=201, response_model=ApiKeyCreatedOut)
 def create_apikey(body: ApiKeyIn, p: Principal = Depends(require("iam.apikeys.write")),
                   s: IamService = Depends(svc)) -> dict[str, Any]:
     return s.create_apikey(p, body.name, body.role, body.org, _ts(body.expires_at))
 
 
-@router.delete("/apikeys/{key_id}")
+@router.delete("/apikeys/{key_id}", response_model=Ok)
 def revoke_apikey(key_id: int, p: Principal = Depends(require("iam.apikeys.write", org_of=org_of_key)),
                   s: IamService = Depends(svc)) -> dict[str, bool]:
     s.revoke_apikey(p, key_id)
@@ -287,7 +301,7 @@ def revoke_apikey(key_id: int, p: Principal = Depends(require("iam.apikeys.write
 
 
 # --- audit --------------------------------------------------------------------------------
-@router.get("/audit")
+@router.get("/audit", response_model=list[AuditRowOut])
 def audit(after: int = Query(default=0, ge=0), limit: int = Query(default=100, ge=1, le=1000),
           org: str | None = Query(default=None, max_length=512),
           p: Principal = Depends(require("audit.read")), hub: Hub = Depends(get_hub)) -> list[dict[str, Any]]:
@@ -310,7 +324,7 @@ def audit(after: int = Query(default=0, ge=0), limit: int = Query(default=100, g
         after = page[-1]["seq"]
 
 
-@router.get("/audit/verify")
+@router.get("/audit/verify", response_model=AuditVerifyOut)
 def audit_verify(p: Principal = Depends(require("audit.read")), hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     with hub.store.read() as db:
         return verify(db).to_dict()

@@ -441,3 +441,29 @@ def test_worker_step_checkpoints_when_due(tmp_path: Path, monkeypatch: pytest.Mo
     assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [1, 3]
     cp.step()  # nothing new: nothing written
     assert len(path.read_text().splitlines()) == 2
+
+
+def test_http_verify_answers_the_whole_verdict(tmp_path: Path) -> None:
+    """GET /audit/verify answers the verifier's verdict in full (a run's `last`, the checkpoint), which
+    the strict answer model must accept: a clean chain alone never shows those keys."""
+    from fastapi.testclient import TestClient
+
+    from central.app import create_app
+    from tests.helpers import auth, token_for
+
+    hub, _ = _hub(tmp_path)
+    token = token_for(hub, "aud", "auditor", "/city")
+    with attacker(hub) as c:
+        c.execute("DELETE FROM iam_audit WHERE seq > 35")
+        h = c.execute("SELECT hash FROM iam_audit WHERE seq = 35").fetchone()[0]
+        c.execute("UPDATE iam_meta SET value = ? WHERE key = 'audit_head'", (f"35:{h}",))
+        c.execute("UPDATE iam_audit SET actor = 'mallory' WHERE seq = 7")  # a single row: no `last`
+    r = TestClient(create_app(hub=hub, start_bridge=False)).get("/api/v1/iam/audit/verify", headers=auth(token))
+    assert r.status_code == 200, r.text
+    v = r.json()
+    want = verify_in(hub).to_dict()
+    want["problems"] = [{"last": None, **p} for p in want["problems"]]  # the model answers no `last` as null
+    assert v == want
+    assert v["ok"] is False and v["checkpoint"]["seq"] == 40 and v["checkpoint"]["source"] == "file"
+    named = {(p["kind"], p["seq"], p["last"]) for p in v["problems"]}
+    assert {("changed", 7, None), ("cut", 36, 40)} <= named
