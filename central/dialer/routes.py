@@ -10,12 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from central.deps import get_hub
 from central.dialer import feed as dialer_feed
+from central.dialer import models as m
 from central.dialer import service as svc
 from central.dialer.templates import KEY_RE, Template
 from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
 from central.problems import FieldProblem, Invalid
+from central.schema import Ok
 
 router = APIRouter()
 MAX_LIST_BYTES = 10 * 1024 * 1024
@@ -40,12 +42,13 @@ def _template(hub: Hub, key: str, version: int | None, p: Principal) -> tuple[Te
 
 
 # --- templates ---
-@router.get("/templates")
-def list_templates(hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> list[dict]:
+@router.get("/templates", response_model=list[m.TemplateSummaryOut])
+def list_templates(hub: Hub = Depends(get_hub),
+                   p: Principal = Depends(require("dialer.read"))) -> list[dict[str, Any]]:
     return svc.list_templates(hub, p.scopes("dialer.read"))
 
 
-@router.get("/templates/{key}")
+@router.get("/templates/{key}", response_model=m.TemplateOut)
 def get_template(key: str, version: int | None = Query(default=None, ge=1), hub: Hub = Depends(get_hub),
                  p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
     tpl, meta = _template(hub, key, version, p)
@@ -67,7 +70,7 @@ class TemplateIn(BaseModel):
     template: Template
 
 
-@router.post("/templates", status_code=201)
+@router.post("/templates", status_code=201, response_model=m.TemplateSavedOut)
 def save_template(body: TemplateIn, hub: Hub = Depends(get_hub),
                   p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
     _check(p, "dialer.design", body.org)
@@ -75,9 +78,9 @@ def save_template(body: TemplateIn, hub: Hub = Depends(get_hub),
     return {"key": tpl.key, "version": tpl.version, "org": body.org}
 
 
-@router.post("/templates/import", status_code=201)
+@router.post("/templates/import", status_code=201, response_model=m.TemplateSavedOut)
 def import_template(org: str = Query(pattern=r"^/[\w\-/]*$"), yaml_text: str = Body(media_type="application/yaml"),
-                    hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.design"))) -> dict:
+                    hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
     _check(p, "dialer.design", org)
     try:
         tpl = Template.from_yaml(yaml_text)
@@ -98,7 +101,7 @@ class CopyIn(BaseModel):
     version: int | None = Field(default=None, ge=1)
 
 
-@router.post("/templates/{key}/copy", status_code=201)
+@router.post("/templates/{key}/copy", status_code=201, response_model=m.TemplateCopiedOut)
 def copy_template(key: str, body: CopyIn, hub: Hub = Depends(get_hub),
                   p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
     _check(p, "dialer.design", body.org)
@@ -108,7 +111,7 @@ def copy_template(key: str, body: CopyIn, hub: Hub = Depends(get_hub),
 
 
 # --- tasks ---
-@router.post("/tasks", status_code=201)
+@router.post("/tasks", status_code=201, response_model=m.TaskOut)
 def create_task(body: svc.TaskIn, hub: Hub = Depends(get_hub),
                 p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
     _check(p, "dialer.run", body.org)
@@ -116,19 +119,20 @@ def create_task(body: svc.TaskIn, hub: Hub = Depends(get_hub),
     return svc.get_task(hub, tid) | {"template": None}
 
 
-@router.get("/tasks")
-def list_tasks(hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> list[dict]:
+@router.get("/tasks", response_model=list[m.TaskSummaryOut])
+def list_tasks(hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("dialer.read"))) -> list[dict[str, Any]]:
     return svc.list_tasks(hub, p.scopes("dialer.read"))
 
 
-@router.get("/tasks/{task_id}")
+@router.get("/tasks/{task_id}", response_model=m.TaskDetailOut)
 def get_task(task_id: int, hub: Hub = Depends(get_hub),
              p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
     task = _task(hub, task_id, p, "dialer.read")
     return task | {"template": None, "progress": svc.progress(hub, task_id)}
 
 
-@router.post("/tasks/{task_id}/contacts")
+@router.post("/tasks/{task_id}/contacts", response_model=m.ContactImportOut)
 async def import_contacts(task_id: int, file: UploadFile, hub: Hub = Depends(get_hub),
                           p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
     _task(hub, task_id, p, "dialer.run")
@@ -138,7 +142,7 @@ async def import_contacts(task_id: int, file: UploadFile, hub: Hub = Depends(get
     return svc.import_contacts(hub, task_id, file.filename or "list.csv", data, p.name)
 
 
-@router.post("/tasks/{task_id}/{action}")
+@router.post("/tasks/{task_id}/{action}", response_model=m.TaskStateOut)
 def change_state(task_id: int, action: Literal["start", "pause", "resume", "cancel"],
                  hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
     _task(hub, task_id, p, "dialer.run")
@@ -146,27 +150,29 @@ def change_state(task_id: int, action: Literal["start", "pause", "resume", "canc
     return {"task_id": task_id, "status": status}
 
 
-@router.get("/tasks/{task_id}/progress")
+@router.get("/tasks/{task_id}/progress", response_model=m.ProgressOut)
 def progress(task_id: int, hub: Hub = Depends(get_hub),
              p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
     _task(hub, task_id, p, "dialer.read")
     return svc.progress(hub, task_id)
 
 
-@router.get("/tasks/{task_id}/report")
+@router.get("/tasks/{task_id}/report", response_model=m.ReportOut)
 def report(task_id: int, hub: Hub = Depends(get_hub),
            p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
     _task(hub, task_id, p, "dialer.read")
     return svc.report(hub, task_id)
 
 
-@router.get("/tasks/{task_id}/cdrs")
-def cdrs(task_id: int, hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> list:
+@router.get("/tasks/{task_id}/cdrs", response_model=list[m.CdrOut])
+def cdrs(task_id: int, hub: Hub = Depends(get_hub),
+         p: Principal = Depends(require("dialer.read"))) -> list[dict[str, Any]]:
     _task(hub, task_id, p, "dialer.read")
     return svc.cdrs(hub, task_id)
 
 
-@router.get("/tasks/{task_id}/export.csv")
+@router.get("/tasks/{task_id}/export.csv", response_class=Response,
+            responses={200: {"content": {"text/csv": {}}}})
 def export_csv(task_id: int, unmask: bool = False, hub: Hub = Depends(get_hub),
                p: Principal = Depends(require("dialer.read"))) -> Response:
     task = _task(hub, task_id, p, "dialer.read")
@@ -188,8 +194,9 @@ class DncIn(BaseModel):
     reason: str = Field(default="", max_length=200)
 
 
-@router.post("/dnc", status_code=201)
-def add_dnc(body: DncIn, hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.dnc"))) -> dict:
+@router.post("/dnc", status_code=201, response_model=Ok)
+def add_dnc(body: DncIn, hub: Hub = Depends(get_hub),
+            p: Principal = Depends(require("dialer.dnc"))) -> dict[str, bool]:
     _check(p, "dialer.dnc", body.org)
     svc.add_dnc(hub, body.phone, body.org, p.name, body.reason)
     return {"ok": True}

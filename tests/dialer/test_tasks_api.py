@@ -125,3 +125,52 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     assert client.post(f"{API}/dnc", headers=admin, json={"phone": "abc", "org": "/city/district-a"}
                        ).json()["field"] == "phone"
     assert client.get(f"{API}/tasks/999/report", headers=admin).status_code == 404
+
+
+def test_api_answers_of_a_called_task(client: TestClient, hub: Hub) -> None:
+    """The read routes after a real dialog's CDR (answers and transcript as central.dialer.dialog makes
+    them): every key the services return is one the response models declare (strict in the suite)."""
+    from central.dialer.dialog import Dialog
+    from central.dialer.templates import builtin_templates
+
+    admin = auth(token_for(hub, "ann", role="district_admin", org="/city/district-a"))
+    r = client.post(f"{API}/tasks", headers=admin, json={
+        "name": "t", "org": "/city/district-a", "template_key": "satisfaction", "priority": 3,
+        "webhook_url": "https://example.org/hook", "webhook_secret": "s" * 16,
+        "schedule": {"windows": [{"start": "09:00", "end": "12:00"}], "max_attempts": 2}})
+    assert r.status_code == 201, r.text
+    task = r.json()
+    assert task["template"] is None and task["schedule"]["windows"] == [{"start": "09:00:00", "end": "12:00:00"}]
+    assert "webhook_secret" not in task and task["started_at"] is None
+    tid = task["id"]
+    r = client.post(f"{API}/tasks/{tid}/contacts", headers=admin,
+                    files={"file": ("l.csv", b"phone,name\n13800000001,A\n13800000002,B\n")})
+    assert r.json() == {"imported": 2, "dnc_skipped": 0, "errors": []}
+    assert client.post(f"{API}/tasks/{tid}/start", headers=admin).json() == {"task_id": tid, "status": "running"}
+
+    day = datetime(2025, 3, 10, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
+    running = next(t for t in svc.running_tasks(hub) if t["id"] == tid)
+    first, second = svc.claim_due(hub, running, day, 10)
+    tpl = next(t for t in builtin_templates() if t.key == "satisfaction")
+    dialog = Dialog(tpl)
+    dialog.start()
+    dialog.feed("dtmf", "4")
+    dialog.feed("asr", "服务很好")
+    svc.finish_attempt(hub, first["id"], {
+        "engine": "engine-1", "started_at": svc.iso(day), "answered_at": svc.iso(day), "ended_at": svc.iso(day),
+        "sip_status": 200, "outcome": dialog.outcome, "answers": dialog.answers, "asr_text": "服务很好",
+        "transcript": dialog.transcript, "recording": None, "duration_s": 12.5}, day)
+    svc.finish_attempt(hub, second["id"], {"started_at": svc.iso(day), "outcome": "busy", "sip_status": 486}, day)
+
+    cdrs = client.get(f"{API}/tasks/{tid}/cdrs", headers=admin).json()
+    assert [c["outcome"] for c in cdrs] == ["completed", "busy"]
+    assert cdrs[0]["answers"]["score"] == {"intent": "score", "value": 4, "text": "", "dtmf": "4", "via": "dtmf"}
+    assert cdrs[0]["transcript"][0] == {"node": "score", "kind": "dtmf", "value": "4"}
+    assert cdrs[1]["answers"] is None and cdrs[1]["phone_masked"] == "138****0002"
+    rep = client.get(f"{API}/tasks/{tid}/report", headers=admin).json()
+    assert rep["answers"]["score"] == {"4": 1} and rep["attempt_outcomes"] == {"busy": 1, "completed": 1}
+    got = client.get(f"{API}/tasks/{tid}", headers=admin).json()
+    assert got["progress"]["dialled"] == 2 and got["started_at"] is not None
+    assert [t["id"] for t in client.get(f"{API}/tasks", headers=admin).json()] == [tid]
+    assert client.post(f"{API}/dnc", headers=admin, json={"phone": "13800000009", "org": "/city/district-a"}
+                       ).json() == {"ok": True}
