@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from central import capabilities, errors
 from central.hub import Hub
+from central.schema import Out
 from central.settings import Settings, get_settings
 from central.store import describe
 
@@ -27,6 +28,14 @@ def build_hub(settings: Settings | None = None) -> Hub:
         if hasattr(svc, "setup"):
             svc.setup(hub)
     return hub
+
+
+class Health(Out):
+    """The hub is up and its database answers; `db` names it (PostgreSQL without its password)."""
+
+    ok: bool
+    db: str
+    mqtt_connected: bool | None  # None: this process runs no MQTT bridge
 
 
 def operation_id(route: APIRoute) -> str:
@@ -58,7 +67,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
     )
     app.state.hub = hub
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=Health)
     def healthz() -> dict[str, object]:
         hub.store.ping()
         bridge_state = getattr(hub.publisher, "connected", None)
