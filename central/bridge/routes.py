@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Query
 
 from central.bridge import store
+from central.bridge.models import BridgeStatsOut, RejectOut
 from central.deps import get_hub
 from central.hub import Hub
 from central.iam.deps import Principal, require
@@ -16,7 +19,7 @@ def _city_wide(p: Principal) -> bool:
     return p.visible("bridge.read", None)  # a binding at an org-tree root
 
 
-def _scoped_rejects(hub: Hub, p: Principal, limit: int | None) -> list[dict]:
+def _scoped_rejects(hub: Hub, p: Principal, limit: int | None) -> list[dict[str, Any]]:
     """Rejected payloads, newest first, whose device (or site) lies in the caller's bridge.read scope;
     those from unknown devices or topics only for city-wide readers."""
     with hub.store.read() as db:
@@ -25,7 +28,7 @@ def _scoped_rejects(hub: Hub, p: Principal, limit: int | None) -> list[dict]:
         return rows
     devices = hub.services.get("devices")
     orgs: dict[str, str | None] = {}
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     for r in rows:
         t = r["topic"] or ""
         if t not in orgs:
@@ -38,8 +41,9 @@ def _scoped_rejects(hub: Hub, p: Principal, limit: int | None) -> list[dict]:
     return out
 
 
-@router.get("/stats")
-def stats(p: Principal = Depends(require("bridge.read")), hub: Hub = Depends(get_hub)) -> dict:
+# exclude_unset: a scoped caller's answer has no since_start (absent, not null)
+@router.get("/stats", response_model=BridgeStatsOut, response_model_exclude_unset=True)
+def stats(p: Principal = Depends(require("bridge.read")), hub: Hub = Depends(get_hub)) -> dict[str, Any]:
     if not _city_wide(p):  # counts of the caller's own devices only
         by_reason: dict[str, int] = {}
         for r in _scoped_rejects(hub, p, None):
@@ -61,10 +65,10 @@ def stats(p: Principal = Depends(require("bridge.read")), hub: Hub = Depends(get
     }
 
 
-@router.get("/rejects")
+@router.get("/rejects", response_model=list[RejectOut])
 def rejects(
     limit: int = Query(100, ge=1, le=1000), p: Principal = Depends(require("bridge.read")),
     hub: Hub = Depends(get_hub),
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Latest rejected payloads in the caller's scope (by the device's or site's org)."""
     return _scoped_rejects(hub, p, limit)
