@@ -99,7 +99,7 @@ class AliasIn(BaseModel):
     base_id: str = Field(min_length=1, max_length=64)
 
 
-class ApplicationIn(BaseModel):
+class UsageApplicationIn(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     applicant_org: str | None = Field(default=None, pattern=ORG_PATTERN)
     owner_org: str = Field(pattern=ORG_PATTERN)
@@ -288,7 +288,7 @@ class FeedPageOut(Out):
     next: int
 
 
-class ApplicationOut(Out):
+class UsageApplicationOut(Out):
     """A usage application: a department asks to read fields of another org's entities for a period."""
 
     id: int
@@ -306,7 +306,7 @@ class ApplicationOut(Out):
     created_at: str
 
 
-class ApplicationListOut(Out):
+class UsageApplicationListOut(Out):
     """Applications the caller filed or may decide, newest first."""
 
-    items: list[ApplicationOut]
+    items: list[UsageApplicationOut]

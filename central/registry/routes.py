@@ -22,9 +22,6 @@ from central.registry.importer import HeaderError, reader_for
 from central.registry.models import (
     AliasIn,
     AliasOut,
-    ApplicationIn,
-    ApplicationListOut,
-    ApplicationOut,
     Decision,
     EntityAliasesOut,
     EntityIn,
@@ -38,6 +35,9 @@ from central.registry.models import (
     LinkedOut,
     LinkOut,
     PushIn,
+    UsageApplicationIn,
+    UsageApplicationListOut,
+    UsageApplicationOut,
     WalkOut,
 )
 
@@ -199,25 +199,25 @@ def feed_jsonl(after: int = Query(0, ge=0), hub: Hub = Depends(get_hub),
     return StreamingResponse(svc.export_feed(hub, p, after), media_type="application/x-ndjson")
 
 
-@router.post("/applications", status_code=201, response_model=ApplicationOut)
-def apply(body: ApplicationIn, hub: Hub = Depends(get_hub),
+@router.post("/applications", status_code=201, response_model=UsageApplicationOut)
+def apply(body: UsageApplicationIn, hub: Hub = Depends(get_hub),
           p: Principal = Depends(require("registry.apply"))) -> dict[str, Any]:
     return svc.apply(hub, p, body)
 
 
-@router.get("/applications", response_model=ApplicationListOut)
+@router.get("/applications", response_model=UsageApplicationListOut)
 def applications(status: Literal["pending", "approved", "rejected"] | None = None, hub: Hub = Depends(get_hub),
                  p: Principal = Depends(require("registry.read"))) -> dict[str, Any]:
     return {"items": svc.list_applications(hub, p, status)}
 
 
-@router.post("/applications/{application_id}/approve", response_model=ApplicationOut)
+@router.post("/applications/{application_id}/approve", response_model=UsageApplicationOut)
 def approve(application_id: int, body: Decision = Body(default_factory=Decision), hub: Hub = Depends(get_hub),
             p: Principal = Depends(require("registry.approve", org_of=application_org))) -> dict[str, Any]:
     return svc.decide(hub, p, application_id, True, body.reason)
 
 
-@router.post("/applications/{application_id}/reject", response_model=ApplicationOut)
+@router.post("/applications/{application_id}/reject", response_model=UsageApplicationOut)
 def reject(application_id: int, body: Decision = Body(default_factory=Decision), hub: Hub = Depends(get_hub),
            p: Principal = Depends(require("registry.approve", org_of=application_org))) -> dict[str, Any]:
     return svc.decide(hub, p, application_id, False, body.reason)

@@ -24,10 +24,10 @@ from central.registry.models import (
     GRANTABLE,
     PHYSICAL,
     AliasIn,
-    ApplicationIn,
     EntityIn,
     EntityPatch,
     PushIn,
+    UsageApplicationIn,
 )
 from central.registry.service.aliases import aliases_of, resolve_alias, set_alias
 from central.registry.service.applications import application_owner, apply, decide, list_applications
@@ -114,7 +114,7 @@ def setup(hub: Hub) -> None:
 
 
 __all__ = [
-    "BUSINESS", "PHYSICAL", "AliasIn", "ApplicationIn", "EntityIn", "EntityPatch", "PushIn", "make_id",
+    "BUSINESS", "PHYSICAL", "AliasIn", "UsageApplicationIn", "EntityIn", "EntityPatch", "PushIn", "make_id",
     "validate_id_card", "validate_uscc",
     "ENTITY_COLS", "EXT_KIND", "FEED_CSV_COLUMNS", "GRANTABLE", "MAX_DEPTH", "Actor", "Conflict", "Forbidden",
     "IdError", "ImportReport", "NotFound", "Registrar", "RegistryError", "RegistryService", "SystemActor",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from central.registry import store
 from central.registry.models import (
-    ApplicationIn,
+    UsageApplicationIn,
     iso,
 )
 from central.registry.service.common import (
@@ -37,7 +37,7 @@ def _app(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def apply(hub: Hub, actor: Actor, body: ApplicationIn) -> dict[str, Any]:
+def apply(hub: Hub, actor: Actor, body: UsageApplicationIn) -> dict[str, Any]:
     org = body.applicant_org
     if org is None:
         scopes = actor.scopes("registry.apply")
