@@ -15,6 +15,31 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.codes import feed as codes_feed
+from central.codes.models import (
+    AppKeyCreatedOut,
+    AppKeyOut,
+    ApplicationOut,
+    CodeRecordOut,
+    DepartmentCreatedOut,
+    DepartmentOut,
+    DutiesImportedOut,
+    DutyOut,
+    IssuedBatchOut,
+    IssuedCodeOut,
+    IssuedPageOut,
+    KeyRotationOut,
+    RevocationListOut,
+    RevokeOut,
+    RootKeyOut,
+    RulesOut,
+    SceneOut,
+    SupervisionOut,
+    TrustListOut,
+    UrlFilingOut,
+    UrlsOut,
+    VerifyOut,
+    WebhookOut,
+)
 from central.codes.service import CodesService, service_of
 from central.deps import get_hub
 from central.feeds import routes as feed_http
@@ -120,7 +145,7 @@ class DepartmentIn(Body):
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=500)
 
 
-@router.post("/departments", status_code=201)
+@router.post("/departments", status_code=201, response_model=DepartmentCreatedOut)
 def register_department(
     body: DepartmentIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.keys"))
 ) -> dict[str, Any]:
@@ -128,12 +153,12 @@ def register_department(
     return svc.register_department(p.name, body.id, body.name, body.org, body.webhook_url)
 
 
-@router.get("/departments")
+@router.get("/departments", response_model=list[DepartmentOut])
 def list_departments(svc: Svc, p: Principal = Depends(require("codes.read"))) -> list[dict[str, Any]]:
     return svc.departments(p.scopes("codes.read"))
 
 
-@router.get("/departments/{dept_id}/scenes")
+@router.get("/departments/{dept_id}/scenes", response_model=list[SceneOut])
 def department_scenes(
     dept_id: str, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.read"))
 ) -> list[dict[str, Any]]:
@@ -148,7 +173,7 @@ class WebhookIn(Body):
     url: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=500)
 
 
-@router.put("/departments/{dept_id}/webhook")
+@router.put("/departments/{dept_id}/webhook", response_model=WebhookOut)
 def set_webhook(
     dept_id: str, body: WebhookIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
@@ -157,7 +182,7 @@ def set_webhook(
     return svc.set_webhook(p.name, dept_id, body.url)
 
 
-@router.post("/departments/{dept_id}/keys/rotate")
+@router.post("/departments/{dept_id}/keys/rotate", response_model=KeyRotationOut)
 def rotate_key(
     dept_id: str, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.keys"))
 ) -> dict[str, Any]:
@@ -177,7 +202,7 @@ class DutiesIn(Body):
     replace: bool = False
 
 
-@router.post("/duties")
+@router.post("/duties", response_model=DutiesImportedOut)
 async def import_duties(
     request: Request, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.approve"))
 ) -> dict[str, Any]:
@@ -201,7 +226,7 @@ async def import_duties(
     return {"imported": n}
 
 
-@router.get("/duties")
+@router.get("/duties", response_model=list[DutyOut])
 def list_duties(svc: Svc, p: Principal = Depends(require("codes.read"))) -> list[dict[str, Any]]:
     """The duty catalogue: city-wide readers see all of it, others the rows of their own departments."""
     rows = svc.duties()
@@ -211,12 +236,12 @@ def list_duties(svc: Svc, p: Principal = Depends(require("codes.read"))) -> list
     return [r for r in rows if r["dept_id"] in mine]
 
 
-@router.get("/rules")
+@router.get("/rules", response_model=RulesOut)
 def get_rules(svc: Svc, p: Principal = Depends(require("codes.read"))) -> dict[str, Any]:
     return svc.rules()
 
 
-@router.put("/rules")
+@router.put("/rules", response_model=RulesOut)
 def put_rules(
     body: dict[str, Any], svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.approve"))
 ) -> dict[str, Any]:
@@ -239,7 +264,7 @@ class ApplicationIn(Body):
     single_use: bool = False
 
 
-@router.post("/applications", status_code=201)
+@router.post("/applications", status_code=201, response_model=ApplicationOut)
 def apply(
     body: ApplicationIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
@@ -248,14 +273,14 @@ def apply(
     return svc.apply(p.name, **body.model_dump())
 
 
-@router.get("/applications")
+@router.get("/applications", response_model=list[ApplicationOut])
 def list_applications(
     svc: Svc, dept_id: str | None = None, status: str | None = None, p: Principal = Depends(require("codes.read"))
 ) -> list[dict[str, Any]]:
     return svc.applications(p.scopes("codes.read"), dept_id=dept_id, status=status)
 
 
-@router.get("/applications/{app_id}")
+@router.get("/applications/{app_id}", response_model=ApplicationOut)
 def get_application(
     app_id: int, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.read"))
 ) -> dict[str, Any]:
@@ -272,7 +297,7 @@ class ApplicationPatch(Body):
     single_use: bool | None = None
 
 
-@router.patch("/applications/{app_id}")
+@router.patch("/applications/{app_id}", response_model=ApplicationOut)
 def edit_application(
     app_id: int, body: ApplicationPatch, svc: Svc, hub: Hub = Depends(get_hub),
     p: Principal = Depends(require("codes.apply")),
@@ -289,7 +314,7 @@ class DecisionIn(Body):
     reason: str = Field(default="", max_length=500)
 
 
-@router.post("/applications/{app_id}/decision")
+@router.post("/applications/{app_id}/decision", response_model=ApplicationOut)
 def decide(
     app_id: int,
     body: DecisionIn,
@@ -307,7 +332,7 @@ class AppKeyIn(Body):
     name: str = Field(min_length=1, max_length=100)
 
 
-@router.post("/applications/{app_id}/appkeys", status_code=201)
+@router.post("/applications/{app_id}/appkeys", status_code=201, response_model=AppKeyCreatedOut)
 def create_app_key(
     app_id: int, body: AppKeyIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
@@ -317,7 +342,7 @@ def create_app_key(
     return svc.create_app_key(p.name, app_id, body.name)
 
 
-@router.get("/applications/{app_id}/appkeys")
+@router.get("/applications/{app_id}/appkeys", response_model=list[AppKeyOut])
 def list_app_keys(
     app_id: int, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.read"))
 ) -> list[dict[str, Any]]:
@@ -346,7 +371,7 @@ class UrlIn(Body):
     url: str = Field(max_length=200)
 
 
-@router.post("/urls", status_code=201)
+@router.post("/urls", status_code=201, response_model=UrlFilingOut)
 def file_url(
     body: UrlIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.apply"))
 ) -> dict[str, Any]:
@@ -355,7 +380,7 @@ def file_url(
     return svc.file_url(p.name, body.dept_id, body.url)
 
 
-@router.get("/urls")
+@router.get("/urls", response_model=UrlsOut)
 def list_urls(svc: Svc, dept_id: str | None = None, p: Principal = Depends(require("codes.read"))) -> dict[str, Any]:
     """Filed guide URLs of the departments in the caller's codes.read scope."""
     return {"hub_resolver": svc.hub_resolver, "filed": svc.urls(dept_id, p.scopes("codes.read"))}
@@ -366,7 +391,7 @@ class UrlDecisionIn(Body):
     reason: str = Field(default="", max_length=500)
 
 
-@router.post("/urls/{url_id}/decision")
+@router.post("/urls/{url_id}/decision", response_model=UrlFilingOut)
 def audit_url(
     url_id: int,
     body: UrlDecisionIn,
@@ -446,7 +471,8 @@ def _issue(
     )
 
 
-@router.post("/issue", status_code=201)
+# exclude_unset: the QR keys (and verify's code/scene keys) stay absent when the service leaves them out.
+@router.post("/issue", status_code=201, response_model=IssuedCodeOut, response_model_exclude_unset=True)
 def issue(
     body: IssueIn, svc: Svc, hub: Hub = Depends(get_hub), who: Caller = Depends(caller("codes.issue"))
 ) -> dict[str, Any]:
@@ -455,7 +481,7 @@ def issue(
     return {**out, **qr_image(out["text"], body.image)}
 
 
-@router.post("/issue/batch", status_code=201)
+@router.post("/issue/batch", status_code=201, response_model=IssuedBatchOut, response_model_exclude_unset=True)
 def issue_batch(
     body: BatchIn, svc: Svc, hub: Hub = Depends(get_hub), who: Caller = Depends(caller("codes.issue"))
 ) -> dict[str, Any]:
@@ -465,7 +491,7 @@ def issue_batch(
     return {"count": len(out), "codes": [{**c, **qr_image(c["text"], body.image)} for c in out]}
 
 
-@router.get("/issued")
+@router.get("/issued", response_model=IssuedPageOut)
 def list_issued(
     svc: Svc,
     app_id: int | None = None,
@@ -478,7 +504,7 @@ def list_issued(
     return svc.issued(p.scopes("codes.read"), app_id, status, limit, offset)
 
 
-@router.get("/issued/{serial}")
+@router.get("/issued/{serial}", response_model=CodeRecordOut)
 def get_code(
     serial: str, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.read"))
 ) -> dict[str, Any]:
@@ -489,7 +515,11 @@ def get_code(
     return rec
 
 
-@router.get("/issued/{serial}/qr")
+@router.get(
+    "/issued/{serial}/qr",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}, "description": "the QR image"}},
+)
 def get_qr(
     serial: str,
     svc: Svc,
@@ -514,7 +544,7 @@ class VerifyIn(Body):
     text: str = Field(max_length=4096)
 
 
-@router.post("/verify")
+@router.post("/verify", response_model=VerifyOut, response_model_exclude_unset=True)
 async def verify(body: VerifyIn, request: Request, who: Caller = Depends(caller("codes.verify"))) -> dict[str, Any]:
     """Verdict (valid / expired / revoked / unknown-key / bad-signature / malformed / wrong-system /
     unfiled-url) with its reason, and the entity's public view for a valid code. Runs on the event loop:
@@ -529,7 +559,7 @@ class RevokeIn(Body):
     reason: str = Field(min_length=1, max_length=500)
 
 
-@router.post("/revoke")
+@router.post("/revoke", response_model=RevokeOut)
 def revoke(
     body: RevokeIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.revoke"))
 ) -> dict[str, Any]:
@@ -556,7 +586,11 @@ def revoke(
 # ---- trust material for devices (public: the lists are signed by the city root) -------------------
 
 
-@router.get("/trust", dependencies=[Depends(public("signed trust list; devices fetch it to bootstrap"))])
+@router.get(
+    "/trust",
+    response_model=TrustListOut,
+    dependencies=[Depends(public("signed trust list; devices fetch it to bootstrap"))],
+)
 def get_trust(svc: Svc) -> dict[str, Any]:
     cur = svc.current("trust")
     if cur is None:
@@ -564,7 +598,11 @@ def get_trust(svc: Svc) -> dict[str, Any]:
     return cur
 
 
-@router.get("/revocations", dependencies=[Depends(public("signed revocation list for devices"))])
+@router.get(
+    "/revocations",
+    response_model=RevocationListOut,
+    dependencies=[Depends(public("signed revocation list for devices"))],
+)
 def get_revocations(svc: Svc) -> dict[str, Any]:
     cur = svc.current("revocations") or {}
     if not cur:
@@ -572,7 +610,11 @@ def get_revocations(svc: Svc) -> dict[str, Any]:
     return cur
 
 
-@router.get("/root", dependencies=[Depends(public("the city root public key, pinned on devices"))])
+@router.get(
+    "/root",
+    response_model=RootKeyOut,
+    dependencies=[Depends(public("the city root public key, pinned on devices"))],
+)
 def get_root(svc: Svc) -> dict[str, str]:
     return svc.root.public.to_dict()
 
@@ -580,7 +622,7 @@ def get_root(svc: Svc) -> dict[str, str]:
 # ---- supervision -------------------------------------------------------------------------------------
 
 
-@router.get("/supervision")
+@router.get("/supervision", response_model=SupervisionOut)
 def supervision(
     svc: Svc, days: int = 30, zombie_days: int = 90, p: Principal = Depends(require("codes.supervise"))
 ) -> dict[str, Any]:
@@ -589,7 +631,11 @@ def supervision(
     return svc.supervision(p.scopes("codes.supervise"), days, zombie_days)
 
 
-@router.get("/supervision.csv")
+@router.get(
+    "/supervision.csv",
+    response_class=Response,  # not PlainTextResponse, which would document text/plain besides text/csv
+    responses={200: {"content": {"text/csv": {}}, "description": "the supervision figures as CSV"}},
+)
 def supervision_csv(
     svc: Svc, days: int = 30, zombie_days: int = 90, p: Principal = Depends(require("codes.supervise"))
 ) -> PlainTextResponse:
