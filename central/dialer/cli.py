@@ -41,8 +41,10 @@ def run(
     record: bool = True,
     engine_id: Annotated[str, typer.Option(help="Stable id: a restarted engine re-queues its own calls")] =
     "engine-1",
-    clock_start: Annotated[datetime | None, typer.Option(help="Rehearsal/test: pretend the clock starts here")] =
-    None,
+    # formats named: the offset must parse whatever typer's default formats are (0.27's have none with %z)
+    clock_start: Annotated[datetime | None, typer.Option(
+        help="Rehearsal/test: pretend the clock starts here (with its offset)",
+        formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="Exit when no task is running or paused")] = False,
     max_runtime: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
     verbose: bool = False,
