@@ -45,6 +45,7 @@ from central.deps import get_hub
 from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, authenticated, current_principal, public, require
+from central.schema import inline_schema
 
 router = APIRouter()
 
@@ -202,7 +203,9 @@ class DutiesIn(Body):
     replace: bool = False
 
 
-@router.post("/duties", response_model=DutiesImportedOut)
+@router.post("/duties", response_model=DutiesImportedOut, openapi_extra={"requestBody": {"required": True, "content": {
+    "application/json": {"schema": inline_schema(DutiesIn)},
+    "text/csv": {"schema": {"type": "string", "description": "header dept_id,scene_type,description"}}}}})
 async def import_duties(
     request: Request, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.approve"))
 ) -> dict[str, Any]:
@@ -552,7 +555,7 @@ async def verify(body: VerifyIn, request: Request, who: Caller = Depends(caller(
     return service_of(request.app.state.hub).verify_online(body.text)
 
 
-class RevokeIn(Body):
+class CodeRevokeIn(Body):
     serial: str | None = Field(default=None, max_length=32)
     identity_id: str | None = Field(default=None, max_length=40)
     kid: str | None = Field(default=None, max_length=32)
@@ -561,7 +564,7 @@ class RevokeIn(Body):
 
 @router.post("/revoke", response_model=RevokeOut)
 def revoke(
-    body: RevokeIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.revoke"))
+    body: CodeRevokeIn, svc: Svc, hub: Hub = Depends(get_hub), p: Principal = Depends(require("codes.revoke"))
 ) -> dict[str, Any]:
     """Revoke exactly one of: a code (serial), every code of an entity (identity_id), a department key."""
     given = [k for k in ("serial", "identity_id", "kid") if getattr(body, k)]
