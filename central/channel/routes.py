@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.channel.models import GrantOut, IssuedGrantOut, SceneOut, SigningKeyOut
 from central.channel.service import ChannelService, service_of
 from central.deps import get_hub
 from central.hub import Hub
@@ -88,19 +89,20 @@ def grant_caller(request: Request, hub: Hub = Depends(get_hub)) -> GrantCaller:
 grant_caller.iam_permission = "channel.grant"  # type: ignore[attr-defined]  # for the route-coverage test
 
 
-@router.get("/key", dependencies=[Depends(public("grant-signing public key: scene services verify grants offline"))])
+@router.get("/key", response_model=SigningKeyOut,
+            dependencies=[Depends(public("grant-signing public key: scene services verify grants offline"))])
 def signing_key(s: ChannelService = Depends(svc)) -> dict[str, str]:
     return s.signing_key.public.to_dict()
 
 
-@router.post("/scenes", status_code=201)
+@router.post("/scenes", status_code=201, response_model=SceneOut)
 def mark_scene(body: SceneIn, p: Principal = Depends(require("channel.manage", org_of=org_of_application)),
                s: ChannelService = Depends(svc)) -> dict[str, Any]:
     return s.mark_scene(p.name, body.application_id, body.service_name, body.service_addr, body.service_port,
                         body.ttl_s, body.gateway_public_key, body.endpoint, body.terminals)
 
 
-@router.get("/scenes")
+@router.get("/scenes", response_model=list[SceneOut])
 def list_scenes(p: Principal = Depends(require("channel.read")), s: ChannelService = Depends(svc)
                 ) -> list[dict[str, Any]]:
     return s.scenes(p.scopes("channel.read"))
@@ -113,7 +115,7 @@ def gateway_peers(app_id: int, p: Principal = Depends(require("channel.read", or
     return PlainTextResponse(s.gateway_peers(app_id))
 
 
-@router.post("/grants", status_code=201)
+@router.post("/grants", status_code=201, response_model=IssuedGrantOut)
 def request_grant(body: GrantIn, who: GrantCaller = Depends(grant_caller), s: ChannelService = Depends(svc)
                   ) -> dict[str, Any]:
     """Present a scanned code; a valid code of a channel scene returns a signed token and a WireGuard peer
@@ -121,21 +123,24 @@ def request_grant(body: GrantIn, who: GrantCaller = Depends(grant_caller), s: Ch
     return s.request_grant(body.text, principal=who.principal, app_key_app=who.app_id)
 
 
-@router.get("/grants")
+@router.get("/grants", response_model=list[GrantOut])
 def list_grants(status: Literal["active", "expired", "revoked"] | None = None,
                 p: Principal = Depends(require("channel.read")), s: ChannelService = Depends(svc)
                 ) -> list[dict[str, Any]]:
     return s.grants(p.scopes("channel.read"), status)
 
 
-@router.get("/grants/{grant_id}")
+@router.get("/grants/{grant_id}", response_model=GrantOut)
 def get_grant(grant_id: str, p: Principal = Depends(require("channel.read", org_of=org_of_grant)),
               s: ChannelService = Depends(svc)) -> dict[str, Any]:
     s.sweep()
-    return s.grant(grant_id) or {}
+    g = s.grant(grant_id)
+    if g is None:  # org_of_grant already answered 404 for an unknown id; grants are never deleted
+        raise HTTPException(404, "not found")
+    return g
 
 
-@router.post("/grants/{grant_id}/revoke")
+@router.post("/grants/{grant_id}/revoke", response_model=GrantOut)
 def revoke_grant(grant_id: str, body: RevokeIn,
                  p: Principal = Depends(require("channel.revoke", org_of=org_of_grant)),
                  s: ChannelService = Depends(svc)) -> dict[str, Any]:

@@ -14,6 +14,17 @@ from central.feeds import routes as feed_http
 from central.hub import Hub
 from central.iam.deps import Principal, require
 from central.video import feed as video_feed
+from central.video.models import (
+    CameraOut,
+    CaseDetailOut,
+    CaseOut,
+    CasePageOut,
+    FeedbackOut,
+    HeatmapOut,
+    RouteOut,
+    SiteOut,
+    StatsOut,
+)
 from central.video.service import VideoError, VideoService, service_of
 
 router = APIRouter()
@@ -69,7 +80,7 @@ class RouteIn(_Body):
 
 
 # --- cases -------------------------------------------------------------------------------------------
-@router.get("/cases")
+@router.get("/cases", response_model=CasePageOut)
 def list_cases(
     status: str | None = None, kind: str | None = Query(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$"),
     site: str | None = Query(default=None, pattern=ID), overdue: bool | None = None, since: datetime | None = None,
@@ -79,7 +90,7 @@ def list_cases(
     return s.list_cases(p.scopes("video.read"), status, kind, site, overdue, since, limit, offset)
 
 
-@router.get("/cases/{case_id}")
+@router.get("/cases/{case_id}", response_model=CaseDetailOut)
 def get_case(case_id: int, p: Principal = Depends(require("video.read", org_of=org_of_case)),
              s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.case_detail(case_id)
@@ -93,45 +104,45 @@ def get_snapshot(case_id: int, p: Principal = Depends(require("video.read", org_
                     headers={"Cache-Control": "private, max-age=60"})
 
 
-@router.post("/cases/{case_id}/review")
+@router.post("/cases/{case_id}/review", response_model=CaseOut)
 def review(case_id: int, body: ReviewIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
            s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.review(case_id, body.verdict, body.reason, p.name)
 
 
-@router.post("/cases/{case_id}/dispatch")
+@router.post("/cases/{case_id}/dispatch", response_model=CaseOut)
 def dispatch(case_id: int, body: DispatchIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
              s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.dispatch(case_id, p.name, body.department)
 
 
-@router.post("/cases/{case_id}/acknowledge")
+@router.post("/cases/{case_id}/acknowledge", response_model=CaseOut)
 def acknowledge(case_id: int, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
                 s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.acknowledge(case_id, p.name)
 
 
-@router.post("/cases/{case_id}/resolve")
+@router.post("/cases/{case_id}/resolve", response_model=CaseOut)
 def resolve(case_id: int, body: ResolveIn, p: Principal = Depends(require("video.dispose", org_of=org_of_case)),
             s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.resolve(case_id, p.name, body.note)
 
 
 # --- analysis ----------------------------------------------------------------------------------------
-@router.get("/stats")
+@router.get("/stats", response_model=StatsOut)
 def stats(since: datetime | None = None, until: datetime | None = None,
           p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.stats(p.scopes("video.read"), since, until)
 
 
-@router.get("/heatmap")
+@router.get("/heatmap", response_model=HeatmapOut)
 def heatmap(cell_deg: float = Query(default=0.01, ge=0.0001, le=10),
             kind: str | None = Query(default=None, pattern=r"^[a-z][a-z0-9_]{0,31}$"), since: datetime | None = None,
             p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> dict[str, Any]:
     return s.heatmap(p.scopes("video.read"), cell_deg, kind, since)
 
 
-@router.get("/feedback")
+@router.get("/feedback", response_model=list[FeedbackOut])
 def feedback(p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> list[dict[str, Any]]:
     return s.feedback(p.scopes("video.read"))
 
@@ -145,7 +156,7 @@ def _need_admin(p: Principal, org: str) -> None:
         raise HTTPException(403, f"forbidden: {p.name} lacks 'video.admin' here")
 
 
-@router.put("/sites/{site}")
+@router.put("/sites/{site}", response_model=SiteOut)
 def set_site(site: str, body: SiteIn, p: Principal = Depends(require("video.admin")),
              s: VideoService = Depends(svc)) -> dict[str, str]:
     # Both the site's current org and the new one must be inside the caller's scope.
@@ -154,7 +165,7 @@ def set_site(site: str, body: SiteIn, p: Principal = Depends(require("video.admi
     return s.set_site(site, body.org_path, p.name)
 
 
-@router.get("/sites/{site}")
+@router.get("/sites/{site}", response_model=SiteOut)
 def get_site(site: str, p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)
              ) -> dict[str, str]:
     org = s.site_org(site)
@@ -163,19 +174,19 @@ def get_site(site: str, p: Principal = Depends(require("video.read")), s: VideoS
     return {"site": site, "org_path": org}
 
 
-@router.put("/cameras/{site}/{device}/{camera}")
+@router.put("/cameras/{site}/{device}/{camera}", response_model=CameraOut)
 def set_camera(site: str, device: str, camera: str, body: CameraIn, p: Principal = Depends(require("video.admin")),
                s: VideoService = Depends(svc)) -> dict[str, Any]:
     _need_admin(p, s.site_org(site))
     return s.set_camera(site, device, camera, body.lat, body.lon, body.neighbours, p.name)
 
 
-@router.get("/routes")
+@router.get("/routes", response_model=list[RouteOut])
 def list_routes(p: Principal = Depends(require("video.read")), s: VideoService = Depends(svc)) -> list[dict[str, Any]]:
     return s.routes(p.scopes("video.read"))
 
 
-@router.post("/routes", status_code=201)
+@router.post("/routes", status_code=201, response_model=RouteOut)
 def add_route(body: RouteIn, p: Principal = Depends(require("video.admin")),
               s: VideoService = Depends(svc)) -> dict[str, Any]:
     _need_admin(p, body.org_prefix)
@@ -185,14 +196,13 @@ def add_route(body: RouteIn, p: Principal = Depends(require("video.admin")),
 
 @router.delete("/routes/{route_id}", status_code=204)
 def delete_route(route_id: int, p: Principal = Depends(require("video.admin")),
-                 s: VideoService = Depends(svc)) -> Response:
+                 s: VideoService = Depends(svc)) -> None:
     try:
         r = s.route(route_id)
     except VideoError:
         raise HTTPException(404, "not found") from None  # the same answer as for another scope's route
     _need_admin(p, r["org_prefix"])
     s.delete_route(route_id, p.name)
-    return Response(status_code=204)
 
 
 # ---- the change feed in the shared shape (docs/FEEDS.md) ----------------------------------------------

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from central.deps import get_hub
 from central.hub import Hub
 from central.iam.deps import Principal, require
+from central.webhooks.models import DeliveryOut, EndpointOut, ReplayDeadOut, RotatedSecretOut
 from central.webhooks.service import WebhooksError, WebhooksService, service_of
 
 router = APIRouter()
@@ -36,13 +37,13 @@ def _call(fn: Any, *args: Any, **kw: Any) -> Any:
         raise HTTPException(e.status, {"field": e.field, "detail": e.detail}) from None
 
 
-@router.get("/endpoints")
+@router.get("/endpoints", response_model=list[EndpointOut])
 def list_endpoints(p: Principal = Depends(require("webhooks.read")),
                    s: WebhooksService = Depends(svc)) -> list[dict[str, Any]]:
     return s.endpoints(p.scopes("webhooks.read"))  # never a secret
 
 
-@router.get("/deliveries")
+@router.get("/deliveries", response_model=list[DeliveryOut])
 def list_deliveries(
     endpoint_id: str | None = Query(default=None, pattern=ENDPOINT),
     status: Literal["pending", "delivering", "delivered", "dead"] | None = None,
@@ -53,25 +54,25 @@ def list_deliveries(
     return _call(s.deliveries, p.scopes("webhooks.read"), endpoint_id, status, None, before, limit)
 
 
-@router.get("/deliveries/{delivery_id}")
+@router.get("/deliveries/{delivery_id}", response_model=DeliveryOut)
 def get_delivery(delivery_id: int, p: Principal = Depends(require("webhooks.read", org_of=org_of_delivery)),
                  s: WebhooksService = Depends(svc)) -> dict[str, Any]:
     return _call(s.delivery, delivery_id)
 
 
-@router.post("/deliveries/{delivery_id}/replay")
+@router.post("/deliveries/{delivery_id}/replay", response_model=DeliveryOut)
 def replay(delivery_id: int, p: Principal = Depends(require("webhooks.manage", org_of=org_of_delivery)),
            s: WebhooksService = Depends(svc)) -> dict[str, Any]:
     return _call(s.replay, p.name, delivery_id)
 
 
-@router.post("/endpoints/{endpoint_id}/replay-dead")
+@router.post("/endpoints/{endpoint_id}/replay-dead", response_model=ReplayDeadOut)
 def replay_dead(endpoint_id: str, p: Principal = Depends(require("webhooks.manage", org_of=org_of_endpoint)),
                 s: WebhooksService = Depends(svc)) -> dict[str, Any]:
     return _call(s.replay_dead, p.name, endpoint_id)
 
 
-@router.post("/endpoints/{endpoint_id}/rotate-secret")
+@router.post("/endpoints/{endpoint_id}/rotate-secret", response_model=RotatedSecretOut)
 def rotate_secret(endpoint_id: str, p: Principal = Depends(require("webhooks.manage", org_of=org_of_endpoint)),
                   s: WebhooksService = Depends(svc)) -> dict[str, Any]:
     return _call(s.rotate, p.name, endpoint_id)
