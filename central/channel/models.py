@@ -21,7 +21,7 @@ class SigningKeyOut(Out):
     pub: str  # base64 of the raw public key
 
 
-class SceneOut(Out):
+class ChannelSceneOut(Out):
     """A city-code scene marked as an access channel: the one service its grants reach and who may ask."""
 
     app_id: int

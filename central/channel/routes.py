@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from central.channel.models import GrantOut, IssuedGrantOut, SceneOut, SigningKeyOut
+from central.channel.models import ChannelSceneOut, GrantOut, IssuedGrantOut, SigningKeyOut
 from central.channel.service import ChannelService, service_of
 from central.deps import get_hub
 from central.hub import Hub
@@ -56,7 +56,7 @@ class GrantIn(_In):
     text: str = Field(min_length=1, max_length=4096, description="the scanned city code")
 
 
-class RevokeIn(_In):
+class GrantRevokeIn(_In):
     reason: str = Field(min_length=1, max_length=500)
 
 
@@ -95,14 +95,14 @@ def signing_key(s: ChannelService = Depends(svc)) -> dict[str, str]:
     return s.signing_key.public.to_dict()
 
 
-@router.post("/scenes", status_code=201, response_model=SceneOut)
+@router.post("/scenes", status_code=201, response_model=ChannelSceneOut)
 def mark_scene(body: SceneIn, p: Principal = Depends(require("channel.manage", org_of=org_of_application)),
                s: ChannelService = Depends(svc)) -> dict[str, Any]:
     return s.mark_scene(p.name, body.application_id, body.service_name, body.service_addr, body.service_port,
                         body.ttl_s, body.gateway_public_key, body.endpoint, body.terminals)
 
 
-@router.get("/scenes", response_model=list[SceneOut])
+@router.get("/scenes", response_model=list[ChannelSceneOut])
 def list_scenes(p: Principal = Depends(require("channel.read")), s: ChannelService = Depends(svc)
                 ) -> list[dict[str, Any]]:
     return s.scenes(p.scopes("channel.read"))
@@ -141,7 +141,7 @@ def get_grant(grant_id: str, p: Principal = Depends(require("channel.read", org_
 
 
 @router.post("/grants/{grant_id}/revoke", response_model=GrantOut)
-def revoke_grant(grant_id: str, body: RevokeIn,
+def revoke_grant(grant_id: str, body: GrantRevokeIn,
                  p: Principal = Depends(require("channel.revoke", org_of=org_of_grant)),
                  s: ChannelService = Depends(svc)) -> dict[str, Any]:
     return s.revoke(p.name, grant_id, body.reason)

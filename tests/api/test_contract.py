@@ -84,3 +84,12 @@ def test_the_check_sees_an_untyped_answer(hub: Hub) -> None:
     found = untyped_operations(app)
     assert "GET /probe/untyped: 200 an object with no properties" in found
     assert not [f for f in found if f.startswith("GET /probe/typed")]
+
+
+def test_model_names_are_unique_across_capabilities(hub: Hub) -> None:
+    """A generated client has one flat models package: two capabilities' `SceneOut`s would clash (FastAPI
+    then falls back to `central__codes__models__SceneOut`, and openapi-python-client drops both)."""
+    schemas = create_app(hub=hub, start_bridge=False).openapi()["components"]["schemas"]
+    assert [name for name in schemas if "__" in name] == []
+    titles = [s.get("title", name) for name, s in schemas.items()]
+    assert sorted({t for t in titles if titles.count(t) > 1}) == []
