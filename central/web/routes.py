@@ -25,6 +25,7 @@ PAGES = {
     "video": "Video cases",
     "dialer": "Call tasks",
     "channel": "Access channels",
+    "webhooks": "Webhooks",
     "iam": "Users & access",
     "audit": "Audit log",
 }

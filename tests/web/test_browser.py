@@ -286,3 +286,54 @@ def test_city_admin_codes_in_browser(live: LiveHub, browser: Any, tmp_path: Path
     drv.save_screenshot(str(shots / "02-issued.png"))
     first = drv.find_elements(By.CSS_SELECTOR, "#issued .code-card img.qr")[0]
     assert first.get_attribute("src").startswith("data:image/png;base64,")
+
+
+def test_webhook_deliveries_replayed_from_the_console(live: LiveHub, browser: Any) -> None:
+    """The webhooks page lists every capability's deliveries in the caller's scope; a dead one is replayed
+    from it (same webhook-id, back to pending, audited)."""
+    import time
+
+    from selenium.webdriver.common.by import By
+
+    from central.webhooks import service as wh
+
+    hub = live.hub
+    iam = hub.services["iam"]
+    iam.ensure_org_chain("/city/district-a")
+    uid = iam.create_user(None, "hooks-admin", PASSWORD, "/city", must_change=False)
+    iam.grant_root(uid, "city_admin", "/city")
+    # Nobody listens on port 1: every try is refused. Due far ahead, so the hub's own sender never races
+    # the tries below; after max_attempts it is dead.
+    t0 = time.time() + 10**6
+    target = wh.Target("video.route:9", "/city/district-a", "http://127.0.0.1:1/hook", wh.new_secret())
+    with hub.store.tx() as db:
+        mid = wh.enqueue(db, "case.dispatched", {"case": 1}, target, ref="video.case:1", now=t0)
+    svc = wh.service_of(hub)
+    for k in range(hub.settings.webhooks.max_attempts):
+        svc.deliver_due(now=t0 + k * 10**5)
+    with hub.store.read() as db:
+        got = db.first(sa.text("SELECT id, status FROM webhooks_deliveries WHERE msg_id = :m"), {"m": mid})
+    assert got is not None and got["status"] == "dead"
+    did = got["id"]
+
+    drv = browser
+    drv.get(live.url + "/console/login?next=/console/webhooks")
+    wait(drv, "#login-form")
+    drv.find_element(By.ID, "username").send_keys("hooks-admin")
+    drv.find_element(By.ID, "password").send_keys(PASSWORD)
+    drv.find_element(By.ID, "login-btn").click()
+    wait(drv, "body[data-page='webhooks'][data-ready='1']")
+    assert "menu-webhooks" in [a.get_attribute("id") for a in drv.find_elements(By.CSS_SELECTOR, "#menu a")]
+    drv.find_element(By.CSS_SELECTOR, "#deliveries-filter button[data-status='dead']").click()
+    row = wait(drv, f"#deliveries-box[data-status='dead'] #deliveries tbody tr[data-id='{did}'][data-status='dead']")
+    assert "case.dispatched" in row.text and "video.case:1" in row.text
+    row.find_element(By.CSS_SELECTOR, "button.replay").click()
+    wait_until(drv, lambda d: "queued again" in d.find_element(By.CSS_SELECTOR, ".flash").text)
+    # the dead filter no longer shows it; the outbox has it pending again under the same webhook-id
+    wait_until(drv, lambda d: not d.find_elements(By.CSS_SELECTOR, f"#deliveries tbody tr[data-id='{did}']"))
+    with hub.store.read() as db:
+        again = db.first(sa.text("SELECT msg_id, status, attempts FROM webhooks_deliveries WHERE id = :i"), {"i": did})
+        replays = db.scalar(sa.text("SELECT count(*) FROM iam_audit WHERE action = 'webhooks.replay'"))
+    # tries start over (the hub's sender may already have made the first new one, refused again)
+    assert again is not None and again["msg_id"] == mid and again["status"] in ("pending", "delivering")
+    assert again["attempts"] <= 1 and replays == 1

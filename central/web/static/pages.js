@@ -474,7 +474,46 @@ async function audit(me, root) {
   );
 }
 
-const PAGE_FNS = { home, devices, registry, codes, video, dialer, channel, iam, audit };
+// ---- webhooks: every capability's outgoing deliveries, one outbox ------------------------------------
+async function webhooks(me, root) {
+  const manage = has(me, "webhooks.manage");
+  let status = new URLSearchParams(location.search).get("status") || "";
+  const list = el("div", { id: "deliveries-box" });
+  const filter = el("p", { class: "row", id: "deliveries-filter" }, ...["", "dead", "pending", "delivering", "delivered"].map((s) =>
+    el("button", { class: "filter", "data-status": s, onclick: () => { status = s; load(); } }, s || "all")));
+  async function load() {
+    const [e, d] = await Promise.all([api("/api/v1/webhooks/endpoints"),
+      api("/api/v1/webhooks/deliveries?limit=200" + (status ? "&status=" + encodeURIComponent(status) : ""))]);
+    list.replaceChildren(
+      section("Endpoints", e.ok ? table([{ title: "Owner", key: "id" }, { title: "URL", key: "url" }, { title: "Org", key: "org" },
+        { title: "Old secret signs until", render: (x) => (x.prev_until ? when(new Date(x.prev_until * 1000).toISOString()) : "—") },
+        { title: "", render: (x) => manage ? el("button", { class: "replay-dead", "data-endpoint": x.id, onclick: () => replayDead(x.id) },
+          "Replay dead") : "" }], e.data, { id: "endpoints" }) : fail(e)),
+      section(`Deliveries${status ? " (" + status + ")" : ""}`, d.ok ? table([{ title: "#", key: "id", cls: "n" },
+        { title: "Event", key: "event_type" }, { title: "About", render: (x) => x.ref || "" }, { title: "Endpoint", key: "endpoint_id" },
+        { title: "Status", render: (x) => badge(x.status) }, { title: "Tries", render: (x) => String(x.attempts) },
+        { title: "Last error", render: (x) => x.last_error || "" }, { title: "Created", render: (x) => when(x.created_at) },
+        // a replay sends the same body again under the same webhook-id: receivers dedupe on it
+        { title: "", render: (x) => manage && x.status !== "delivering" ? el("button", { class: "replay", "data-delivery": x.id,
+          onclick: () => replay(x.id) }, "Replay") : "" }], d.data, { id: "deliveries", rowAttrs: (x) => ({ "data-id": x.id, "data-status": x.status }) })
+        : fail(d)));
+    list.dataset.status = status || "all"; // which filter the list shows (the browser test waits for it)
+  }
+  async function replay(id) {
+    const res = await api(`/api/v1/webhooks/deliveries/${encodeURIComponent(id)}/replay`, { method: "POST" });
+    await load();
+    flash(root, res.ok ? `Delivery ${id}: queued again` : CB.errText(res), res.ok ? "ok" : "error");
+  }
+  async function replayDead(endpoint) {
+    const res = await api(`/api/v1/webhooks/endpoints/${encodeURIComponent(endpoint)}/replay-dead`, { method: "POST" });
+    await load();
+    flash(root, res.ok ? `${endpoint}: ${res.data.replayed} dead deliveries queued again` : CB.errText(res), res.ok ? "ok" : "error");
+  }
+  root.replaceChildren(filter, list);
+  await load();
+}
+
+const PAGE_FNS = { home, devices, registry, codes, video, dialer, channel, webhooks, iam, audit };
 
 (async () => {
   const page = document.body.dataset.page;
