@@ -4,18 +4,24 @@
 
 from __future__ import annotations
 
+import functools
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 
-from central import capabilities, errors
+from central import capabilities, errors, metrics
 from central.hub import Hub
+from central.iam.deps import public
+from central.observe_http import RequestMiddleware, route_templates
 from central.schema import Out
 from central.settings import Settings, get_settings
-from central.store import describe
+from central.store import describe, migrations
 
 log = logging.getLogger("citybrain.app")
 
@@ -36,6 +42,50 @@ class Health(Out):
     ok: bool
     db: str
     mqtt_connected: bool | None  # None: this process runs no MQTT bridge
+
+
+class Check(Out):
+    """One part a ready hub needs, and what is wrong with it when `ok` is false."""
+
+    name: Literal["store", "migrations", "broker", "workers"]
+    ok: bool
+    detail: str
+
+
+class Ready(Out):
+    """Whether this process should be sent traffic: every check passes (503 with the same body otherwise)."""
+
+    ready: bool
+    checks: list[Check]
+
+
+def readiness(hub: Hub, bridge: bool) -> Ready:
+    """The store answers, its schema is at the code's Alembic head, the broker is connected (when this
+    process runs the bridge) and every worker the hub started is alive."""
+    checks: list[Check] = []
+    try:
+        hub.store.ping()
+        checks.append(Check(name="store", ok=True, detail=describe(hub.store.url)))
+        rev = migrations.versions(hub.store)["alembic"]
+        at_head = rev == migration_head()
+        checks.append(Check(name="migrations", ok=at_head,
+                            detail=f"at {rev}" + ("" if at_head else f", code needs {migration_head()}")))
+    except Exception as e:  # noqa: BLE001  any failure to reach the store is "not ready", with its reason
+        checks.append(Check(name="store", ok=False, detail=f"{type(e).__name__}: {e}"[:300]))
+    if bridge:
+        w = hub.worker("mqtt-bridge")
+        up = bool(w is not None and getattr(w, "connected", False))
+        checks.append(Check(name="broker", ok=up, detail=f"{hub.settings.mqtt.host}:{hub.settings.mqtt.port}"
+                            + ("" if up else " not connected")))
+    dead = [w.name for w in hub.workers if getattr(w, "alive", True) is False] if hub.running else ["hub stopped"]
+    checks.append(Check(name="workers", ok=not dead, detail=f"{len(hub.workers)} running" if not dead
+                        else "not alive: " + ", ".join(dead)))
+    return Ready(ready=all(c.ok for c in checks), checks=checks)
+
+
+@functools.cache
+def migration_head() -> str:
+    return migrations.head()
 
 
 def operation_id(route: APIRoute) -> str:
@@ -67,12 +117,30 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
     )
     app.state.hub = hub
 
-    @app.get("/healthz", tags=["health"], response_model=Health)
+    @app.get("/healthz", tags=["health"], response_model=Health,
+             dependencies=[Depends(public("liveness probe"))])
     def healthz() -> dict[str, object]:
-        hub.store.ping()
+        """Liveness: the process serves requests (no store or broker involved: see /readyz for those)."""
         bridge_state = getattr(hub.publisher, "connected", None)
         db = str(hub.settings.database) if hub.store.dialect == "sqlite" else describe(hub.store.url)
         return {"ok": True, "db": db, "mqtt_connected": bridge_state}
+
+    @app.get("/readyz", tags=["health"], response_model=Ready, dependencies=[Depends(public("readiness probe"))],
+             responses={503: {"model": Ready, "description": "Not ready: the checks say what is down"}})
+    def readyz() -> JSONResponse:
+        r = readiness(hub, run_bridge)
+        return JSONResponse(r.model_dump(mode="json"), status_code=200 if r.ready else 503)
+
+    token = hub.settings.security.metrics_token
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+             dependencies=[Depends(public("Prometheus scrapes it; a bearer token when security.metrics_token"))],
+             responses={200: {"content": {metrics.CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+    def prometheus_metrics(authorization: str | None = Header(default=None)) -> Response:
+        if token is not None and not hmac.compare_digest(authorization or "", f"Bearer {token}"):
+            raise HTTPException(401, "metrics: a bearer token is required (security.metrics_token)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return Response(hub.metrics.render(), media_type=metrics.CONTENT_TYPE)
 
     for cap, routes in capabilities.modules("routes"):
         if hasattr(routes, "router"):
@@ -81,4 +149,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
         if hasattr(routes, "install"):
             routes.install(app, hub)
     errors.install(app, hub.settings.security.max_body_bytes)  # last: it reads the mounted routes
+    # outermost: its request id and timing cover everything, the error handlers' answers included
+    app.add_middleware(RequestMiddleware, metrics=hub.metrics, templates=route_templates(app.routes))
     return app

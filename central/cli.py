@@ -4,7 +4,6 @@ Capabilities add their own command groups through a `cli.py` with a typer `app` 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
@@ -73,16 +72,18 @@ def serve(
     config: Path | None = ConfigOpt, no_bridge: bool = typer.Option(False, help="Do not start the MQTT bridge"),
     host: str | None = typer.Option(None, help="Listen address (overrides `host` from the file and env)"),
     port: int | None = typer.Option(None, help="Listen port (overrides `port` from the file and env)"),
+    log_format: str | None = typer.Option(None, help="text | json (overrides `log_format`)"),
 ) -> None:
     """Run the hub (HTTPS when security.tls_cert/tls_key are set)."""
     import uvicorn
 
     from central.app import create_app
     from central.media import MediaError
+    from central.observe import configure_logging
     from central.store import StoreUnavailable
 
-    s = _settings(config, host=host, port=port)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = _settings(config, host=host, port=port, log_format=log_format)
+    configure_logging(s.log_format)
     try:
         application = create_app(s, start_bridge=False if no_bridge else None)
     except (StoreUnavailable, MediaError) as e:  # stop at start, naming the database or media_dir
@@ -91,7 +92,10 @@ def serve(
     tls = {}
     if s.security.tls_cert and s.security.tls_key:
         tls = {"ssl_certfile": str(s.security.tls_cert), "ssl_keyfile": str(s.security.tls_key)}
-    uvicorn.run(application, host=s.host, port=s.port, log_level="info", **tls)  # type: ignore[arg-type]
+    # log_config=None: uvicorn's lines go through the handler configure_logging set, in the same format
+    # access_log=False: the hub writes its own access line per request (with the request id and route)
+    uvicorn.run(application, host=s.host, port=s.port, log_level="info", log_config=None, access_log=False,
+                **tls)  # type: ignore[arg-type]
 
 
 @app.command("provision-device")

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, Literal, Protocol, get_args
 
+from central.metrics import Metrics
 from central.settings import Settings
 from central.store import Store
 
@@ -157,6 +158,7 @@ class Hub:
         self.hooks = Hooks()
         self.services: dict[str, Any] = {}  # capability name -> its service object
         self._workers: list[Worker] = []
+        self.metrics = Metrics(self)
         self._lock = threading.Lock()
         self.running = False
 

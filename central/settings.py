@@ -53,6 +53,9 @@ class SecuritySettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)  # CORS off unless origins are listed
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Bearer token Prometheus scrapes /metrics with (its `authorization` setting); unset: /metrics is open,
+    # for a hub whose port only the monitoring network reaches.
+    metrics_token: str | None = Field(default=None, min_length=16)
 
 
 class RetentionSettings(BaseModel):
@@ -105,6 +108,8 @@ class Settings(BaseSettings):
     # Background consumers of the stored events (video correlation) run inside this process unless
     # they are run as their own processes (`citybrain hub video correlate`), e.g. to spread CPU.
     inline_consumers: bool = True
+    # `hub serve`'s log lines: readable text, or one JSON object per line (with the request id) for a collector.
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(

@@ -119,6 +119,11 @@ class Bridge:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def alive(self) -> bool:
+        """The writer stores what arrives (readiness: a dead writer would leave messages unreceipted)."""
+        return self._writer is not None and self._writer.is_alive()
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
@@ -352,6 +357,15 @@ class Bridge:
                 self.hub.hooks.emit("mqtt.registry_push", payload)
             except Exception as e:
                 self._store_rejects([(topics.REGISTRY_PUSH, "registry_push", f"{type(e).__name__}: {e}")])
+        m = self.hub.metrics
+        committed = time.time()
+        m.observe_ingest("event", len(events), 0, (committed - e.ts.timestamp() for _, _, e in events))
+        m.observe_ingest("scan_batch", len(scans), 0)
+        m.observe_ingest("heartbeat", len(hbs), 0, (committed - h.ts.timestamp() for h in hbs.values()))
+        m.observe_ingest("status", len(statuses), 0)
+        m.observe_ingest("ack", len(acks), 0)
+        m.observe_ingest("any", 0, len(rejects))
+        m.receipts_backlog.set(len(self._queue))
         self.counters["events"] += len(new_events)
         self.counters["duplicates"] += len(events) - len(new_events)
         self.counters["scan_batches"] += len(new_scans)

@@ -13,8 +13,9 @@ from central import broker
 from central.devices import store
 from central.hub import Hub
 from central.iam.principal import under
+from central.metrics import Sample
 from central.problems import HubError
-from central.store import utcnow
+from central.store import Db, utcnow
 from protocol import messages, topics
 
 Kind = Literal["camera", "scanner"]
@@ -231,8 +232,23 @@ class DeviceService:
         return {"cmd_id": cmd.cmd_id}
 
 
+def metric_samples(hub: Hub, db: Db) -> list[Sample]:
+    """Devices and online devices per kind, and the outbox depth they last reported (what the edge still
+    holds unconfirmed: a growing sum means the hub is not keeping up or a site is cut off)."""
+    since = (datetime.now(UTC) - timedelta(seconds=hub.settings.device_offline_after_s)).isoformat()
+    out = []
+    for r in store.fleet_figures(db, since):
+        k = {"kind": r["kind"]}
+        out += [Sample("devices", "Provisioned devices (not revoked)", r["n"], k),
+                Sample("devices_online", "Devices online: connected and heard from recently", r["online"] or 0, k),
+                Sample("device_outbox_depth", "Sum of the outbox depths devices last reported", r["depth"], k),
+                Sample("device_outbox_depth_max", "Largest outbox depth a device last reported", r["depth_max"], k)]
+    return out
+
+
 def setup(hub: Hub) -> None:
     svc = DeviceService(hub)
     hub.services["devices"] = svc
     hub.hooks.on("hub.started", svc.refresh_broker_acl)
     hub.hooks.on("devices.reported", svc.on_reported)
+    hub.metrics.source("devices", lambda db: metric_samples(hub, db))

@@ -149,3 +149,15 @@ def recent_events(db: Db, device_id: str, limit: int) -> list[dict[str, Any]]:
         .where(ev.c.site == site, ev.c.device == device)
         .order_by(ev.c.received_at.desc(), ev.c.ts.desc()).limit(limit)
     )
+
+
+def fleet_figures(db: Db, heard_since: str) -> list[dict[str, Any]]:
+    """Per kind: devices, how many are online (status online and heard since `heard_since`, or reporting
+    no heartbeat yet), and the outbox depth they last reported (sum and max), for /metrics."""
+    d = devices.c
+    online = sa.and_(d.status == "online", sa.or_(d.last_hb_at.is_(None), d.last_hb_at >= heard_since))
+    return db.all(sa.select(d.kind, sa.func.count().label("n"),
+                            sa.func.sum(sa.case((online, 1), else_=0)).label("online"),
+                            sa.func.coalesce(sa.func.sum(d.queue_depth), 0).label("depth"),
+                            sa.func.coalesce(sa.func.max(d.queue_depth), 0).label("depth_max"))
+                  .where(d.revoked == 0).group_by(d.kind))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from central.iam import store as iam_store
+from central.observe import request_id
 from central.store import dialect
 from protocol.signing import Profile, b64d, b64e, canonical, digest
 
@@ -245,14 +246,19 @@ def record(db: Db, actor: str, action: str, target: str | None = None,
            org: str | None = None, detail: dict[str, Any] | None = None) -> int:
     """Append one audit row; returns its seq. Call inside the write's own transaction so the row and the
     change commit (or roll back) together; outside one, it opens its own. Appends are serialised (the
-    read of the chain head and the append never interleave with another writer's): the chain never forks."""
+    read of the chain head and the append never interleave with another writer's): the chain never forks.
+    Written while serving an HTTP request, the row's detail carries that request's id (central.observe)."""
+    body = dict(detail or {})
+    if (rid := request_id()) is not None:
+        body.setdefault("request_id", rid)
+
     def make_row(meta: dict[str, str], last: tuple[int, str, str] | None) -> tuple[Any, ...]:
         profile, key = _chain_of(meta)
         alg = _KEYED_ALG[profile] if key is not None else _LEGACY_ALG[profile]
         prev = last[1] if last else GENESIS
         seq = (last[0] if last else 0) + 1
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
-        det = json.dumps(detail or {}, sort_keys=True, ensure_ascii=False, default=str)
+        det = json.dumps(body, sort_keys=True, ensure_ascii=False, default=str)
         h = row_hash(alg, prev, row_body(ts, str(actor), action, target, org, det), key)
         return (seq, ts, str(actor), action, target, org, det, alg, prev, h)
 

@@ -23,6 +23,7 @@ from central.bridge import store as bridge_store
 from central.hub import Hub, LoopWorker
 from central.iam.audit import record
 from central.media import MediaError, jpeg_b64, media_of
+from central.metrics import Sample
 from central.problems import HubError
 from central.store import Db
 from central.video import store
@@ -567,10 +568,17 @@ class VideoService:
 _ALERT_STATUS = {"pending": "pending", "delivering": "pending", "delivered": "sent", "dead": "failed"}
 
 
+def metric_samples(db: Db) -> list[Sample]:
+    """Correlation as a work queue: stored events the correlator has not looked at yet."""
+    behind = max(0, bridge_store.max_seq(db) - store.cursor_position(db))
+    return [Sample("queue_due", "Work items due now, per kind", behind, {"kind": "video_correlation"})]
+
+
 def setup(hub: Hub) -> None:
     svc = VideoService(hub)
     hub.services["video"] = svc
     hub.add_worker(svc.alert_sender)
+    hub.metrics.source("video", metric_samples)
     if hub.settings.inline_consumers:
         hub.add_worker(svc.correlator)  # its first pass catches up on events stored before a crash
         hub.hooks.on("events.ingested", svc.on_events)

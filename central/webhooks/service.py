@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from central.hub import Hub, LoopWorker
+from central.metrics import Sample
 from central.webhooks import store
 
 if TYPE_CHECKING:
@@ -277,7 +278,26 @@ def service_of(hub: Hub) -> WebhooksService:
     return svc
 
 
+def metric_samples(hub: Hub, db: Db) -> list[Sample]:
+    """The outbox as a work queue: deliveries per status, how many are due, how long the oldest due one has
+    waited, and the age of the oldest lease still held (a lease far past `lease_s` means a sender died
+    holding it; the next claim takes it over)."""
+    now = time.time()
+    f = store.queue_figures(db, now)
+    k = {"kind": "webhooks"}
+    out = [Sample("queue_items", "Work items per kind and state", n, {**k, "state": state})
+           for state, n in sorted(f["counts"].items())]
+    out.append(Sample("queue_due", "Work items due now, per kind", f["due"], k))
+    out.append(Sample("queue_oldest_due_seconds", "How long the oldest due item has waited, per kind",
+                      now - f["oldest_due"] if f["oldest_due"] is not None else 0.0, k))
+    lease = f["first_lease_until"]
+    out.append(Sample("queue_oldest_lease_age_seconds", "Age of the oldest lease held, per kind",
+                      max(0.0, now - (lease - hub.settings.webhooks.lease_s)) if lease is not None else 0.0, k))
+    return out
+
+
 def setup(hub: Hub) -> None:
     svc = service_of(hub)
     if hub.settings.webhooks.worker:
         hub.add_worker(svc.worker)
+    hub.metrics.source("webhooks", lambda db: metric_samples(hub, db))

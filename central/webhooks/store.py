@@ -193,3 +193,16 @@ def dead_ids(db: Db, endpoint_id: str, limit: int) -> list[int]:
     d = deliveries.c
     return list(db.run(sa.select(d.id).where(d.endpoint_id == endpoint_id, d.status == "dead")
                        .order_by(d.id).limit(limit)).scalars())
+
+
+def queue_figures(db: Db, now: float) -> dict[str, Any]:
+    """Deliveries per status, how many are due now, the oldest due one's wait and the oldest held lease's
+    expiry (for /metrics)."""
+    d = deliveries.c
+    counts = {r["status"]: int(r["n"]) for r in db.all(
+        sa.select(d.status, sa.func.count().label("n")).group_by(d.status))}
+    due = db.first(sa.select(sa.func.count().label("n"), sa.func.min(d.next_at).label("oldest"))
+                   .where(d.status == "pending", d.next_at <= now)) or {}
+    lease = db.scalar(sa.select(sa.func.min(d.lease_until)).where(d.status == "delivering"))
+    return {"counts": counts, "due": int(due.get("n") or 0), "oldest_due": due.get("oldest"),
+            "first_lease_until": lease}

@@ -13,9 +13,9 @@ from central import capabilities
 from central.hub import HOOK_NAMES, Hooks
 
 ROOT = Path(central.__file__).parent
-# The HTTP side: routes, the app factory, shared route dependencies, the error handler and iam's
-# authentication dependencies and middleware.
-HTTP_MODULES = {"app.py", "deps.py", "errors.py", "iam/deps.py", "iam/middleware.py"}
+# The HTTP side: routes, the app factory, shared route dependencies, the error handler, the request-id and
+# access-log middleware and iam's authentication dependencies and middleware.
+HTTP_MODULES = {"app.py", "deps.py", "errors.py", "observe_http.py", "iam/deps.py", "iam/middleware.py"}
 
 
 def _imports(path: Path) -> set[str]:
