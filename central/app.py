@@ -9,11 +9,14 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
 from central import capabilities, errors, metrics
 from central.hub import Hub
@@ -88,6 +91,40 @@ def migration_head() -> str:
     return migrations.head()
 
 
+OPENAPI_URL = "/api/v1/openapi.json"
+DOCS_ASSETS = "/docs/assets"
+
+
+def api_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc with their JavaScript and CSS served by the hub (the copies
+    the fastapi-offline package ships), and the OpenAPI document also at /openapi.json, where tools look."""
+    import fastapi_offline
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"), name="docs-assets")
+    title = f"{app.title} — API"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title=title,
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                                   oauth2_redirect_url="/docs/oauth2-redirect")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=OPENAPI_URL, title=title, redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+
 def operation_id(route: APIRoute) -> str:
     """`<capability>_<function>` (registry_register, codes_apply): the names a generated client's calls get,
     stable while a route's function keeps its name."""
@@ -110,8 +147,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
     app = FastAPI(
         title="City Brain hub",
         version="0.1.0",
-        docs_url="/docs",
-        openapi_url="/api/v1/openapi.json",
+        docs_url=None,  # served below from the hub's own copies of the assets (no CDN: the hub may be offline)
+        redoc_url=None,
+        openapi_url=OPENAPI_URL,
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
     )
@@ -142,6 +180,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None, start_b
                                 headers={"WWW-Authenticate": "Bearer"})
         return Response(hub.metrics.render(), media_type=metrics.CONTENT_TYPE)
 
+    api_docs(app)
     for cap, routes in capabilities.modules("routes"):
         if hasattr(routes, "router"):
             prefix = getattr(routes, "PREFIX", f"/api/v1/{cap}")

@@ -17,11 +17,12 @@ SECURITY_HEADERS = [
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
-# Swagger UI loads its assets from jsdelivr; everything else gets a strict same-origin policy.
+# The API docs pages (their assets are the hub's own: no CDN) start Swagger UI / ReDoc with an inline script
+# and style, and ReDoc runs a worker from a blob; everything else gets a strict same-origin policy.
 CSP_DEFAULT = b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-CSP_DOCS = (b"default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
-            b"frame-ancestors 'none'")
+CSP_DOCS = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            b"img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'")
+DOCS_PATHS = ("/docs", "/redoc")
 
 
 class SecurityHeaders:
@@ -41,7 +42,8 @@ class SecurityHeaders:
                            {k for k, _ in SECURITY_HEADERS}]
                 headers += SECURITY_HEADERS
                 if not any(h[0].lower() == b"content-security-policy" for h in headers):
-                    headers.append((b"content-security-policy", CSP_DOCS if path.startswith("/docs") else CSP_DEFAULT))
+                    csp = CSP_DOCS if path.startswith(DOCS_PATHS) else CSP_DEFAULT
+                    headers.append((b"content-security-policy", csp))
                 if path.startswith("/api/"):
                     headers.append((b"cache-control", b"no-store"))
                 if https:
