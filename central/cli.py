@@ -187,11 +187,12 @@ def _mount_capability_clis() -> None:
 
 
 def _mount_security_shortcuts() -> None:
-    """The issue's spellings: `citybrain hub gen-certs`, `bootstrap-admin` and `audit verify`."""
+    """The issues' spellings: `citybrain hub gen-certs`, `bootstrap-admin`, `reset-admin` and `audit verify`."""
     from central.iam import cli as iam_cli
 
     app.command("gen-certs")(iam_cli.gen_certs)
     app.command("bootstrap-admin")(iam_cli.bootstrap_admin)
+    app.command("reset-admin")(iam_cli.reset_admin)
     audit = typer.Typer(no_args_is_help=True, help="The hash-chained audit log.")
     audit.command("verify")(iam_cli.audit_verify)
     audit.command("checkpoint")(iam_cli.audit_checkpoint)

@@ -134,9 +134,14 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
     settings = load_settings(hub_cfg, port=port)
     hub = build_hub(settings)
     _bootstrap_admin(hub, sec["admin_password"])
+    from central.iam.service import service_of
+
+    if service_of(hub).still_initial_password("admin", sec["admin_password"]):
+        login = f"user 'admin', password '{sec['admin_password']}' (you will be asked to change it)"
+    else:  # changed since: printing the first one would be a lie
+        login = f"user 'admin' (password changed; forgot it? `citybrain hub reset-admin --config {hub_cfg}`)"
     lines = [
-        f"Console:    http://127.0.0.1:{port}/  user 'admin', password '{sec['admin_password']}'"
-        " (you will be asked to change it)",
+        f"Console:    http://127.0.0.1:{port}/  {login}",
         f"Hub:        http://127.0.0.1:{port}/  (API docs: http://127.0.0.1:{port}/docs)",
         f"Broker:     mqtt://127.0.0.1:{mqtt_port} (config {bcfg.conf}, ACL {bcfg.acl})",
         f"Watch MQTT: mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -u hub -P '{sec['hub_mqtt_password']}'"

@@ -1,4 +1,5 @@
-"""`citybrain hub ...` commands owned by iam: bootstrap-admin, audit-verify, audit-checkpoint, gen-certs."""
+"""`citybrain hub ...` commands owned by iam: bootstrap-admin, reset-admin, audit-verify, audit-checkpoint,
+gen-certs."""
 
 from __future__ import annotations
 
@@ -43,6 +44,32 @@ def bootstrap_admin(
         typer.echo(f"error: {e.message}", err=True)
         raise typer.Exit(2) from e
     typer.echo(f"created city_admin {username} over {org}; the password must be changed at first login")
+
+
+@app.command("reset-admin")
+def reset_admin(
+    username: str = typer.Option("admin", help="the account to reset"),
+    password: str | None = typer.Option(None, help="the new initial password (default: a generated one, printed)"),
+    config: Path | None = typer.Option(None, help="hub settings file (JSON/YAML)"),
+) -> None:
+    """Give an account a new initial password from the hub's host (for an administrator who lost theirs):
+    it must be changed at the next login; lockout lifted, sessions ended, audited."""
+    import getpass
+    import secrets
+
+    from central.iam.service import IamError, service_of
+
+    new = password or "Reset-" + secrets.token_urlsafe(9) + "-7b"  # meets the complexity rule
+    hub = _hub(config)
+    try:
+        service_of(hub).operator_reset(username, new, getpass.getuser())  # type: ignore[arg-type]
+    except IamError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        raise typer.Exit(2) from e
+    finally:
+        hub.close()  # type: ignore[attr-defined]
+    shown = f"'{new}'" if password is None else "the one given"
+    typer.echo(f"{username}: new initial password {shown}; it must be changed at the next login")
 
 
 @app.command("audit-verify")

@@ -420,6 +420,37 @@ class IamService:
             iam_store.end_user_sessions(db, u["id"], self.now())
             record(db, actor=actor.name, action="user.reset_password", target=username, org=u["org"], detail={})
 
+    def still_initial_password(self, username: str, password: str) -> bool:
+        """Whether `username` still has `password` as the initial one it must change (so a demo may print
+        it): True only while the account must change it and the hash still matches."""
+        with self._read() as db:
+            row = iam_store.login_row(db, username)
+        if row is None or not row[3]:
+            return False
+        try:
+            return bool(_HASHER.verify(row[2], password))
+        except (VerificationError, InvalidHashError):
+            return False
+
+    def operator_reset(self, username: str, password: str, operator: str) -> None:
+        """A reset by whoever runs the hub's CLI on its host (they hold the database and the keys already):
+        new initial password, to be changed at the next login; lockout lifted, account enabled, sessions
+        ended; audited as `user.reset_password` by `cli:<operator>`."""
+        with self._read() as db:
+            u = iam_store.user(db, username)
+        if u is None:
+            raise Invalid(f"no user {username!r}", "username")
+        problem = password_problem(password, username)
+        if problem:
+            raise Invalid(problem, "password")
+        pw_hash = _HASHER.hash(password)
+        with self._tx() as db:
+            iam_store.update_user(db, u["id"], pw_hash=pw_hash, must_change=1, failed=0, first_failed_at=None,
+                                  locked_until=None, disabled=0)
+            iam_store.end_user_sessions(db, u["id"], self.now())
+            record(db, actor=f"cli:{operator}", action="user.reset_password", target=username, org=u["org"],
+                   detail={"via": "hub reset-admin"})
+
     def list_users(self, actor: Principal, phone: str | None = None) -> list[dict[str, Any]]:
         # A phone is looked up exactly through the keyed blind index: the column itself stays ciphertext.
         bi = pii_cipher(self.hub).blind_index("phone", phone) if phone else None

@@ -4,7 +4,8 @@ statistics and heat map. No HTTP types here; routes translate VideoError into 4x
 Correlation (one incident -> one case): an event joins the case that already holds its (site, device,
 incident_id); otherwise an open case of the same kind on the same site whose camera is the same or an
 adjacent one (video_cameras.neighbours, either direction) and whose last event is within
-`window_s`; otherwise it opens a new case.
+`window_s`; otherwise it opens a new case. Events of kind `test` (what `edge ... --test-event` sends to prove
+the path from a device to the store) are stored like any other but never open a case.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from central.webhooks import service as webhooks
 from protocol import topics
 from protocol.messages import Event
 
+TEST_KIND = "test"
 log = logging.getLogger("citybrain.video")
 
 DEFAULT_ORG = "/city"
@@ -144,6 +146,8 @@ class VideoService:
         the event itself is written to the media store here."""
         if store.is_correlated(db, ev.event_id):
             return None  # already correlated (idempotent)
+        if ev.kind == TEST_KIND:
+            return None  # a device's path check (`edge ... --test-event`): stored and receipted, never a case
         ts = iso(ev.ts)
         case_id = self._find_case(db, site, device, ev)
         if snap is None and (data := jpeg_b64(ev.snapshot_jpeg_b64)) is not None:

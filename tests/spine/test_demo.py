@@ -50,6 +50,8 @@ def test_demo_runs_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
                         "online": con.scalar(sa.select(sa.func.count()).where(devices.status == "online",
                                                                                devices.last_hb_at.is_not(None))),
                         "cases": con.scalar(sa.select(sa.func.count()).select_from(video_store.cases)),
+                        # the camera's --test-event proves the path; it must not leave a case behind
+                        "test_cases": con.scalar(sa.select(sa.func.count()).where(video_store.cases.c.kind == "test")),
                     }
             except (sa.exc.OperationalError, sa.exc.ProgrammingError):  # its tables are not there yet
                 continue
@@ -58,9 +60,10 @@ def test_demo_runs_end_to_end_and_stops_cleanly(tmp_path: Path) -> None:
             if state["scans"] == {"valid": 1, "revoked": 1} and state["online"] == 2 and state["cases"]:
                 break
         assert state.get("scans") == {"valid": 1, "revoked": 1}, state
-        assert state["online"] == 2 and state["cases"], state
+        assert state["online"] == 2 and state["cases"] and state["test_cases"] == 0, state
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "Console:" in out and "demo stopped cleanly" in out
+    assert "user 'admin', password 'Demo-" in out  # a first run: the initial password, still unchanged

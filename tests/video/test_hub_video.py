@@ -84,6 +84,17 @@ def test_one_incident_is_one_case(hub: Hub) -> None:
     assert len(audit_actions(hub, action="video.case.create")) == 4
 
 
+def test_a_devices_test_event_is_stored_but_opens_no_case(hub: Hub) -> None:
+    """`edge camera --test-event` proves the path to the store; it is no incident (the demo sends one)."""
+    from central.bridge import store as bridge_store
+
+    t = Event(kind="test", attrs={"note": "test event from citybrain edge"})
+    ingest(hub, ("s1", "gw1", t), ("s1", "gw1", ev()))
+    with hub.store.read() as db:
+        assert bridge_store.max_seq(db) == 2  # both stored
+    assert [r[1] for r in cases(hub)] == ["fire"]
+
+
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """No background webhook sender: the test delivers from the outbox itself, at the point it chooses."""

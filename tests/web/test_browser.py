@@ -287,6 +287,16 @@ def test_city_admin_codes_in_browser(live: LiveHub, browser: Any, tmp_path: Path
     first = drv.find_elements(By.CSS_SELECTOR, "#issued .code-card img.qr")[0]
     assert first.get_attribute("src").startswith("data:image/png;base64,")
 
+    # The supervision CSV export works from the console (it fetches with the session's bearer token).
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    drv.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    drv.find_element(By.ID, "supervision-csv").click()
+    got = downloads / "supervision.csv"
+    wait_until(drv, lambda d: got.exists() and got.stat().st_size > 0)
+    header = got.read_text(encoding="utf-8-sig").splitlines()[0]
+    assert "dept" in header.lower() and "scene" in header.lower(), header
+
 
 def test_webhook_deliveries_replayed_from_the_console(live: LiveHub, browser: Any) -> None:
     """The webhooks page lists every capability's deliveries in the caller's scope; a dead one is replayed

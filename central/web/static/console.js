@@ -48,6 +48,20 @@ const CB = (() => {
     return img;
   }
 
+  // A file export that needs the bearer token: fetched, then saved through a temporary object URL (a plain
+  // link would carry no token and answer 401).
+  async function download(path, filename) {
+    const r = await fetch(path, { headers: { Authorization: "Bearer " + token() } });
+    if (r.status === 401) return toLogin();
+    if (!r.ok) throw new Error(`${filename}: HTTP ${r.status}`);
+    const url = URL.createObjectURL(await r.blob());
+    const a = el("a", { href: url, download: filename });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
   function errText(res) {
     const d = res.data;
     if (d && typeof d === "object" && d.detail !== undefined) {
@@ -224,7 +238,7 @@ const CB = (() => {
     });
   }
 
-  return { api, authImage, errText, el, table, when, ago, badge, svg, barChart, lineChart, loadMe, renderMenu,
+  return { api, authImage, download, errText, el, table, when, ago, badge, svg, barChart, lineChart, loadMe, renderMenu,
     logout, initLogin, token };
 })();
 

@@ -275,7 +275,8 @@ async function codes(me, root) {
       table([{ title: "Dept", key: "dept_id" }, { title: "Scene", key: "scene" }, { title: "Issued", key: "issued", cls: "n" },
         { title: "Active", key: "active", cls: "n" }, { title: "Scanned", key: "scanned", cls: "n" },
         { title: "Failed", key: "failed", cls: "n" }, { title: "Zombies", key: "zombies", cls: "n" }], rows),
-      el("a", { href: "/api/v1/codes/supervision.csv" }, "CSV export (needs the session cookie)"),
+      el("button", { id: "supervision-csv", onclick: () => CB.download("/api/v1/codes/supervision.csv", "supervision.csv") },
+        "CSV export"),
     );
   }
   root.replaceChildren(section("Issuance applications", appsBox), section("Issued codes", issueBox),
