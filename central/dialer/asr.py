@@ -27,7 +27,7 @@ import numpy as np
 
 from central.dialer.audio import resample
 
-MIN_CONFIDENCE = 0.8  # word posterior (pocketsphinx) / word conf (vosk); espeak "yes" ~0.95, Chinese ~0.5-0.7
+MIN_CONFIDENCE = 0.6  # lowest word posterior accepted; espeak "yes"/"no" over SIP score ~0.6-0.95
 LANGUAGES = ("zh", "en")
 
 

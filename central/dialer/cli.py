@@ -40,7 +40,7 @@ def run(
         help="LANG=DIR: a vosk model per template language (repeatable); a language without one is DTMF only "
              "(en falls back to pocketsphinx's bundled en-US model)")] = None,
     asr_min_confidence: Annotated[float, typer.Option(min=0.0, max=1.0,
-                                                      help="Lowest word confidence accepted as an answer")] = 0.8,
+                                                      help="Lowest word confidence accepted as an answer")] = 0.6,
     asr_workers: int = 2,
     work_dir: Annotated[Path | None, typer.Option(help="Recordings + TTS cache (default data_dir/dialer)")] =
     None,

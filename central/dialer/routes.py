@@ -139,7 +139,7 @@ def get_recording(key: str, name: str = Path(max_length=63), language: Lang | No
 
 
 @router.put("/templates/{key}/recordings/{name}", response_model=m.RecordingSavedOut,
-            openapi_extra={"requestBody": {"required": True, "content": {"audio/wav": {
+            openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"}}}}})
 async def put_recording(key: str, request: Request, name: str = Path(max_length=63),
                         language: Lang | None = None, hub: Hub = Depends(get_hub),

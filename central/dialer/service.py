@@ -196,9 +196,9 @@ def save_template(hub: Hub, tpl: Template, org: str, actor: str, based_on: str |
         owner = store.template_owner(db, tpl.key)
         if owner["version"] is not None and (owner["builtin"] or owner["org"] != org):
             raise DialerError("key", f"template {tpl.key!r} belongs to {owner['org']}; copy it under a new key", 409)
-        tpl = tpl.model_copy(update={"version": (owner["version"] or 0) + 1,
-                                     "recordings": _stored_recordings(db, tpl.key) if recordings is None
-                                     else recordings})
+        tpl = Template.model_validate({**tpl.model_dump(), "version": (owner["version"] or 0) + 1,
+                                       "recordings": _stored_recordings(db, tpl.key) if recordings is None
+                                       else recordings})
         for where, problem in tpl.missing_recordings():
             raise DialerError(where, problem, 422)
         store.insert_template(db, {
