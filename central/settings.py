@@ -88,6 +88,15 @@ class WebhooksSettings(BaseModel):
     worker: bool = True
 
 
+class DialerSettings(BaseModel):
+    """What the hub assumes of its dialer engines when it creates a task (the engines' own options rule)."""
+
+    # Template languages the engines have a speech model for (`citybrain hub dialer run --asr-model
+    # LANG=DIR`; pocketsphinx's bundled model is en only). A task in another language is DTMF-only, and
+    # its creation answers a warning saying so.
+    asr_languages: list[Literal["zh", "en"]] = Field(default_factory=lambda: ["en"])
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
@@ -103,6 +112,7 @@ class Settings(BaseSettings):
     device_offline_after_s: int = Field(default=90, ge=5)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     webhooks: WebhooksSettings = Field(default_factory=WebhooksSettings)
+    dialer: DialerSettings = Field(default_factory=DialerSettings)
     # Snapshots and call recordings (files + checksums; the database holds references). Default data_dir/media.
     media_dir: Path | None = None
     # Background consumers of the stored events (video correlation) run inside this process unless

@@ -34,7 +34,13 @@ def run(
     workers: Annotated[int, typer.Option(min=1, max=256, help="Engine processes (each holds <= 4 calls)")] = 1,
     ring_timeout: float = 30.0,
     asr: Annotated[str, typer.Option(help="pocketsphinx | vosk")] = "pocketsphinx",
-    vosk_model: Annotated[Path | None, typer.Option(help="vosk model directory (operator-installed)")] = None,
+    vosk_model: Annotated[Path | None, typer.Option(help="vosk model directory for zh (same as --asr-model zh=)")] =
+    None,
+    asr_model: Annotated[list[str] | None, typer.Option(
+        help="LANG=DIR: a vosk model per template language (repeatable); a language without one is DTMF only "
+             "(en falls back to pocketsphinx's bundled en-US model)")] = None,
+    asr_min_confidence: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                                      help="Lowest word confidence accepted as an answer")] = 0.6,
     asr_workers: int = 2,
     work_dir: Annotated[Path | None, typer.Option(help="Recordings + TTS cache (default data_dir/dialer)")] =
     None,
@@ -58,6 +64,7 @@ def run(
     params = dict(uri_template=uri_template, settings_file=settings_file, sip_host=sip_host, sip_port=sip_port,
                   registrar=registrar, username=username, password=password, clock_rate=clock_rate,
                   workers=workers, ring_timeout=ring_timeout, asr=asr, vosk_model=vosk_model,
+                  asr_models=_asr_models(asr_model), asr_min_confidence=asr_min_confidence,
                   asr_workers=asr_workers, work_dir=work_dir, record=record, clock_start=clock_start,
                   exit_when_idle=exit_when_idle, max_runtime=max_runtime, verbose=verbose)
     if workers == 1:
@@ -84,6 +91,18 @@ def run(
         raise typer.Exit(1)
 
 
+def _asr_models(specs: list[str] | None) -> dict[str, Path]:
+    from central.dialer.asr import check_vosk_model, parse_models
+
+    try:
+        models = parse_models(specs)
+        for lang, path in models.items():
+            check_vosk_model(path, lang)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--asr-model") from e
+    return models
+
+
 def _run_engine(params: dict[str, Any], engine_id: str) -> None:
     from central.dialer.engine import Engine, EngineConfig, ShiftedClock
     from central.dialer.sip import SipConfig
@@ -96,6 +115,7 @@ def _run_engine(params: dict[str, Any], engine_id: str) -> None:
         sip=SipConfig(bind_host=params["sip_host"], port=params["sip_port"], clock_rate=params["clock_rate"],
                       registrar=params["registrar"], username=params["username"], password=params["password"]),
         ring_timeout_s=params["ring_timeout"], asr_backend=params["asr"], asr_model_dir=params["vosk_model"],
+        asr_models=params["asr_models"], asr_min_confidence=params["asr_min_confidence"],
         asr_workers=params["asr_workers"], work_dir=params["work_dir"] or hub.settings.data_dir / "dialer",
         record=params["record"], engine_id=engine_id, workers=params["workers"],
     )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from central.dialer import service as svc
-from central.dialer.asr import Recogniser, make_recogniser
+from central.dialer.asr import MIN_CONFIDENCE, Recogniser, Recognisers, make_recognisers
 from central.dialer.audio import Endpointer, GrowingWav, frame_rms, wav_duration
 from central.dialer.dialog import Dialog, Step
 from central.dialer.sip import Player, Recorder, RobotCall, SipConfig, SipStack
@@ -47,6 +47,8 @@ class EngineConfig:
     max_call_s: float = 300.0
     asr_backend: str = "pocketsphinx"
     asr_model_dir: Path | None = None
+    asr_models: dict[str, Path] = field(default_factory=dict)  # language -> vosk model directory
+    asr_min_confidence: float = MIN_CONFIDENCE
     asr_workers: int = 2
     tts_wpm: int = 160
     work_dir: Path = Path("var/hub/dialer")  # recordings/ of live calls, and tts-cache/
@@ -64,7 +66,9 @@ class CallSession:
         self.e = engine
         self.contact = contact
         self.task = task
-        self.dialog = Dialog(task["template"], contact["vars"], today=now.date())
+        # no model for the template's language: DTMF only (speech is never guessed into an answer)
+        self.rec = engine.asr.for_language(task["template"].language)
+        self.dialog = Dialog(task["template"], contact["vars"], today=now.date(), dtmf_only=self.rec is None)
         self.started = now
         self.answered: datetime | None = None
         self.state = "dialing"
@@ -168,16 +172,17 @@ class CallSession:
             if len(new):
                 self.buf.append(new)
                 self.ep.feed(frame_rms(new, self.e.cfg.sip.clock_rate))
-            if self.ep.done or (self.ep.speaking and now_mono > self.speech_deadline):
+            if self.rec is not None and (self.ep.done or (self.ep.speaking and now_mono > self.speech_deadline)):
                 samples = np.concatenate(self.buf) if self.buf else np.zeros(0, dtype=np.int16)
                 rate = self.e.cfg.sip.clock_rate
                 n = rate * 20 // 1000
                 start = max(0, (self.ep.started_at or 0) - 10) * n  # keep 200 ms of lead-in
                 end = (self.ep.ended_at + 10) * n if self.ep.ended_at is not None else len(samples)
-                self.asr = self.e.pool.submit(self.e.asr.recognise, samples[start:end], rate,
+                self.asr = self.e.pool.submit(self.rec.recognise, samples[start:end], rate,
                                               self.step.listen.phrases)
                 self.state = "recognising"
-            elif not self.ep.speaking and self.ep.started_at is None and now_mono > self.listen_deadline:
+            elif (self.rec is None or (not self.ep.speaking and self.ep.started_at is None)) \
+                    and now_mono > self.listen_deadline:  # DTMF only: speech is nothing, wait for a key
                 self._apply(self.dialog.feed("silence"))
         elif self.state == "recognising":
             assert self.asr is not None
@@ -228,13 +233,15 @@ def _sip_outcome(status: int) -> str:
 
 class Engine:
     def __init__(self, hub: Hub, cfg: EngineConfig, clock: Clock | None = None,
-                 recogniser: Recogniser | None = None) -> None:
+                 recogniser: Recogniser | Recognisers | None = None) -> None:
         self.hub = hub
         self.cfg = cfg
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         cfg.work_dir.mkdir(parents=True, exist_ok=True)
         self.tts = Tts(cfg.work_dir / "tts-cache", cfg.sip.clock_rate, cfg.tts_wpm)
-        self.asr = recogniser or make_recogniser(cfg.asr_backend, cfg.asr_model_dir)
+        self.asr = recogniser if isinstance(recogniser, Recognisers) else \
+            Recognisers({recogniser.language: recogniser}) if recogniser is not None else \
+            make_recognisers(cfg.asr_backend, cfg.asr_models, cfg.asr_min_confidence, cfg.asr_model_dir)
         self.pool = ThreadPoolExecutor(max_workers=cfg.asr_workers, thread_name_prefix="asr")
         self.sip = SipStack(cfg.sip)
         self.sessions: list[CallSession] = []

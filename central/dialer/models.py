@@ -91,6 +91,40 @@ class TaskOut(TaskSummaryOut):
     finished_at: str | None
 
 
+class TaskCreatedOut(TaskOut):
+    """A task as created, with what it will not do as its author may expect (e.g. DTMF-only calls where no
+    speech model covers the template's language, prompts the voice cannot say)."""
+
+    warnings: list[str]
+
+
+class RecordingOut(Out):
+    """One recording in a template's store: its name and language, the media file and its checksum."""
+
+    name: str
+    language: Language
+    key: str  # central.media key (kind `prompts`): the file is 16-bit mono PCM at `rate`
+    sha256: str
+    duration_s: float
+    rate: int
+    uploaded_at: str
+    uploaded_by: str | None
+
+
+class RecordingSavedOut(RecordingOut):
+    """A stored recording and the template version that now names it."""
+
+    template_key: str
+    version: int
+
+
+class RecordingDeletedOut(Out):
+    """The template version stored without the recording."""
+
+    template_key: str
+    version: int
+
+
 class ProgressOut(Out):
     """Where a task stands: contacts by status and call attempts dialled/answered/completed."""
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from central.deps import get_hub
 from central.dialer import feed as dialer_feed
@@ -110,13 +111,67 @@ def copy_template(key: str, body: CopyIn, hub: Hub = Depends(get_hub),
     return {"key": tpl.key, "version": tpl.version, "org": body.org, "based_on": key}
 
 
+# --- template recordings (each template key's own store: templates.py's module doc) ---
+MAX_RECORDING_BODY = svc.MAX_RECORDING_BYTES
+Lang = Literal["zh", "en"]
+
+
+def _design(hub: Hub, key: str, p: Principal) -> str:
+    _tpl, meta = _template(hub, key, None, p)
+    _check(p, "dialer.design", meta["org"])
+    return str(meta["org"])
+
+
+@router.get("/templates/{key}/recordings", response_model=list[m.RecordingOut])
+def list_recordings(key: str, hub: Hub = Depends(get_hub),
+                    p: Principal = Depends(require("dialer.read"))) -> list[dict[str, Any]]:
+    _template(hub, key, None, p)
+    return svc.list_recordings(hub, key)
+
+
+@router.get("/templates/{key}/recordings/{name}", response_class=Response,
+            responses={200: {"content": {"audio/wav": {}}}})
+def get_recording(key: str, name: str = Path(max_length=63), language: Lang | None = None,
+                  hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> Response:
+    """The recording's WAV (16-bit mono PCM), in `language` (default: the template's)."""
+    _template(hub, key, None, p)
+    return Response(svc.recording_bytes(hub, key, name, language), media_type="audio/wav")
+
+
+@router.put("/templates/{key}/recordings/{name}", response_model=m.RecordingSavedOut,
+            openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}}})
+async def put_recording(key: str, request: Request, name: str = Path(max_length=63),
+                        language: Lang | None = None, hub: Hub = Depends(get_hub),
+                        p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
+    """Upload a PCM WAV (8/16-bit, mono/stereo, 8-48 kHz, at most 60 s) as recording `name` in `language`
+    (default: the template's); stored as 16-bit mono 16 kHz in a new template version."""
+    org = await run_in_threadpool(_design, hub, key, p)
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_RECORDING_BODY:
+            raise HTTPException(413, detail={"field": "body", "error": "a recording is at most 20 MB"})
+    # the WAV is converted in pure Python: off the event loop
+    return await run_in_threadpool(svc.put_recording, hub, key, name, language, bytes(data), org, p.name)
+
+
+@router.delete("/templates/{key}/recordings/{name}", response_model=m.RecordingDeletedOut)
+def delete_recording(key: str, name: str = Path(max_length=63), language: Lang | None = None,
+                     hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.design"))) -> dict[str, Any]:
+    org = _design(hub, key, p)
+    return {"template_key": key, "version": svc.delete_recording(hub, key, name, language, org, p.name)}
+
+
 # --- tasks ---
-@router.post("/tasks", status_code=201, response_model=m.TaskOut)
+@router.post("/tasks", status_code=201, response_model=m.TaskCreatedOut)
 def create_task(body: svc.TaskIn, hub: Hub = Depends(get_hub),
                 p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
     _check(p, "dialer.run", body.org)
     tid = svc.create_task(hub, body, p.name)
-    return svc.get_task(hub, tid) | {"template": None}
+    task = svc.get_task(hub, tid)
+    return task | {"template": None,
+                   "warnings": svc.task_warnings(hub, Template.model_validate_json(task["template"]))}
 
 
 @router.get("/tasks", response_model=list[m.TaskSummaryOut])

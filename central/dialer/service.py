@@ -185,15 +185,22 @@ def template_versions(hub: Hub, key: str) -> list[dict[str, Any]]:
         return store.template_versions(db, key)
 
 
-def save_template(hub: Hub, tpl: Template, org: str, actor: str, based_on: str | None = None) -> Template:
-    """Store `tpl` as a new version of its key (version 1 for a new key). Older versions stay frozen."""
+def save_template(hub: Hub, tpl: Template, org: str, actor: str, based_on: str | None = None,
+                  recordings: dict[str, Any] | None = None) -> Template:
+    """Store `tpl` as a new version of its key (version 1 for a new key). Older versions stay frozen.
+    Its `recordings` are the key's recording store as stored (or `recordings`: a copy's, an upload's),
+    never the body's; a node naming a recording the store lacks is refused (422, `nodes[<id>].audio`)."""
     from central.iam.audit import record
 
     with hub.store.tx() as db:
         owner = store.template_owner(db, tpl.key)
         if owner["version"] is not None and (owner["builtin"] or owner["org"] != org):
             raise DialerError("key", f"template {tpl.key!r} belongs to {owner['org']}; copy it under a new key", 409)
-        tpl = tpl.model_copy(update={"version": (owner["version"] or 0) + 1})
+        tpl = Template.model_validate({**tpl.model_dump(), "version": (owner["version"] or 0) + 1,
+                                       "recordings": _stored_recordings(db, tpl.key) if recordings is None
+                                       else recordings})
+        for where, problem in tpl.missing_recordings():
+            raise DialerError(where, problem, 422)
         store.insert_template(db, {
             "key": tpl.key, "version": tpl.version, "name": tpl.name, "org": org, "language": tpl.language,
             "body": tpl.model_dump_json(), "based_on": based_on, "builtin": 0, "created_by": actor,
@@ -209,7 +216,9 @@ def copy_template(hub: Hub, src_key: str, new_key: str, org: str, actor: str,
     src, meta = get_template(hub, src_key, version)
     data = src.model_dump()
     data.update(key=new_key, version=1, name=name or src.name)
-    return save_template(hub, Template.model_validate(data), org, actor, based_on=f"{src_key}@{meta['version']}")
+    # the copy's store starts with the source's recordings (content-addressed: the same files)
+    return save_template(hub, Template.model_validate(data), org, actor, based_on=f"{src_key}@{meta['version']}",
+                         recordings=src.model_dump()["recordings"])
 
 
 # --- tasks ----------------------------------------------------------------------------------------
@@ -224,6 +233,38 @@ class TaskIn(BaseModel):
     priority: int = Field(default=0, ge=-100, le=100)
     webhook_url: str | None = Field(default=None, pattern=r"^https?://")
     webhook_secret: str | None = Field(default=None, min_length=16)
+
+
+def task_warnings(hub: Hub, tpl: Template) -> list[str]:
+    """What a task on `tpl` will not do as its author may expect: DTMF-only calls where the engines have
+    no speech model for its language (settings.dialer.asr_languages), questions no key can answer, and
+    characters the Mandarin voice cannot say (when espeak-ng is installed here)."""
+    from central.dialer.dialog import dtmf_hint, tts_texts
+    from central.dialer.voice import DEFAULT_VOICES, VoiceUnavailable, mandarin_coverage
+
+    out: list[str] = []
+    if tpl.language not in hub.settings.dialer.asr_languages:
+        out.append(f"template.language: no speech recognition model for {tpl.language!r} is installed, so calls "
+                   "are DTMF only: spoken answers are not attempted and prompts say which key to press")
+        for n in tpl.nodes:
+            digits = "".join(a.dtmf for a in [*n.answers, *tpl.global_answers])
+            if n.kind == "ask" and not digits:
+                out.append(f"nodes[{n.id}]: no answer has DTMF digits, so the question cannot be answered"
+                           + (f" and is skipped to {n.on_fail!r}" if n.on_fail else " and the call ends no_input"))
+            elif n.kind == "ask" and dtmf_hint(tpl, n):
+                out.append(f"nodes[{n.id}].prompt: names no key; the calls append {dtmf_hint(tpl, n)!r}")
+    if tpl.language == "zh":
+        voice = tpl.voice or DEFAULT_VOICES["zh"]
+        try:
+            cov = mandarin_coverage(tts_texts(tpl, {"name": "王先生"}, dtmf_only=True), voice)
+        except VoiceUnavailable as e:
+            out.append(f"template.voice: not checked ({e})")
+        else:
+            if not cov.ok:
+                bad = "".join(sorted(cov.unspoken))[:40]
+                out.append(f"template.voice: {voice!r} speaks {cov.share:.0%} of the prompts' characters as "
+                           f"Mandarin (not: {bad or 'language switches'})")
+    return out
 
 
 def create_task(hub: Hub, spec: TaskIn, actor: str) -> int:
@@ -402,7 +443,15 @@ def running_tasks(hub: Hub) -> list[dict[str, Any]]:
     with hub.store.read() as db:
         rows = store.running_tasks(db)
     return [{"id": r["id"], "org": r["org"], "schedule": Schedule.model_validate_json(r["schedule"]),
-             "template": Template.model_validate_json(r["template"]), "priority": r["priority"]} for r in rows]
+             "template": _playable(hub, Template.model_validate_json(r["template"])), "priority": r["priority"]}
+            for r in rows]
+
+
+def _playable(hub: Hub, tpl: Template) -> Template:
+    """The template with its recordings resolved to this process's media store files (what the engine plays)."""
+    if tpl.recordings and getattr(hub, "services", None) is not None:
+        tpl.bind_media(media(hub).root)
+    return tpl
 
 
 def task_status(hub: Hub, task_id: int) -> str:
@@ -531,6 +580,140 @@ def cdrs(hub: Hub, task_id: int) -> list[dict[str, Any]]:
         d["recording_sha256"] = store.recording_sha256(d["recording"])
         out.append(d)
     return out
+
+
+# --- template recordings: each template key's own store of prompt WAVs (Template.recordings) -------------
+PROMPT_KIND = "prompts"
+PROMPT_RATE = 16000  # stored as 16-bit mono at this rate; pjmedia's conference bridge resamples to the call's
+MAX_RECORDING_BYTES = 20 * 1024 * 1024
+MAX_RECORDING_S = 60.0
+
+
+def _stored_recordings(db: Db, key: str) -> dict[str, Any]:
+    row = store.get_template(db, key, None)
+    return Template.model_validate_json(row["body"]).model_dump()["recordings"] if row else {}
+
+
+def normalise_wav(data: bytes) -> tuple[bytes, float]:
+    """A real PCM WAV (8- or 16-bit, mono or stereo, 8-48 kHz, 0.2-60 s) as 16-bit mono PCM at PROMPT_RATE,
+    with its duration; anything else is refused naming `body`. Pure Python: the hub has no numpy."""
+    import array
+    import wave
+
+    if len(data) > MAX_RECORDING_BYTES:
+        raise DialerError("body", f"a recording is at most {MAX_RECORDING_BYTES // 1024 // 1024} MB", 413)
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            ch, width, rate, n = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+            frames = w.readframes(n)
+    except (wave.Error, EOFError, ValueError) as e:
+        raise DialerError("body", f"not a PCM WAV file ({e})", 422) from e
+    if ch not in (1, 2) or width not in (1, 2) or not 8000 <= rate <= 48000:
+        raise DialerError("body", f"need 8- or 16-bit PCM, mono or stereo, 8-48 kHz (got {ch} channel(s), "
+                                  f"{8 * width}-bit, {rate} Hz)", 422)
+    n = len(frames) // (ch * width)
+    if not 0.2 <= n / rate <= MAX_RECORDING_S:
+        raise DialerError("body", f"a recording lasts 0.2 to {MAX_RECORDING_S:g} s (got {n / rate:.2f} s)", 422)
+    if width == 1:  # 8-bit WAV is unsigned
+        pcm = array.array("h", ((b - 128) << 8 for b in frames[: n * ch]))
+    else:
+        pcm = array.array("h")
+        pcm.frombytes(frames[: n * ch * 2])
+        if sys.byteorder == "big":
+            pcm.byteswap()
+    mono = [(a + b) >> 1 for a, b in zip(pcm[0::2], pcm[1::2], strict=False)] if ch == 2 else list(pcm)
+    if rate != PROMPT_RATE:  # linear interpolation: plenty for telephone-band speech
+        m = max(1, round(len(mono) * PROMPT_RATE / rate))
+        step = (len(mono) - 1) / max(1, m - 1)
+        last = len(mono) - 1
+        mono = [int(mono[i] + (mono[min(i + 1, last)] - mono[i]) * (x - i))
+                for x in (k * step for k in range(m)) for i in (int(x),)]
+    out = array.array("h", mono)
+    if sys.byteorder == "big":
+        out.byteswap()
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(PROMPT_RATE)
+        w.writeframes(out.tobytes())
+    return buf.getvalue(), round(len(out) / PROMPT_RATE, 3)
+
+
+def list_recordings(hub: Hub, key: str) -> list[dict[str, Any]]:
+    tpl, _meta = get_template(hub, key)
+    return [{"name": name, "language": lang, **ref.model_dump()}
+            for name, langs in sorted(tpl.recordings.items()) for lang, ref in sorted(langs.items())]
+
+
+def recording_bytes(hub: Hub, key: str, name: str, language: str | None) -> bytes:
+    tpl, _meta = get_template(hub, key)
+    from central.media import MediaMissing
+
+    ref = tpl.recordings.get(name, {}).get(_recording_language(tpl, language))  # type: ignore[call-overload]
+    if ref is None:
+        raise DialerError("name", f"template {key!r} has no {language} recording {name!r}", 404)
+    try:
+        return media(hub).get(ref.key, ref.sha256)
+    except MediaMissing as e:
+        raise DialerError("name", f"recording {name!r}: its file is missing or damaged", 410) from e
+
+
+def _recording_language(tpl: Template, language: str | None) -> str:
+    lang = language or tpl.language
+    if lang not in ("zh", "en"):
+        raise DialerError("language", f"unknown language {lang!r} (zh | en)", 422)
+    return lang
+
+
+def put_recording(hub: Hub, key: str, name: str, language: str | None, data: bytes, org: str,
+                  actor: str) -> dict[str, Any]:
+    """Store a recording in template `key`'s store (a new template version: a task keeps the recordings of
+    the version it was created on). The WAV is checked and converted first; the file is durable before the
+    version that names it commits."""
+    import re as _re
+
+    from central.dialer.templates import RECORDING_RE
+    from central.iam.audit import record
+
+    if not _re.fullmatch(RECORDING_RE, name):
+        raise DialerError("name", "a recording name is a-z, 0-9, _ and - (at most 63)", 422)
+    tpl, meta = get_template(hub, key)
+    lang = _recording_language(tpl, language)
+    wav, duration = normalise_wav(data)
+    ref = media(hub).put(PROMPT_KIND, wav, "wav")
+    entry = {"key": ref.key, "sha256": ref.sha256, "duration_s": duration, "rate": PROMPT_RATE,
+             "uploaded_at": iso(utc()), "uploaded_by": actor}
+    with hub.store.tx() as db:
+        recs = _stored_recordings(db, key)
+        recs.setdefault(name, {})[lang] = entry
+        saved = save_template(hub, tpl, org, actor, based_on=meta["based_on"], recordings=recs)
+        record(db, actor=actor, action="dialer.template.recording.put", target=f"{key}@{saved.version}", org=org,
+               detail={"name": name, "language": lang, "sha256": ref.sha256, "duration_s": duration})
+    return {"template_key": key, "version": saved.version, "name": name, "language": lang, **entry}
+
+
+def delete_recording(hub: Hub, key: str, name: str, language: str | None, org: str, actor: str) -> int:
+    """Drop a recording from the key's store (a new version); refused (409) while a node needs it. The file
+    stays: older versions and their tasks still play it."""
+    from central.iam.audit import record
+
+    tpl, meta = get_template(hub, key)
+    lang = _recording_language(tpl, language)
+    with hub.store.tx() as db:
+        recs = _stored_recordings(db, key)
+        if lang not in recs.get(name, {}):
+            raise DialerError("name", f"template {key!r} has no {lang} recording {name!r}", 404)
+        del recs[name][lang]
+        if not recs[name]:
+            del recs[name]
+        try:
+            saved = save_template(hub, tpl, org, actor, based_on=meta["based_on"], recordings=recs)
+        except DialerError as e:
+            raise DialerError(e.field or "name", f"still used: {e}", 409) from e
+        record(db, actor=actor, action="dialer.template.recording.delete", target=f"{key}@{saved.version}",
+               org=org, detail={"name": name, "language": lang})
+    return saved.version
 
 
 # --- call recordings (files in the hub's media store; the CDR holds the key, which names the SHA-256) ------

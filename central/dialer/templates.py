@@ -7,6 +7,19 @@ A node is one of:
 - `say`: say `prompt`, go to `next` without listening.
 - `end` / `handoff`: say `prompt` and hang up with `outcome` (handoff: transfer to an agent).
 Prompts may use `{name}`-style variables from the call-list row. Templates round-trip through YAML.
+
+Recordings (real call centres record the fixed parts of a prompt; TTS speaks only what varies). Each
+template key has its own recording store (`PUT /api/v1/dialer/templates/{key}/recordings/{name}?language=`,
+a PCM WAV; `recordings` below is that store's index, kept by the server: a saved body's own `recordings`
+is ignored). A recording has a name (`[a-z0-9][a-z0-9_-]*`) and one file per language; a template plays
+the one of its own `language`. Two ways to use one, never a file path:
+- `audio: greet`: the whole prompt is the recording `greet`; `prompt` is its transcript and is spoken by
+  TTS when the store has no `greet` in the template's language.
+- `[[name]]` inside `prompt` mixes recordings and TTS: `prompt: "[[hello]]{name}，[[notice-body]]"` plays
+  the recording `hello`, speaks the callee's name, plays `notice-body`. Such a segment has no text to
+  fall back on, so the store must hold it in the template's language.
+Saving a template that names a recording its store does not hold answers 422 naming `nodes[<id>].audio`
+(or `.prompt` for a segment). Copying a template copies its recordings.
 """
 
 from __future__ import annotations
@@ -16,12 +29,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from central.dialer.expr import ExprError, compile_expr
 
 KEY_RE = r"^[a-z0-9][a-z0-9_-]{1,62}$"
+RECORDING_RE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+SEGMENT = re.compile(r"\[\[([^\[\]]*)\]\]")  # a recorded segment inside prompt text: [[name]]
 BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+class RecordingRef(BaseModel):
+    """One recorded WAV in a template's store: a central.media key (kind `prompts`) and its checksum."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(pattern=r"^prompts/\d{4}/\d{2}/\d{2}/[0-9a-f]{64}\.wav$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    duration_s: float = Field(ge=0)
+    rate: int
+    uploaded_at: str
+    uploaded_by: str | None = None
 
 
 class Answer(BaseModel):
@@ -41,7 +69,7 @@ class Node(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     kind: Literal["ask", "say", "end", "handoff"] = "ask"
     prompt: str = ""
-    audio: str | None = None  # a recorded WAV played instead of TTS
+    audio: str | None = None  # the name of a recording in the template's store (see the module doc)
     question: str | None = None  # report column for this answer (default: node id)
     answers: list[Answer] = Field(default_factory=list)
     next: str | None = None  # say nodes
@@ -68,6 +96,9 @@ class Template(BaseModel):
     global_answers: list[Answer] = Field(default_factory=list)  # checked after a node's own answers
     start: str
     nodes: list[Node] = Field(min_length=1)
+    # name -> language -> file: the template's recording store, kept by the server (module doc)
+    recordings: dict[str, dict[Literal["zh", "en"], RecordingRef]] = Field(default_factory=dict)
+    _media_root: Path | None = PrivateAttr(default=None)  # set where recordings are played (the engine)
 
     @field_validator("synonyms")
     @classmethod
@@ -110,6 +141,54 @@ class Template(BaseModel):
                 check(f"{where}.answers[{j}].next", a.next)
                 self._check_answer(f"{where}.answers[{j}]", a)
         return self
+
+    @model_validator(mode="after")
+    def _audio(self) -> Template:
+        """Recordings are named, never paths: `audio` and `[[...]]` segments must be recording names."""
+        for n in self.nodes:
+            if n.audio is not None and not re.fullmatch(RECORDING_RE, n.audio):
+                raise ValueError(f"nodes[{n.id}].audio: {n.audio[:80]!r} is not a recording name (a-z, 0-9, "
+                                 "_ and -; upload the WAV to the template's recordings, then name it)")
+            for text in (n.prompt, n.no_match_prompt or "", n.silence_prompt or ""):
+                for m in SEGMENT.finditer(text):
+                    if not re.fullmatch(RECORDING_RE, m[1]):
+                        raise ValueError(f"nodes[{n.id}].prompt: [[{m[1][:80]}]] is not a recording name")
+        for name in self.recordings:
+            if not re.fullmatch(RECORDING_RE, name):
+                raise ValueError(f"recordings.{name[:80]}: not a recording name")
+        return self
+
+    def missing_recordings(self) -> list[tuple[str, str]]:
+        """(field, message) for each recording a node names that the store does not hold: `audio` with
+        no file in any language and no prompt text, or a `[[name]]` segment without one in `language`."""
+        out: list[tuple[str, str]] = []
+        for n in self.nodes:
+            if n.audio is not None:
+                langs = self.recordings.get(n.audio, {})
+                if not langs:
+                    out.append((f"nodes[{n.id}].audio", f"the template's recordings hold no {n.audio!r}"))
+                elif self.language not in langs and not n.prompt.strip():
+                    out.append((f"nodes[{n.id}].audio", f"no {self.language} recording {n.audio!r} and no "
+                                                        "prompt text to speak instead"))
+            for text in (n.prompt, n.no_match_prompt or "", n.silence_prompt or ""):
+                for m in SEGMENT.finditer(text):
+                    if self.language not in self.recordings.get(m[1], {}):
+                        out.append((f"nodes[{n.id}].prompt",
+                                    f"[[{m[1]}]]: the template's recordings hold no {self.language} {m[1]!r}"))
+        return out
+
+    def bind_media(self, root: Path) -> Template:
+        """Where this process finds the media store's files (recording_path answers paths under it)."""
+        self._media_root = Path(root)
+        return self
+
+    def recording_path(self, name: str) -> str | None:
+        """The file to play for recording `name` in the template's language (None: the store has none);
+        an absolute path once bind_media was called, else the media key."""
+        ref = self.recordings.get(name, {}).get(self.language)
+        if ref is None:
+            return None
+        return str(self._media_root / ref.key) if self._media_root is not None else ref.key
 
     def _check_answer(self, where: str, a: Answer) -> None:
         if not a.expr and not a.dtmf:

@@ -1,5 +1,7 @@
-"""TTS: pyttsx3 over espeak-ng (Chinese `cmn` and English voices) to 16-bit mono WAV at the SIP clock
-rate, cached on disk per (voice, rate, text) so a campaign synthesises each prompt once."""
+"""TTS: pyttsx3 over espeak-ng (Mandarin `cmn-latn-pinyin` and English voices) to 16-bit mono WAV at the
+SIP clock rate, cached on disk per (voice, rate, text) so a campaign synthesises each prompt once. Text is
+normalised first (central.dialer.voice.speakable: dates, times, phone digits read in Chinese), and
+`mandarin_coverage` measures what a voice says (bench/tts_mandarin.py, tests/dialer/test_voice_tts.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from central.dialer.audio import frame_rms, read_wav, resample, write_wav
+from central.dialer.voice import DEFAULT_VOICES, mandarin_coverage, speakable
 
-DEFAULT_VOICES = {"zh": "cmn", "en": "en-us"}
+__all__ = ["DEFAULT_VOICES", "Tts", "TtsError", "mandarin_coverage", "trim_silence"]
 _lock = threading.Lock()  # pyttsx3 drives one espeak instance per process: serialise it
 
 
@@ -48,6 +51,7 @@ class Tts:
         if not text.strip():
             raise TtsError("text: empty prompt")
         v = self.voice_for(language, voice)
+        text = speakable(text, language)
         key = hashlib.sha256(f"trim\x00{v}\x00{self.wpm}\x00{self.rate_hz}\x00{text}".encode()).hexdigest()[:32]
         out = self.cache_dir / f"{key}.wav"
         if out.exists():
