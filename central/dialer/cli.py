@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -139,6 +140,11 @@ def _run_engine(params: dict[str, Any], engine_id: str | None) -> None:
         typer.echo(f"dialer engine not started: {e}", err=True)
         raise typer.Exit(2) from e
     engine_id = engine.engine_id
+
+    def _term(*_: Any) -> None:  # a service manager's stop: hang up, write the CDRs, report stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     typer.echo(f"dialer engine {engine_id} on sip:{engine.sip.local} (up to {engine.sip.max_calls} calls)",
                err=True)
     try:
