@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,20 @@ def run(
     registrar: Annotated[str | None, typer.Option(help="Register to this SIP trunk (sip:host:port)")] = None,
     username: str = "robot",
     password: Annotated[str, typer.Option(envvar="CITYBRAIN_DIALER_SIP_PASSWORD")] = "",
+    domain: Annotated[str | None, typer.Option(help="AOR domain: sip:<username>@<domain> (default: the "
+                                                    "registrar's host)")] = None,
+    realm: Annotated[str, typer.Option(help="Digest auth realm ('*' = any)")] = "*",
+    proxy: Annotated[str | None, typer.Option(help="Outbound proxy URI, e.g. sip:sbc.example:5060;lr")] = None,
+    transport: Annotated[str, typer.Option(help="udp | tcp | tls")] = "udp",
+    rtp_port: Annotated[int, typer.Option(min=0, max=65535, help="First RTP port (0 = any)")] = 0,
+    rtp_port_range: Annotated[int, typer.Option(min=0, max=65535, help="RTP ports usable from --rtp-port")] = 0,
+    session_expires: Annotated[int, typer.Option(
+        min=0, max=86400, help="SIP session timer (RFC 4028) in s, >= 90; 0 = off")] = 90,
+    lease: Annotated[float, typer.Option(min=1, max=86400, help="Claim lease in s (> --session-expires): a "
+                                                                "dead engine's contacts are released after it")] =
+    120.0,
+    heartbeat: Annotated[float, typer.Option(min=0.2, max=3600, help="Report/renew every this many s")] = 5.0,
+    reg_retry: Annotated[float, typer.Option(min=1, max=86400, help="Retry a refused registration after s")] = 60.0,
     clock_rate: int = 16000,
     workers: Annotated[int, typer.Option(min=1, max=256, help="Engine processes (each holds <= 4 calls)")] = 1,
     ring_timeout: float = 30.0,
@@ -45,8 +60,9 @@ def run(
     work_dir: Annotated[Path | None, typer.Option(help="Recordings + TTS cache (default data_dir/dialer)")] =
     None,
     record: bool = True,
-    engine_id: Annotated[str, typer.Option(help="Stable id: a restarted engine re-queues its own calls")] =
-    "engine-1",
+    engine_id: Annotated[str | None, typer.Option(
+        help="Engine id (default: one generated once and kept in work_dir; never shared by two engines)")] =
+    None,
     # formats named: the offset must parse whatever typer's default formats are (0.27's have none with %z)
     clock_start: Annotated[datetime | None, typer.Option(
         help="Rehearsal/test: pretend the clock starts here (with its offset)",
@@ -61,8 +77,20 @@ def run(
                                  param_hint="--clock-start")
     if workers > 1 and sip_port:
         raise typer.BadParameter("several workers cannot share one SIP port; use 0", param_hint="--sip-port")
+    if transport not in ("udp", "tcp", "tls"):
+        raise typer.BadParameter("udp, tcp or tls", param_hint="--transport")
+    if session_expires and session_expires < 90:
+        raise typer.BadParameter("at least 90 s (PJSIP's minimum), or 0 for off", param_hint="--session-expires")
+    if session_expires and lease <= session_expires:
+        raise typer.BadParameter("must exceed --session-expires: a dead engine's leg must be gone before its "
+                                 "contacts are re-dialled", param_hint="--lease")
+    if lease < 3 * heartbeat:
+        raise typer.BadParameter("at least three --heartbeat intervals", param_hint="--lease")
     params = dict(uri_template=uri_template, settings_file=settings_file, sip_host=sip_host, sip_port=sip_port,
                   registrar=registrar, username=username, password=password, clock_rate=clock_rate,
+                  domain=domain, realm=realm, proxy=proxy, transport=transport, rtp_port=rtp_port,
+                  rtp_port_range=rtp_port_range, session_expires=session_expires, lease=lease,
+                  heartbeat=heartbeat, reg_retry=reg_retry,
                   workers=workers, ring_timeout=ring_timeout, asr=asr, vosk_model=vosk_model,
                   asr_models=_asr_models(asr_model), asr_min_confidence=asr_min_confidence,
                   asr_workers=asr_workers, work_dir=work_dir, record=record, clock_start=clock_start,
@@ -75,7 +103,8 @@ def run(
     # spawn, not fork: each worker is a fresh interpreter with its own pjsua2 Endpoint (PJSIP is not
     # fork-safe and this wheel allows 4 calls per Endpoint); the store arbitrates who dials whom.
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_run_engine, args=(params, f"{engine_id}-w{i}"), daemon=False)
+    procs = [ctx.Process(target=_run_engine, args=(params, f"{engine_id}-w{i}" if engine_id else None),
+                         daemon=False)
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -103,7 +132,7 @@ def _asr_models(specs: list[str] | None) -> dict[str, Path]:
     return models
 
 
-def _run_engine(params: dict[str, Any], engine_id: str) -> None:
+def _run_engine(params: dict[str, Any], engine_id: str | None) -> None:
     from central.dialer.engine import Engine, EngineConfig, ShiftedClock
     from central.dialer.sip import SipConfig
 
@@ -113,15 +142,31 @@ def _run_engine(params: dict[str, Any], engine_id: str) -> None:
     cfg = EngineConfig(
         uri_template=params["uri_template"],
         sip=SipConfig(bind_host=params["sip_host"], port=params["sip_port"], clock_rate=params["clock_rate"],
-                      registrar=params["registrar"], username=params["username"], password=params["password"]),
+                      registrar=params["registrar"], username=params["username"], password=params["password"],
+                      domain=params["domain"], realm=params["realm"], proxy=params["proxy"],
+                      transport=params["transport"], rtp_port=params["rtp_port"],
+                      rtp_port_range=params["rtp_port_range"], session_expires_s=params["session_expires"],
+                      reg_retry_s=params["reg_retry"]),
         ring_timeout_s=params["ring_timeout"], asr_backend=params["asr"], asr_model_dir=params["vosk_model"],
         asr_models=params["asr_models"], asr_min_confidence=params["asr_min_confidence"],
         asr_workers=params["asr_workers"], work_dir=params["work_dir"] or hub.settings.data_dir / "dialer",
-        record=params["record"], engine_id=engine_id, workers=params["workers"],
+        record=params["record"], engine_id=engine_id, workers=params["workers"], lease_s=params["lease"],
+        heartbeat_s=params["heartbeat"],
     )
     clock = ShiftedClock(params["clock_start"]) if params["clock_start"] is not None else None
-    engine = Engine(hub, cfg, clock=clock)
-    typer.echo(f"dialer engine {engine_id} on sip:{engine.sip.local}", err=True)
+    try:
+        engine = Engine(hub, cfg, clock=clock)
+    except (RuntimeError, ValueError) as e:  # an id in use, a bad setting: say so, do not dial
+        typer.echo(f"dialer engine not started: {e}", err=True)
+        raise typer.Exit(2) from e
+    engine_id = engine.engine_id
+
+    def _term(*_: Any) -> None:  # a service manager's stop: hang up, write the CDRs, report stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    typer.echo(f"dialer engine {engine_id} on sip:{engine.sip.local} (up to {engine.sip.max_calls} calls)",
+               err=True)
     try:
         engine.run(exit_when_idle=params["exit_when_idle"], max_runtime_s=params["max_runtime"])
     except KeyboardInterrupt:

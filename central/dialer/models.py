@@ -225,7 +225,11 @@ class CdrOut(Out):
     answered_at: str | None
     ended_at: str | None
     sip_status: int | None
-    outcome: str  # busy/no_answer/failed/hangup/no_input/no_match/loop or a template end node's own
+    # busy/no_answer/failed, early_hangup/prompt_failed/audio_missing/engine_lost (issue 20), timeout/
+    # cancelled/engine_stopped/lease_lost, no_input/no_match/loop or a template end node's own (completed ...)
+    outcome: str
+    reason: str | None = None  # the outcome's cause in words (where the callee hung up, what failed)
+    end_node: str | None = None  # the dialog node the call ended at
     answers: dict[str, CallAnswerOut] | None  # question -> answer
     asr_text: str | None
     transcript: list[TranscriptStepOut] | None
@@ -234,3 +238,27 @@ class CdrOut(Out):
     phone_masked: str
     name: str | None
     recording_sha256: str | None
+
+
+class EngineOut(Out):
+    """A SIP engine process as it last reported itself (GET /dialer/engines)."""
+
+    id: str
+    host: str
+    pid: int
+    state: Literal["running", "stopped"]
+    live: bool  # running, and its heartbeat is recent: its capacity counts
+    started_at: str
+    heartbeat_at: float  # the database clock, UNIX seconds
+    age_s: float  # seconds since its last heartbeat
+    capacity: int  # calls it can hold (the pjsua2 build's PJSUA_MAX_CALLS); 0 once stopped
+    calls: int  # calls it had up at its last heartbeat
+    trunk: str | None  # its registrar URI; None when it dials direct URIs
+    reg_state: Literal["none", "registering", "registered", "failed"] | None
+    reg_status: int | None  # the registrar's last SIP status (200, 401, 403 ...)
+    reg_error: str | None
+
+
+class EnginesOut(Out):
+    engines: list[EngineOut]
+    capacity: int  # calls the live engines hold together

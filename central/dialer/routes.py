@@ -241,6 +241,13 @@ def export_csv(task_id: int, unmask: bool = False, hub: Hub = Depends(get_hub),
                     headers={"Content-Disposition": f'attachment; filename="task-{task_id}.csv"'})
 
 
+# --- engines ---
+@router.get("/engines", response_model=m.EnginesOut)
+def engines(hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
+    """The SIP engine processes: capacity, heartbeat and trunk registration (a refused REGISTER shows here)."""
+    return {"engines": svc.engines(hub), "capacity": svc.engine_capacity(hub)}
+
+
 # --- do-not-call ---
 class DncIn(BaseModel):
     model_config = ConfigDict(extra="forbid")

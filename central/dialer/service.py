@@ -35,6 +35,13 @@ log = logging.getLogger("citybrain.dialer")
 ROOT_ORG = "/city"  # built-in templates belong to the city and are visible to every department
 ACTIVE = ("pending", "calling")
 SIP_OUTCOMES = ("busy", "no_answer", "failed")
+# Outcomes of a call that did not reach its end (issue 20: outcomes are facts). A prompt that could not be
+# synthesised or a recording that is missing fails the same way at every attempt: never retried. An early
+# hang-up is retried only when the task's retry_delay_s names it. A lost engine's attempt is re-dialled
+# once (after retry_delay_s["engine_lost"], default at once) if attempts are left.
+NEVER_RETRIED = ("prompt_failed", "audio_missing")
+FAILED_OUTCOMES = (*SIP_OUTCOMES, *NEVER_RETRIED, "engine_lost")
+MAX_RETRY_DELAY_S = 30 * 86400  # whatever a schedule says, a retry is never scheduled further out
 
 
 class DialerError(HubError, ValueError):
@@ -440,11 +447,19 @@ def progress(hub: Hub, task_id: int) -> dict[str, Any]:
 
 # --- engine side: claim a due contact, record the attempt -----------------------------------------
 def running_tasks(hub: Hub) -> list[dict[str, Any]]:
+    """Running tasks for the engine. A task whose stored schedule or template no longer parses (e.g. after
+    validation got stricter) is left out and logged: it must not stop the engine serving the others."""
     with hub.store.read() as db:
         rows = store.running_tasks(db)
-    return [{"id": r["id"], "org": r["org"], "schedule": Schedule.model_validate_json(r["schedule"]),
-             "template": _playable(hub, Template.model_validate_json(r["template"])), "priority": r["priority"]}
-            for r in rows]
+    out = []
+    for r in rows:
+        try:
+            out.append({"id": r["id"], "org": r["org"], "schedule": Schedule.model_validate_json(r["schedule"]),
+                        "template": _playable(hub, Template.model_validate_json(r["template"])),
+                        "priority": r["priority"]})
+        except ValueError as e:
+            log.error("task %s not dialled: its stored schedule/template is invalid: %s", r["id"], e)
+    return out
 
 
 def _playable(hub: Hub, tpl: Template) -> Template:
@@ -482,7 +497,7 @@ def _dnc_for(db: Db, org: str) -> set[str]:
 
 
 def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int,
-              engine_id: str = "engine-1") -> list[dict[str, Any]]:
+              engine_id: str = "engine-1", lease_s: float = 120.0) -> list[dict[str, Any]]:
     """Atomically take up to `limit` due contacts of a running task (priority first), never more than
     the task's free slots (max_concurrent across every engine, counted in the claim's own transaction),
     skipping numbers put on the do-not-call list after import. Returns them with the decrypted phone."""
@@ -491,36 +506,68 @@ def claim_due(hub: Hub, task: dict[str, Any], now: datetime, limit: int,
     c = _cipher(hub)
     with hub.store.tx() as db:
         rows = store.claim_contacts(db, task["id"], iso(now), limit, task["schedule"].max_concurrent,
-                                    _dnc_for(db, task["org"]), engine_id)
+                                    _dnc_for(db, task["org"]), engine_id, lease_s)
     return [{"id": r["id"], "task_id": task["id"], "phone": c.decrypt(r["phone_enc"]), "name": r["name"],
              "vars": {**json.loads(r["vars"]), "name": r["name"] or ""}, "attempt": r["attempts"] + 1}
             for r in rows]
 
 
-FEED_CDR_FIELDS = ("engine", "started_at", "answered_at", "ended_at", "sip_status", "outcome", "duration_s")
+FEED_CDR_FIELDS = ("engine", "started_at", "answered_at", "ended_at", "sip_status", "outcome", "reason",
+                   "end_node", "duration_s")
+
+
+def retry_delay(sched: Schedule, outcome: str) -> float | None:
+    """Seconds until the retry after `outcome` (None: not retried), clamped to MAX_RETRY_DELAY_S."""
+    if outcome in NEVER_RETRIED:
+        return None
+    raw = sched.retry_delay_s.get(outcome, 0 if outcome == "engine_lost" else None)
+    if raw is None:
+        return None
+    try:
+        return float(min(max(0.0, float(raw)), MAX_RETRY_DELAY_S))
+    except (TypeError, ValueError, OverflowError):
+        return float(MAX_RETRY_DELAY_S)
+
+
+def _insert_cdr(db: Db, task_id: int, contact_id: int, attempts: int, cdr: dict[str, Any]) -> None:
+    store.insert_cdr(db, {
+        **{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v)
+           for k, v in cdr.items() if k in store.CDR_COLUMNS},
+        "task_id": task_id, "contact_id": contact_id, "attempt": attempts,
+    })
 
 
 def finish_attempt(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Store the CDR, then retry (busy/no answer/failed per the schedule) or close the contact. Returns
-    the contact row and whether it is final; completes the task when nothing is left to call."""
+    """Store the CDR, then retry (per the schedule's retry_delay_s and max_attempts; see NEVER_RETRIED and
+    engine_lost above) or close the contact. Returns the contact row and whether it is final; completes
+    the task when nothing is left to call. A CDR naming an engine that no longer holds the contact (its
+    lease ran out and another engine released it) is stored as the fact it is, and the contact is left
+    to whoever holds it now."""
     with hub.store.tx() as db:
         row = store.contact_for_finish(db, contact_id)
         if row is None:
             raise DialerError("contact_id", f"no contact {contact_id}", 404)
         task_id, attempts = row["task_id"], row["attempts"]
-        sched = Schedule.model_validate_json(row["schedule"])
         outcome = cdr["outcome"]
-        store.insert_cdr(db, {
-            **{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v) for k, v in cdr.items()},
-            "task_id": task_id, "contact_id": contact_id, "attempt": attempts,
-        })
-        retry = outcome in sched.retry_delay_s and attempts < sched.max_attempts
+        if cdr.get("engine") and (row["status"] != "calling" or row["claimed_by"] != cdr["engine"]):
+            log.warning("contact %s: attempt by %s finished after its lease was released (%s)", contact_id,
+                        cdr["engine"], outcome)
+            _insert_cdr(db, task_id, contact_id, attempts, cdr)
+            return {"task_id": task_id, "final": row["status"] not in ACTIVE, "status": row["status"],
+                    "task_completed": False}
+        sched = Schedule.model_validate_json(row["schedule"])
+        _insert_cdr(db, task_id, contact_id, attempts, cdr)
+        delay = retry_delay(sched, outcome) if attempts < sched.max_attempts else None
+        if delay is not None and outcome == "engine_lost" and store.lost_attempts(db, contact_id) > 1:
+            delay = None  # the CDR just stored is its second lost attempt: one re-dial only
+        retry = delay is not None
         if retry:
-            status, next_at = "pending", iso(now + timedelta(seconds=sched.retry_delay_s[outcome]))
+            status, next_at = "pending", iso(now + timedelta(seconds=delay or 0))
         else:
-            status, next_at = ("failed" if outcome in SIP_OUTCOMES else "done"), None
+            status, next_at = ("failed" if outcome in FAILED_OUTCOMES else "done"), None
         store.set_contact_result(db, contact_id, status, next_at, outcome,
-                                 json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now))
+                                 json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now),
+                                 cdr.get("reason"))
         if not retry and (target := _webhook(db, task_id)) is not None:
             webhooks.enqueue(db, "contact.finished", {
                 "event": "contact.finished", "task_id": task_id, "contact_id": contact_id, "outcome": outcome,
@@ -549,10 +596,75 @@ def maybe_complete(hub: Hub, task_id: int, now: datetime) -> bool:
         return done
 
 
-def release_stale(hub: Hub, now: datetime, engine_id: str = "engine-1") -> int:
-    """After an engine crash, its contacts left 'calling' go back to pending (the attempt did not finish)."""
+def fail_contact(hub: Hub, contact_id: int, cdr: dict[str, Any], now: datetime) -> None:
+    """Last resort when finish_attempt itself failed (e.g. a stored schedule that no longer parses): keep
+    the CDR and close the contact as failed with the reason, so the engine goes on with the others."""
     with hub.store.tx() as db:
-        return store.release_stale(db, iso(now), engine_id)
+        row = store.contact_for_finish(db, contact_id)
+        if row is None:
+            return
+        _insert_cdr(db, row["task_id"], contact_id, row["attempts"], cdr)
+        store.set_contact_result(db, contact_id, "failed", None, cdr["outcome"],
+                                 json.dumps(cdr.get("answers") or {}, ensure_ascii=False), iso(now),
+                                 cdr.get("reason"))
+
+
+def renew_leases(hub: Hub, engine_id: str, contact_ids: list[int], lease_s: float) -> set[int]:
+    """Renew the leases of an engine's live calls; returns the contacts it lost (released by another)."""
+    with hub.store.tx() as db:
+        return store.renew_leases(db, engine_id, contact_ids, lease_s)
+
+
+def release_lost(hub: Hub, now: datetime, by: str) -> int:
+    """Contacts whose claim lease ran out (their engine died or hung) get a CDR `engine_lost` for the lost
+    attempt, which counts, and go back for one re-dial under the task's rules (finish_attempt), in the
+    transaction that found them expired: two releasers never release one contact twice. Any live engine
+    runs this every heartbeat; `by` names it in the log."""
+    with hub.store.tx() as db:
+        rows = store.expired_leases(db)
+        for r in rows:
+            log.warning("contact %s: lease of engine %s ran out; released by %s", r["id"], r["claimed_by"], by)
+            finish_attempt(hub, r["id"], {
+                "engine": r["claimed_by"], "started_at": r["updated_at"], "ended_at": iso(now), "sip_status": 0,
+                "outcome": "engine_lost",
+                "reason": f"engine {r['claimed_by']} stopped renewing its lease (died); released by {by}"}, now)
+    return len(rows)
+
+
+# --- engines ---------------------------------------------------------------------------------------
+ENGINE_STALE_S = 30.0  # an engine without a heartbeat for this long is not counted as live
+
+
+def report_engine(hub: Hub, row: dict[str, Any]) -> None:
+    """An engine's heartbeat: id, host, pid, state, started_at, capacity, calls, trunk, reg_*."""
+    with hub.store.tx() as db:
+        store.upsert_engine(db, row)
+
+
+def claim_engine_id(hub: Hub, engine_id: str, host: str, pid: int, stale_s: float = ENGINE_STALE_S) -> None:
+    """Refuse to start under an id a live engine of another process already reports (two engines with one
+    id would renew each other's leases and finish each other's contacts)."""
+    with hub.store.read() as db:
+        row = store.get_engine(db, engine_id)
+    if (row is not None and row["state"] == "running" and row["age_s"] < stale_s
+            and (row["host"], row["pid"]) != (host, pid)):
+        raise DialerError("engine_id", f"engine {engine_id!r} is already running on {row['host']} "
+                                       f"(pid {row['pid']}); give each engine its own --engine-id", 409)
+
+
+def engines(hub: Hub, stale_s: float = ENGINE_STALE_S) -> list[dict[str, Any]]:
+    """Every engine that reported, with `live` (running and a heartbeat within `stale_s`)."""
+    with hub.store.read() as db:
+        rows = store.list_engines(db)
+    return [{**r, "age_s": round(float(r["age_s"]), 1),
+             "live": r["state"] == "running" and float(r["age_s"]) < stale_s} for r in rows]
+
+
+def engine_capacity(hub: Hub, stale_s: float = ENGINE_STALE_S) -> int:
+    """Calls the live engines can hold together (0: no engine is running). A task's max_concurrent above
+    this is capped by the engines, not by the task (the status can say "engine capacity")."""
+    with hub.store.read() as db:
+        return store.engine_capacity(db, stale_s)
 
 
 # --- do-not-call ------------------------------------------------------------------------------------
@@ -799,7 +911,8 @@ def export_csv(hub: Hub, task_id: int, unmask: bool = False) -> str:
     questions = Template.model_validate_json(task["template"]).questions()
     buf = io.StringIO()
     w = csvsafe.writer(buf)  # names and spoken answers are callee text: no formulas
-    w.writerow(["row", "phone", "name", "status", "outcome", "attempts", *questions])
+    # `reason` last: the columns existing readers index stay where they were
+    w.writerow(["row", "phone", "name", "status", "outcome", "attempts", *questions, "reason"])
     c = _cipher(hub) if unmask else None
     with hub.store.read() as db:
         rows = store.export_rows(db, task_id)
@@ -807,7 +920,7 @@ def export_csv(hub: Hub, task_id: int, unmask: bool = False) -> str:
         a = json.loads(r["answers"]) if r["answers"] else {}
         w.writerow([r["row_no"], c.decrypt(r["phone_enc"]) if c else r["phone_masked"], r["name"] or "",
                     r["status"], r["outcome"] or "", r["attempts"],
-                    *[("" if q not in a else a[q].get("value")) for q in questions]])
+                    *[("" if q not in a else a[q].get("value")) for q in questions], r["reason"] or ""])
     return buf.getvalue()
 
 

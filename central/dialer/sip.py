@@ -17,6 +17,8 @@ import pjsua2 as pj
 
 log = logging.getLogger("citybrain.dialer.sip")
 PJSUA_MAX_CALLS = 4  # compile-time limit of the pjsua2-python 2.15 wheel (measured: the 5th call fails)
+MIN_SESSION_EXPIRES_S = 90  # PJSIP's absolute minimum Min-SE: a smaller one aborts the process (assert)
+TRANSPORTS = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
 
 
 @dataclass
@@ -31,9 +33,26 @@ class SipConfig:
     registrar: str | None = None  # e.g. sip:trunk.example:5060; None = dial direct URIs
     username: str = "robot"
     password: str = ""
-    realm: str = "*"
-    domain: str | None = None
+    realm: str = "*"  # digest auth realm ("*": answer any realm's challenge)
+    domain: str | None = None  # the AOR's domain (sip:robot@<domain>); default: the registrar's host
+    proxy: str | None = None  # outbound proxy URI (e.g. sip:sbc.example;lr): every request goes through it
+    transport: str = "udp"  # udp | tcp | tls
+    rtp_port: int = 0  # first RTP port (0 = any); each call takes an RTP/RTCP pair from here
+    rtp_port_range: int = 0  # how many ports from rtp_port may be used (0 = no limit)
+    # RFC 4028 session timers: a leg whose refresher (this engine) died is torn down by the peer/trunk
+    # within this many seconds, which is why the claim lease must be longer (EngineConfig.lease_s).
+    # 0 = off (then only the trunk's own limits end an orphaned leg).
+    session_expires_s: int = 90
+    reg_retry_s: float = 60.0  # after a failed registration, try again this often
     log_level: int = 0
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"sip.transport: {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if self.session_expires_s and self.session_expires_s < MIN_SESSION_EXPIRES_S:
+            raise ValueError(f"sip.session_expires_s: at least {MIN_SESSION_EXPIRES_S} s (PJSIP's minimum), or 0")
+        if not 0 <= self.rtp_port <= 65535 or not 0 <= self.rtp_port_range <= 65535:
+            raise ValueError("sip.rtp_port: ports are 0..65535")
 
 
 class RobotCall(pj.Call):
@@ -75,6 +94,19 @@ class _Account(pj.Account):
     def __init__(self) -> None:
         super().__init__()
         self.incoming: deque[RobotCall] = deque()
+        self.reg_state = "none"  # none | registering | registered | failed
+        self.reg_status = 0
+        self.reg_error = ""
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:  # noqa: N802
+        self.reg_status = int(prm.code)
+        ok = 200 <= prm.code < 300
+        self.reg_state = "registered" if ok and prm.expiration > 0 else ("none" if ok else "failed")
+        self.reg_error = "" if ok else f"{prm.code} {prm.reason}".strip()
+        if ok:
+            log.info("registered (%s %s, expires %s s)", prm.code, prm.reason, prm.expiration)
+        else:
+            log.error("registration failed: %s %s (status %s)", prm.code, prm.reason, prm.status)
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:  # noqa: N802
         # The Call object must exist before this callback returns, or pjsua2 rejects the call (500).
@@ -84,6 +116,9 @@ class _Account(pj.Account):
 class SipStack:
     def __init__(self, cfg: SipConfig) -> None:
         self.cfg = cfg
+        if cfg.max_calls > PJSUA_MAX_CALLS:
+            log.warning("sip.max_calls %d: this pjsua2 build holds at most %d calls per process; serving %d "
+                        "(start more engine workers for more)", cfg.max_calls, PJSUA_MAX_CALLS, PJSUA_MAX_CALLS)
         self.max_calls = min(cfg.max_calls, PJSUA_MAX_CALLS)
         self.ep = pj.Endpoint()
         self.ep.libCreate()
@@ -103,7 +138,7 @@ class SipStack:
         tc = pj.TransportConfig()
         tc.port = cfg.port
         tc.boundAddress = cfg.bind_host
-        tid = self.ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tc)
+        tid = self.ep.transportCreate(TRANSPORTS[cfg.transport], tc)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()  # a server has no sound card; the bridge runs on a timer
         for i, codec in enumerate(cfg.codecs):
@@ -115,14 +150,57 @@ class SipStack:
         self.port = int(self.local.rsplit(":", 1)[1])
         self.acc = _Account()
         ac = pj.AccountConfig()
-        domain = cfg.domain or self.local
-        ac.idUri = f"sip:{cfg.username}@{domain}"
+        ac.idUri = f"sip:{cfg.username}@{self.domain()}"
+        ac.sipConfig.transportId = tid
+        if cfg.proxy:
+            ac.sipConfig.proxies.append(cfg.proxy)
+        if cfg.registrar or cfg.proxy:  # a proxy may challenge INVITEs (407) as a registrar does REGISTER
+            ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", cfg.realm, cfg.username, 0, cfg.password))
         if cfg.registrar:
             ac.regConfig.registrarUri = cfg.registrar
-            ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", cfg.realm, cfg.username, 0, cfg.password))
+            ac.regConfig.retryIntervalSec = int(cfg.reg_retry_s)
+            self.acc.reg_state = "registering"
         else:
             ac.regConfig.registerOnAdd = False
+        if cfg.session_expires_s:
+            ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_ALWAYS
+            ac.callConfig.timerSessExpiresSec = cfg.session_expires_s
+            ac.callConfig.timerMinSESec = MIN_SESSION_EXPIRES_S
+        else:
+            ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_INACTIVE
+        mt = ac.mediaConfig.transportConfig
+        mt.boundAddress = cfg.bind_host
+        mt.port = cfg.rtp_port
+        mt.portRange = cfg.rtp_port_range
         self.acc.create(ac)
+
+    def domain(self) -> str:
+        """The AOR's domain: the configured one, else the registrar's host, else this transport's address."""
+        if self.cfg.domain:
+            return self.cfg.domain
+        if self.cfg.registrar:
+            host = self.cfg.registrar.split(":", 1)[1] if ":" in self.cfg.registrar else self.cfg.registrar
+            host = host.split(";", 1)[0].split(">", 1)[0]
+            return host.rsplit(":", 1)[0] if host.count(":") == 1 else host  # no port in an AOR
+        return self.local
+
+    @property
+    def registration(self) -> tuple[str, int, str]:
+        """(state, last SIP status, error) of the trunk registration; ("none", 0, "") without a registrar."""
+        return self.acc.reg_state, self.acc.reg_status, self.acc.reg_error
+
+    @property
+    def may_dial(self) -> bool:
+        """Without a registrar, always; with one, only while registered."""
+        return self.cfg.registrar is None or self.acc.reg_state == "registered"
+
+    def reregister(self) -> None:
+        try:
+            self.acc.reg_state = "registering"
+            self.acc.setRegistration(True)
+        except pj.Error as e:
+            self.acc.reg_state = "failed"
+            self.acc.reg_error = e.info()
 
     def poll(self, ms: int = 10) -> None:
         self.ep.libHandleEvents(ms)

@@ -81,6 +81,12 @@ contacts = sa.Table(
     # Several engine processes share the store (the pjsua2 wheel allows 4 calls per process): each claim
     # records its engine so a restarting engine releases only its own unfinished attempts.
     sa.Column("claimed_by", sa.Text),
+    # The claim's lease, in the database clock's UNIX seconds (dialect.now_epoch: the same clock for every
+    # engine, whatever its own): the claiming engine renews it while the call is up; once it has passed,
+    # the engine is dead and any live engine releases the contact (engine_lost, one re-dial).
+    sa.Column("lease_until", sa.Float),
+    sa.Column("reason", sa.Text),  # why the last attempt ended as it did (export column)
+    sa.Index("dialer_contacts_lease", "status", "lease_until"),
     # the legacy index names, so an adopted database and a new one have the same indexes
     sa.Index("dialer_contacts_due", "task_id", "status", "next_at"),
     sa.Index("dialer_contacts_phone", "task_id", "phone_idx", unique=True),
@@ -106,7 +112,27 @@ cdrs_t = sa.Table(
     # WAV's path under the engine's work_dir (service.move_legacy_recordings moves those).
     sa.Column("recording", sa.Text),
     sa.Column("duration_s", sa.Float),
+    sa.Column("reason", sa.Text),  # the outcome's cause in words (e.g. "callee hung up during node notice")
+    sa.Column("end_node", sa.Text),  # the dialog node the call ended at
     sa.Index("dialer_cdrs_task", "task_id", "contact_id"),
+)
+
+# Every engine process reports itself here every few seconds (heartbeat_at: database clock, UNIX s):
+# its capacity (calls it can hold: the pjsua2 wheel's PJSUA_MAX_CALLS) and its trunk registration.
+engines_t = sa.Table(
+    "dialer_engines", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # running | stopped
+    sa.Column("started_at", sa.Text, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("capacity", sa.Integer, nullable=False),
+    sa.Column("calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("trunk", sa.Text),  # the registrar URI, None when dialling direct URIs
+    sa.Column("reg_state", sa.Text),  # none | registering | registered | failed
+    sa.Column("reg_status", sa.Integer),  # the registrar's last SIP status (403, 401, 200 ...)
+    sa.Column("reg_error", sa.Text),
 )
 
 dnc_t = sa.Table(
@@ -122,7 +148,7 @@ dnc_t = sa.Table(
 # result), and one when a task completes.
 feed = feeds.feed_table("dialer_feed")
 
-TABLES = [templates, tasks, contacts, cdrs_t, dnc_t, feed]
+TABLES = [templates, tasks, contacts, cdrs_t, dnc_t, engines_t, feed]
 CDR_COLUMNS = frozenset(cdrs_t.c.keys())
 
 # The engine polls these ten times a second and runs them per claim and per call: built once here (with
@@ -149,13 +175,13 @@ _SKIP_DNC = (sa.update(contacts).where(_c.id.in_(sa.bindparam("b_ids", expanding
              .values(status="skipped", outcome="dnc", updated_at=sa.bindparam("b_now")))
 _MARK_CALLING = (sa.update(contacts).where(_c.id.in_(sa.bindparam("b_ids", expanding=True)))
                  .values(status="calling", attempts=_c.attempts + 1, updated_at=sa.bindparam("b_now"),
-                         claimed_by=sa.bindparam("b_engine")))
-_FOR_FINISH = (sa.select(_c.task_id, _c.attempts, _t.schedule, _t.org).join(tasks, _t.id == _c.task_id)
-               .where(_c.id == sa.bindparam("b_id")))
+                         claimed_by=sa.bindparam("b_engine"), lease_until=sa.bindparam("b_lease")))
+_FOR_FINISH = (sa.select(_c.task_id, _c.attempts, _c.status, _c.claimed_by, _t.schedule, _t.org)
+               .join(tasks, _t.id == _c.task_id).where(_c.id == sa.bindparam("b_id")))
 _RESULT = (sa.update(contacts).where(_c.id == sa.bindparam("b_id"))
            .values(status=sa.bindparam("b_status"), next_at=sa.bindparam("b_next"),
                    outcome=sa.bindparam("b_outcome"), answers=sa.bindparam("b_answers"),
-                   updated_at=sa.bindparam("b_now")))
+                   updated_at=sa.bindparam("b_now"), reason=sa.bindparam("b_reason"), lease_until=None))
 _INSERT_CDR = sa.insert(cdrs_t)
 _DNC = sa.select(dnc_t.c.phone_idx, dnc_t.c.org)
 
@@ -322,13 +348,14 @@ def active_calls(db: Db, task_id: int) -> int:
 
 
 def claim_contacts(db: Db, task_id: int, now: str, limit: int, max_concurrent: int, dnc: set[str],
-                   engine_id: str) -> list[dict[str, Any]]:
+                   engine_id: str, lease_s: float = 120.0) -> list[dict[str, Any]]:
     """Inside the caller's write transaction: take up to `limit` due contacts of a task (priority first),
     never more than the task's free slots (`max_concurrent` minus calls in progress), and mark numbers
     on the do-not-call list (`dnc`, blind indexes) skipped on the way. Several engines may claim at once:
     the task's claims are serialised (PostgreSQL advisory lock; SQLite's BEGIN IMMEDIATE already does it)
     so the free-slot count read here is still true when the claim commits, and the rows are selected FOR
-    UPDATE SKIP LOCKED. Returns the claimed rows (id, phone_enc, name, vars, attempts before this one)."""
+    UPDATE SKIP LOCKED. Each claim carries a lease of `lease_s` (database clock) the engine renews while
+    the call is up. Returns the claimed rows (id, phone_enc, name, vars, attempts before this one)."""
     dialect.serialize(db, f"dialer.claim.{task_id}")
     limit = min(limit, max_concurrent - active_calls(db, task_id))
     if limit <= 0:
@@ -346,7 +373,8 @@ def claim_contacts(db: Db, task_id: int, now: str, limit: int, max_concurrent: i
     if skip:
         db.run(_SKIP_DNC, {"b_ids": skip, "b_now": now})
     if out:
-        db.run(_MARK_CALLING, {"b_ids": [r["id"] for r in out], "b_now": now, "b_engine": engine_id})
+        db.run(_MARK_CALLING, {"b_ids": [r["id"] for r in out], "b_now": now, "b_engine": engine_id,
+                               "b_lease": db_epoch(db) + lease_s})
     return out
 
 
@@ -356,15 +384,70 @@ def contact_for_finish(db: Db, contact_id: int) -> dict[str, Any] | None:
 
 
 def set_contact_result(db: Db, contact_id: int, status: str, next_at: str | None, outcome: str,
-                       answers: str, now: str) -> None:
+                       answers: str, now: str, reason: str | None = None) -> None:
     db.run(_RESULT, {"b_id": contact_id, "b_status": status, "b_next": next_at, "b_outcome": outcome,
-                     "b_answers": answers, "b_now": now})
+                     "b_answers": answers, "b_now": now, "b_reason": reason})
 
 
-def release_stale(db: Db, now: str, engine_id: str) -> int:
-    """An engine's contacts left 'calling' (it crashed) go back to pending; returns how many."""
-    return db.run(sa.update(contacts).where(contacts.c.status == "calling", contacts.c.claimed_by == engine_id)
-                  .values(status="pending", updated_at=now)).rowcount
+# --- leases and engines ------------------------------------------------------------------------------
+def db_epoch(db: Db) -> float:
+    """The database's clock (UNIX seconds): leases and heartbeats of every engine are on it."""
+    return float(db.scalar(sa.select(dialect.now_epoch(db))))
+
+
+def renew_leases(db: Db, engine_id: str, ids: Sequence[int], lease_s: float) -> set[int]:
+    """Extend this engine's leases on the contacts of its live calls; returns the ids among `ids` it no
+    longer holds (another engine released them after the lease ran out: hang those calls up)."""
+    if not ids:
+        return set()
+    c = contacts.c
+    mine = (c.id.in_(list(ids)), c.status == "calling", c.claimed_by == engine_id)
+    db.run(sa.update(contacts).where(*mine).values(lease_until=db_epoch(db) + lease_s))
+    held = set(db.run(sa.select(c.id).where(*mine)).scalars())
+    return set(ids) - held
+
+
+def expired_leases(db: Db, limit: int = 100) -> list[dict[str, Any]]:
+    """Inside a write transaction: contacts still 'calling' whose lease has run out (their engine died; a
+    row without a lease was claimed before leases existed), locked for this releaser."""
+    c = contacts.c
+    return db.all(dialect.claim(
+        sa.select(c.id, c.task_id, c.claimed_by, c.updated_at, c.attempts)
+        .where(c.status == "calling", sa.or_(c.lease_until.is_(None), c.lease_until < dialect.now_epoch(db)))
+        .order_by(c.id).limit(limit)))
+
+
+def lost_attempts(db: Db, contact_id: int) -> int:
+    """How many attempts of a contact were lost with their engine (one re-dial at most)."""
+    d = cdrs_t.c
+    return int(db.scalar(sa.select(sa.func.count()).select_from(cdrs_t)
+                         .where(d.contact_id == contact_id, d.outcome == "engine_lost")) or 0)
+
+
+def upsert_engine(db: Db, row: dict[str, Any]) -> None:
+    """An engine's report (every few seconds): its row with heartbeat_at = the database clock now."""
+    values = {**row, "heartbeat_at": dialect.now_epoch(db)}
+    db.run(dialect.upsert(db, engines_t, ["id"], [k for k in values if k != "id"]).values(**values))
+
+
+def get_engine(db: Db, engine_id: str) -> dict[str, Any] | None:
+    e = engines_t.c
+    return db.first(sa.select(engines_t, (dialect.now_epoch(db) - e.heartbeat_at).label("age_s"))
+                    .where(e.id == engine_id))
+
+
+def list_engines(db: Db) -> list[dict[str, Any]]:
+    """Every engine that ever reported, newest heartbeat first, with its heartbeat's age in seconds."""
+    e = engines_t.c
+    return db.all(sa.select(engines_t, (dialect.now_epoch(db) - e.heartbeat_at).label("age_s"))
+                  .order_by(e.heartbeat_at.desc()))
+
+
+def engine_capacity(db: Db, stale_s: float) -> int:
+    """Calls the live engines (running, heartbeat within `stale_s`) can hold together."""
+    e = engines_t.c
+    return int(db.scalar(sa.select(sa.func.coalesce(sa.func.sum(e.capacity), 0))
+                         .where(e.state == "running", e.heartbeat_at > dialect.now_epoch(db) - stale_s)) or 0)
 
 
 def status_counts(db: Db, task_id: int) -> dict[str, int]:
@@ -390,7 +473,7 @@ def contact_answers(db: Db, task_id: int) -> list[str]:
 def export_rows(db: Db, task_id: int) -> list[dict[str, Any]]:
     c = contacts.c
     return db.all(sa.select(c.row_no, c.phone_enc, c.phone_masked, c.name, c.status, c.outcome, c.attempts,
-                            c.answers).where(c.task_id == task_id).order_by(c.row_no, c.id))
+                            c.answers, c.reason).where(c.task_id == task_id).order_by(c.row_no, c.id))
 
 
 # --- CDRs -------------------------------------------------------------------------------------------

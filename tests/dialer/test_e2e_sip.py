@@ -119,5 +119,5 @@ def test_campaign_over_real_sip(hub: Hub, tmp_path: Path) -> None:
     p = rep["progress"]
     assert (p["dialled"], p["answered"], p["completed"], p["failed"], p["skipped"]) == (7, 4, 2, 1, 1)
     lines = svc.export_csv(hub, tid).splitlines()
-    assert lines[0] == "row,phone,name,status,outcome,attempts,good_time,score"
-    assert "2,138****0001,P1,done,completed,1,yes,4" in lines
+    assert lines[0] == "row,phone,name,status,outcome,attempts,good_time,score,reason"
+    assert "2,138****0001,P1,done,completed,1,yes,4," in lines

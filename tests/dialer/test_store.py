@@ -141,9 +141,10 @@ def test_claim_finish_retry_dnc_and_reports(hub: MiniHub) -> None:
     r = svc.finish_attempt(hub, got[0]["id"], {"started_at": svc.iso(DAY), "outcome": "busy",  # type: ignore[arg-type]
                                                "sip_status": 486}, DAY)
     assert r == {"task_id": tid, "final": False, "status": "pending", "task_completed": False}
-    third = svc.claim_due(hub, task, DAY, 10, "e2")  # type: ignore[arg-type]
+    # e2 claims with a lease that has already run out: e2 died (it never renews it)
+    third = svc.claim_due(hub, task, DAY, 10, "e2", lease_s=-1)  # type: ignore[arg-type]
     assert [c["phone"] for c in third] == [phones[3]]  # phones[2] is on the city's list: skipped
-    assert svc.release_stale(hub, DAY, "e2") == 1  # type: ignore[arg-type]  # e2 crashed: back to pending
+    assert svc.release_lost(hub, DAY, "e1") == 1  # type: ignore[arg-type]  # engine_lost, back to pending
     again = svc.claim_due(hub, task, DAY + timedelta(seconds=61), 10, "e3")  # type: ignore[arg-type]
     assert [(c["phone"], c["attempt"]) for c in again] == [(phones[0], 2)]  # busy retry due; 1 free slot
     answers = {"ok": {"intent": "yes", "value": True, "via": "dtmf"}}
@@ -168,16 +169,16 @@ def test_claim_finish_retry_dnc_and_reports(hub: MiniHub) -> None:
 
     p = svc.progress(hub, tid)  # type: ignore[arg-type]
     assert (p["total"], p["dialled"], p["answered"], p["completed"], p["failed"], p["skipped"], p["percent"]) == \
-        (4, 5, 2, 2, 1, 1, 100.0)
+        (4, 6, 2, 2, 1, 1, 100.0)
     rep = svc.report(hub, tid)  # type: ignore[arg-type]
     assert rep["outcomes"] == {"completed": 2, "failed": 1, "dnc": 1}
-    assert rep["attempt_outcomes"] == {"busy": 1, "completed": 2, "failed": 2}
+    assert rep["attempt_outcomes"] == {"busy": 1, "completed": 2, "failed": 2, "engine_lost": 1}
     rows = svc.cdrs(hub, tid)  # type: ignore[arg-type]
     assert [(r["phone_masked"], r["attempt"], r["outcome"]) for r in rows] == [
-        ("138****0001", 1, "busy"), ("138****0001", 2, "completed"), ("138****0002", 1, "failed"),
-        ("139****0004", 2, "completed"), ("138****0002", 2, "failed")]
-    assert rows[1]["name"] == "n0" and rows[1]["answers"] == answers and rows[1]["transcript"] == [{"node": "a"}]
-    assert rows[1]["duration_s"] == 1.5 and rows[0]["answers"] is None and rows[0]["sip_status"] == 486
+        ("138****0001", 1, "busy"), ("139****0004", 1, "engine_lost"), ("138****0001", 2, "completed"),
+        ("138****0002", 1, "failed"), ("139****0004", 2, "completed"), ("138****0002", 2, "failed")]
+    assert rows[2]["name"] == "n0" and rows[2]["answers"] == answers and rows[2]["transcript"] == [{"node": "a"}]
+    assert rows[2]["duration_s"] == 1.5 and rows[0]["answers"] is None and rows[0]["sip_status"] == 486
     assert phones[0] in svc.export_csv(hub, tid, unmask=True)  # type: ignore[arg-type]
     masked = svc.export_csv(hub, tid)  # type: ignore[arg-type]
     assert "138****0001" in masked and phones[0] not in masked

@@ -120,7 +120,7 @@ def test_api_templates_tasks_import_and_state(client: TestClient, hub: Hub) -> N
     p = client.get(f"{API}/tasks/{tid}/progress", headers=admin).json()
     assert p["total"] == 2 and p["skipped"] == 2 and p["status"] == "cancelled"
     csv_text = client.get(f"{API}/tasks/{tid}/export.csv", headers=admin).text
-    assert csv_text.splitlines()[0] == "row,phone,name,status,outcome,attempts,score,comment"
+    assert csv_text.splitlines()[0] == "row,phone,name,status,outcome,attempts,score,comment,reason"
     assert "138****8000" in csv_text and "13800138000" not in csv_text
     assert client.post(f"{API}/dnc", headers=admin, json={"phone": "abc", "org": "/city/district-a"}
                        ).json()["field"] == "phone"
