@@ -164,6 +164,16 @@ class Dialog:
         out = [Prompt(render(node.prompt, self.variables), verified(path))] if path else self._speak(node.prompt)
         return [*out, Prompt(hint)] if hint else out
 
+    def every_prompt(self, node: Node) -> list[Prompt]:
+        """Everything a caller may hear at `node`, as it would be played: its prompt (recordings resolved, key
+        hint added) and, for an ask node, its no-match and silence prompts (the engine checks them all before
+        it dials)."""
+        out = self._prompt(node) if (node.prompt or node.audio) else []
+        if node.kind == "ask":
+            retry = DEFAULT_RETRY.get(self.template.language, DEFAULT_RETRY["en"])
+            out += self._speak(node.no_match_prompt or retry[0]) + self._speak(node.silence_prompt or retry[1])
+        return out
+
     def _speak(self, text: str) -> list[Prompt]:
         out: list[Prompt] = []
         pos = 0

@@ -35,7 +35,7 @@ import numpy as np
 from central.dialer import service as svc
 from central.dialer.asr import MIN_CONFIDENCE, Recogniser, Recognisers, make_recognisers
 from central.dialer.audio import Endpointer, GrowingWav, frame_rms, wav_duration
-from central.dialer.dialog import DEFAULT_RETRY, Dialog, Prompt, Step, render
+from central.dialer.dialog import Dialog, Prompt, Step, render
 from central.dialer.sip import Player, Recorder, RobotCall, SipConfig, SipStack
 from central.dialer.templates import Template
 from central.dialer.tts import Tts
@@ -416,23 +416,21 @@ class Engine:
 
     def preflight(self, template: Template, variables: dict[str, Any]) -> tuple[str, str] | None:
         """Synthesise every prompt this contact may hear and check every recording before dialling:
-        (outcome, reason) when one cannot be played, so a broken template rings nobody."""
+        (outcome, reason) when one cannot be played, so a broken template rings nobody. The prompts are the
+        dialog's own (recordings resolved in the template's store, key hints where speech is not heard)."""
         lang, voice = template.language, template.voice
+        d = Dialog(template, variables, dtmf_only=self.asr.for_language(lang) is None)
         for n in template.nodes:
-            texts: list[str] = []
-            if n.audio:
+            for p in d.every_prompt(n):
+                if p.audio:
+                    try:
+                        audio_file(p.audio)
+                    except AudioMissing as e:
+                        name = n.audio or p.text
+                        return "audio_missing", f"node {n.id}: recording {name}: {e}"
+                    continue
                 try:
-                    audio_file(n.audio)
-                except AudioMissing as e:
-                    return "audio_missing", f"node {n.id}: recording {e}"
-            elif n.prompt or n.kind in ("ask", "say"):
-                texts.append(n.prompt)
-            if n.kind == "ask":
-                retry = DEFAULT_RETRY.get(lang, DEFAULT_RETRY["en"])
-                texts += [n.no_match_prompt or retry[0], n.silence_prompt or retry[1]]
-            for t in texts:
-                try:
-                    self.tts.wav(render(t, variables), lang, voice)
+                    self.tts.wav(p.text, lang, voice)
                 except Exception as e:  # noqa: BLE001  any TTS failure means this prompt cannot be said
                     return "prompt_failed", f"node {n.id}: {type(e).__name__}: {e}"
         return None

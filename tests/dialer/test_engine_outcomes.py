@@ -14,6 +14,7 @@ from central.dialer import service as svc
 from central.dialer.templates import Template
 from central.hub import Hub
 from tests.dialer.sipp import Peer, engine, free_port, settings_file
+from tests.dialer.test_voice_recordings import tone_wav
 
 ORG = "/city/district-a"
 NOTICE = ("The water supply in your district will be interrupted tomorrow from nine in the morning "
@@ -42,13 +43,22 @@ def test_early_hangup_empty_prompt_and_missing_audio_are_their_own_outcomes(hub:
         {"id": "notice", "kind": "say", "prompt": "{notice}", "next": "bye"},
         {"id": "bye", "kind": "end", "prompt": "Goodbye.", "outcome": "completed"}],
         "phone,name,notice\n13800000003,Cat,\n")  # the notice column is empty: nothing to say
-    gone = tmp_path / "recorded-notice.wav"
-    gone.write_bytes(b"")  # named by the template, then absent when the call is due
+    # a recording in the template's own store, named by the template, then gone from disk when the call is due
+    rec_nodes = [{"id": "notice", "kind": "say", "prompt": "Water notice.", "next": "bye"},
+                 {"id": "bye", "kind": "end", "prompt": "Goodbye.", "outcome": "completed"}]
+    svc.save_template(hub, Template.model_validate({"key": "facts-audio", "name": "facts-audio", "language": "en",
+                                                    "start": "notice", "nodes": rec_nodes}), ORG, "alice")
+    entry = svc.put_recording(hub, "facts-audio", "notice-rec", None, tone_wav(), ORG, "alice")
+    audio = _task(hub, "facts-audio", [{**rec_nodes[0], "audio": "notice-rec"}, rec_nodes[1]],
+                  "phone,name\n13800000004,Dan\n")
+    gone = svc.media(hub).path(entry["key"])
     gone.unlink()
-    audio = _task(hub, "facts-audio", [
-        {"id": "notice", "kind": "say", "audio": str(gone), "next": "bye"},
-        {"id": "bye", "kind": "end", "prompt": "Goodbye.", "outcome": "completed"}],
-        "phone,name\n13800000004,Dan\n")
+    # and one whose recording is there: played to the callee over SIP, then the call completes
+    svc.save_template(hub, Template.model_validate({"key": "facts-rec", "name": "facts-rec", "language": "en",
+                                                    "start": "notice", "nodes": rec_nodes}), ORG, "alice")
+    svc.put_recording(hub, "facts-rec", "notice-rec", None, tone_wav(seconds=3.0), ORG, "alice")
+    played = _task(hub, "facts-rec", [{**rec_nodes[0], "audio": "notice-rec"}, rec_nodes[1]],
+                   "phone,name\n13800000005,Eve\n")
 
     peer = Peer(tmp_path / "peer", "uas.xml", hold_ms=30000)
     log = tmp_path / "engine.log"
@@ -73,8 +83,10 @@ def test_early_hangup_empty_prompt_and_missing_audio_are_their_own_outcomes(hub:
     assert bad_prompt["outcome"] == "prompt_failed" and "node notice" in bad_prompt["reason"]
     assert "empty prompt" in bad_prompt["reason"] and bad_prompt["answered_at"] is None
     assert bad_audio["outcome"] == "audio_missing" and str(gone) in bad_audio["reason"]
-    # the two broken templates rang nobody: only the notice's callees reached the peer
-    assert sorted(lg.number for lg in peer.legs()) == ["13800000001", "13990000002"]
+    (rec,) = svc.cdrs(hub, played)
+    assert (rec["outcome"], rec["end_node"]) == ("completed", "bye") and rec["duration_s"] >= 3.0
+    # the two broken templates rang nobody: only the notice's and the recording's callees reached the peer
+    assert sorted(lg.number for lg in peer.legs()) == ["13800000001", "13800000005", "13990000002"]
     # every INVITE asks for RFC 4028 session timers (the trunk ends a dead engine's leg)
     assert all("Session-Expires: 90" in lg.invite for lg in peer.legs())
     ports = [int(re.search(r"^m=audio (\d+)", lg.invite, re.M).group(1)) for lg in peer.legs()]  # type: ignore[union-attr]
