@@ -68,8 +68,8 @@ class Node(BaseModel):
     on_fail: NodeRef | None = None  # after retries; None = end the call with outcome no_input/no_match
     timeout_s: float = Field(default=5.0, gt=0, le=30)  # wait this long for the callee to start
     max_speech_s: float = Field(default=8.0, gt=0, le=60)
-    outcome: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,63}$")  # end/handoff nodes
-    transfer_to: str | None = Field(default=None, pattern=r"^sips?:[^\s]{1,250}$")  # handoff: agent queue SIP URI
+    outcome: str | None = Field(default=None, pattern=r"^[\w-]{1,64}$")  # end/handoff nodes (CJK is \w too)
+    transfer_to: str | None = Field(default=None, pattern=r"^\S{1,256}$")  # handoff: SIP URI of the agent queue
 
 
 class Template(BaseModel):
