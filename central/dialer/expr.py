@@ -316,11 +316,21 @@ _TOKEN = re.compile(r'\s*(?:(?P<op>[|()\[\]!])|"(?P<quoted>[^"]*)"|\{(?P<slot>[^
                     r'|(?P<word>[^\s|()\[\]!"{}@]+))')
 
 
+# Bounds (issue 20): the parser recurses per group, so nesting must stay far below the interpreter's
+# recursion limit (3,000 parentheses answered 500); a real answer expression is a few dozen characters.
+MAX_EXPR_CHARS = 2000
+MAX_EXPR_DEPTH = 16
+MAX_EXPR_TOKENS = 400
+
+
 class _Parser:
     def __init__(self, text: str, synonyms: Mapping[str, list[str]]) -> None:
+        if len(text) > MAX_EXPR_CHARS:
+            raise ExprError(f"expression longer than {MAX_EXPR_CHARS} characters ({len(text)})")
         self.text = text
         self.synonyms = synonyms
         self.toks: list[tuple[str, str, int]] = []
+        depth = 0
         pos = 0
         while pos < len(text):
             if text[pos:].strip() == "":
@@ -330,6 +340,14 @@ class _Parser:
                 raise ExprError(f"unexpected character {text[pos:].strip()[:1]!r} at {pos} in {text!r}")
             kind = m.lastgroup or "word"
             self.toks.append((kind, m.group(kind), m.start(kind)))
+            if len(self.toks) > MAX_EXPR_TOKENS:
+                raise ExprError(f"expression has more than {MAX_EXPR_TOKENS} items")
+            if kind == "op" and m.group(kind) in "([":
+                depth += 1
+                if depth > MAX_EXPR_DEPTH:
+                    raise ExprError(f"groups nested deeper than {MAX_EXPR_DEPTH} at {m.start(kind)}")
+            elif kind == "op" and m.group(kind) in ")]":
+                depth = max(0, depth - 1)  # an unbalanced one is the parser's error, with its position
             pos = m.end()
         self.i = 0
 

@@ -142,10 +142,43 @@ class ProgressOut(Out):
     percent: float
 
 
+StateReasonCode = Literal["draft", "paused", "cancelled", "completed", "no_contacts", "calling", "all_dnc",
+                          "outside_window", "waiting_retry", "no_engine", "capacity_limited",
+                          "at_max_concurrent", "dialling"]
+
+
+class StateReasonOut(Out):
+    """Why a task is or is not dialling now (service.state_reason): `until` is when that changes, as
+    ISO-8601 UTC (the next window opening, the next retry that can be dialled), the message says it in
+    the task's time zone."""
+
+    code: StateReasonCode
+    message: str
+    until: str | None
+
+
 class TaskDetailOut(TaskOut):
-    """A call task with its progress."""
+    """A call task with its progress and why it is (not) dialling."""
 
     progress: ProgressOut
+    state_reason: StateReasonOut
+
+
+class DncEntryOut(Out):
+    """A do-not-call entry: the number masked (the store keeps no clear copy), the org whose tasks (and
+    those of its subtree) never call it, why, and when it was added."""
+
+    phone_masked: str
+    org: str
+    reason: str
+    added_at: str
+
+
+class DncPageOut(Out):
+    """A page of do-not-call entries, newest first, and how many match in all."""
+
+    total: int
+    items: list[DncEntryOut]
 
 
 class ImportRowErrorOut(Out):

@@ -184,7 +184,18 @@ def list_tasks(hub: Hub = Depends(get_hub),
 def get_task(task_id: int, hub: Hub = Depends(get_hub),
              p: Principal = Depends(require("dialer.read"))) -> dict[str, Any]:
     task = _task(hub, task_id, p, "dialer.read")
-    return task | {"template": None, "progress": svc.progress(hub, task_id)}
+    return task | {"template": None, "progress": svc.progress(hub, task_id),
+                   "state_reason": svc.state_reason(hub, task_id)}
+
+
+# PATCH only (PUT stays 405): a task's template, org and call list are frozen once created; its windows
+# and pacing are what an operator changes while it runs.
+@router.patch("/tasks/{task_id}", response_model=m.TaskDetailOut)
+def patch_task(task_id: int, body: svc.TaskPatch, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("dialer.run"))) -> dict[str, Any]:
+    _task(hub, task_id, p, "dialer.run")
+    svc.patch_task(hub, task_id, body, p.name)
+    return get_task(task_id, hub, p)
 
 
 @router.post("/tasks/{task_id}/contacts", response_model=m.ContactImportOut)
@@ -254,6 +265,50 @@ class DncIn(BaseModel):
     phone: str = Field(min_length=3, max_length=32)
     org: str = Field(pattern=r"^/[\w\-/]*$")
     reason: str = Field(default="", max_length=200)
+
+
+class DncSearchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phone: str = Field(min_length=1, max_length=64)
+    org: str | None = Field(default=None, pattern=r"^/[\w\-/]*$", max_length=200)
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class DncRemoveIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    phone: str = Field(min_length=1, max_length=64)
+    org: str = Field(pattern=r"^/[\w\-/]*$", max_length=200)
+    reason: str = Field(default="", max_length=200)
+
+
+@router.get("/dnc", response_model=m.DncPageOut)
+def list_dnc(org: str | None = Query(default=None, pattern=r"^/[\w\-/]*$", max_length=200),
+             limit: int = Query(default=100, ge=1, le=1000), offset: int = Query(default=0, ge=0, le=1_000_000),
+             hub: Hub = Depends(get_hub), p: Principal = Depends(require("dialer.dnc"))) -> dict[str, Any]:
+    """Do-not-call entries in the caller's scope (and those of the orgs above it), newest first."""
+    if org is not None:
+        _check(p, "dialer.dnc", org)
+    return svc.list_dnc(hub, p.scopes("dialer.dnc"), org, None, limit, offset)
+
+
+# A search and a removal take the number in the body, never in the URL: it stays out of access logs.
+@router.post("/dnc/search", response_model=m.DncPageOut)
+def search_dnc(body: DncSearchIn, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("dialer.dnc"))) -> dict[str, Any]:
+    """The entries for one number (normalised, exact) that the caller's scope sees."""
+    if body.org is not None:
+        _check(p, "dialer.dnc", body.org)
+    return svc.list_dnc(hub, p.scopes("dialer.dnc"), body.org, body.phone, body.limit, body.offset)
+
+
+@router.post("/dnc/remove", response_model=m.DncEntryOut)
+def remove_dnc(body: DncRemoveIn, hub: Hub = Depends(get_hub),
+               p: Principal = Depends(require("dialer.dnc"))) -> dict[str, Any]:
+    """Take a number off one org's list (audited). Out of the caller's scope answers 404, as an absent entry."""
+    if not p.allowed("dialer.dnc", body.org):
+        raise HTTPException(404, detail={"field": "phone", "error": f"no do-not-call entry in {body.org}"})
+    return svc.remove_dnc(hub, body.phone, body.org, p.name, body.reason)
 
 
 @router.post("/dnc", status_code=201, response_model=Ok)

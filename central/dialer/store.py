@@ -329,6 +329,14 @@ def insert_contacts(db: Db, rows: Sequence[dict[str, Any]]) -> None:
         raise sa.exc.IntegrityError(sql, None, e) from e
 
 
+def next_row_offset(db: Db, task_id: int) -> int:
+    """Inside an import's transaction: what to add to a file's row numbers (2 = its first row) so they
+    continue the task's rows (0 for the first import). Imports of one task are serialised."""
+    dialect.serialize(db, f"dialer.import.{task_id}")
+    top = db.scalar(sa.select(sa.func.max(contacts.c.row_no)).where(contacts.c.task_id == task_id))
+    return 0 if top is None else int(top) - 1
+
+
 def contact_phone_indexes(db: Db, task_id: int) -> set[str]:
     return set(db.run(sa.select(contacts.c.phone_idx).where(contacts.c.task_id == task_id)).scalars())
 
@@ -512,6 +520,56 @@ def dnc_entries(db: Db) -> list[tuple[str, str]]:
 
 def upsert_dnc(db: Db, row: dict[str, Any]) -> None:
     db.run(dialect.upsert(db, dnc_t, ["phone_idx", "org"], ["phone_masked", "reason", "added_at"]).values(**row))
+
+
+def _dnc_visible(scopes: Sequence[str], ancestors: Sequence[str]) -> sa.ColumnElement[bool]:
+    """Entries inside the caller's scopes, and those of the orgs above them (city-wide entries that
+    also cover the caller's tasks)."""
+    return sa.or_(feeds.org_in(dnc_t.c.org, scopes), dnc_t.c.org.in_(list(ancestors)))
+
+
+def dnc_page(db: Db, scopes: Sequence[str], ancestors: Sequence[str], org: str | None, phone_idx: str | None,
+             limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    """(total, a page of) do-not-call entries visible to the scopes, newest first; `org` keeps those of
+    that org's subtree, `phone_idx` those of one number."""
+    d = dnc_t.c
+    where = [_dnc_visible(scopes, ancestors)]
+    if org is not None:
+        where.append(feeds.org_in(d.org, [org]))
+    if phone_idx is not None:
+        where.append(d.phone_idx == phone_idx)
+    total = int(db.scalar(sa.select(sa.func.count()).select_from(dnc_t).where(*where)) or 0)
+    rows = db.all(sa.select(d.phone_masked, d.org, d.reason, d.added_at).where(*where)
+                  .order_by(d.added_at.desc(), d.org, d.phone_idx).limit(limit).offset(offset))
+    return total, rows
+
+
+def delete_dnc(db: Db, phone_idx: str, org: str) -> dict[str, Any] | None:
+    """Remove one entry; returns it (None when there was none)."""
+    d = dnc_t.c
+    row = db.first(sa.select(d.phone_masked, d.org, d.reason, d.added_at)
+                   .where(d.phone_idx == phone_idx, d.org == org))
+    if row is not None:
+        db.run(sa.delete(dnc_t).where(d.phone_idx == phone_idx, d.org == org))
+    return row
+
+
+def dialling_counts(db: Db, task_id: int, now: str, dnc_orgs: Sequence[str]) -> dict[str, Any]:
+    """What a task's status reason needs: contacts pending and calling, pending ones not on a do-not-call
+    list of `dnc_orgs` (the task's org and those above it), those of them due now, and the earliest retry
+    time of the rest."""
+    c, d = contacts.c, dnc_t.c
+    on_dnc = sa.exists().where(d.phone_idx == c.phone_idx, d.org.in_(list(dnc_orgs)))
+    due = sa.or_(c.next_at.is_(None), c.next_at <= now)
+    row = db.first(sa.select(
+        sa.func.count().label("pending"),
+        sa.func.coalesce(sa.func.sum(sa.case((~on_dnc, 1), else_=0)), 0).label("callable"),
+        sa.func.coalesce(sa.func.sum(sa.case((sa.and_(~on_dnc, due), 1), else_=0)), 0).label("due"),
+        sa.func.min(sa.case((sa.and_(~on_dnc, ~due), c.next_at), else_=None)).label("next_retry"),
+    ).where(c.task_id == task_id, c.status == "pending"))
+    assert row is not None  # an aggregate always has a row
+    return {"pending": int(row["pending"]), "callable": int(row["callable"]), "due": int(row["due"]),
+            "next_retry": row["next_retry"], "calling": active_calls(db, task_id)}
 
 
 
