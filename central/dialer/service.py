@@ -955,15 +955,9 @@ def remove_dnc(hub: Hub, phone: str, org: str, actor: str, reason: str = "") -> 
 
 
 # --- task status reason and live changes -------------------------------------------------------------
-def engine_capacity_of(db: Db) -> int | None:
-    """Calls the live engines can hold at once, or None while the store cannot tell. The engines table
-    and its `engine_capacity(db)` come with the engine leases (issue 20, point 4): this is the one place
-    that asks for it, so the status reason needs no other change when it lands."""
-    fn = getattr(store, "engine_capacity", None) or globals().get("engine_capacity")
-    if fn is None:
-        return None
-    got = fn(db)
-    return got if isinstance(got, int) and not isinstance(got, bool) else None
+def engine_capacity_of(db: Db) -> int:
+    """Calls the live engines (state running, heartbeat within ENGINE_STALE_S) can hold at once."""
+    return store.engine_capacity(db, ENGINE_STALE_S)
 
 
 def _local(at: datetime, sched: Schedule, now: datetime) -> str:

@@ -26,12 +26,12 @@ from tests.helpers import serve, token_for
 from tests.registry.conftest import id_card
 
 PACKAGE = "hub_client"
-# What the generator may skip: answers that are not JSON (the feeds' JSON Lines, case snapshots) and the
+# What the generator may skip: answers that are not JSON (the feeds' JSON Lines, case snapshots, recordings) and the
 # dialer's YAML template upload (its body is YAML only). Anything else it could not parse is a hole in the
 # contract.
 NOT_JSON = ("Unsupported content_type application/x-ndjson", "Unsupported content_type image/jpeg",
             "Unsupported content_type image/png, image/svg+xml",
-            "Unsupported content type application/yaml")
+            "Unsupported content type application/yaml", "Unsupported content_type audio/wav")
 YAML_ONLY = ("POST /api/v1/dialer/templates/import",)
 
 

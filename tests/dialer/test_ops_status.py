@@ -92,18 +92,20 @@ def test_status_reason_dnc_retry_and_dialling(client: TestClient, hub: Hub) -> N
     assert client.get(f"{API}/tasks/{tid}", headers=h).json()["state_reason"]["code"] == "paused"
 
 
-def test_status_reason_follows_engine_capacity(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reason asks engine_capacity_of, which uses the engines' own engine_capacity when the store has it."""
+def test_status_reason_follows_engine_capacity(hub: Hub) -> None:
+    """The reason counts the capacity the live engines report (dialer_engines)."""
     tid = svc.create_task(hub, svc.TaskIn(name="t", org=A, template_key="notice", schedule=svc.Schedule(
         windows=[{"start": "09:00", "end": "12:00"}], max_concurrent=10)), "u")
     svc.import_contacts(hub, tid, "l.csv", b"phone\n13800000001\n", "u")
     svc.change_state(hub, tid, "start", "u")
-    monkeypatch.setattr(svc.store, "engine_capacity", lambda db: 0, raising=False)
     assert svc.state_reason(hub, tid, MONDAY_10)["code"] == "no_engine"
-    monkeypatch.setattr(svc.store, "engine_capacity", lambda db: 4, raising=False)
+    row = {"host": "h", "started_at": svc.iso(MONDAY_10), "calls": 0, "trunk": None, "reg_state": "none",
+           "reg_status": None, "reg_error": None, "state": "running"}
+    svc.report_engine(hub, {**row, "id": "e1", "pid": 1, "capacity": 4})
     r = svc.state_reason(hub, tid, MONDAY_10)
     assert r["code"] == "capacity_limited" and "at most 4" in r["message"]
-    monkeypatch.setattr(svc.store, "engine_capacity", lambda db: 40, raising=False)
+    for i in range(2, 5):
+        svc.report_engine(hub, {**row, "id": f"e{i}", "pid": i, "capacity": 4})
     assert svc.state_reason(hub, tid, MONDAY_10)["code"] == "dialling"
 
 
