@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from central import broker
 from central.devices import store
@@ -237,8 +237,10 @@ def metric_samples(hub: Hub, db: Db) -> list[Sample]:
     holds unconfirmed: a growing sum means the hub is not keeping up or a site is cut off)."""
     since = (datetime.now(UTC) - timedelta(seconds=hub.settings.device_offline_after_s)).isoformat()
     out = []
-    for r in store.fleet_figures(db, since):
-        k = {"kind": r["kind"]}
+    rows = {r["kind"]: r for r in store.fleet_figures(db, since)}
+    for kind in get_args(Kind):  # every kind, zero when none: a dashboard shows 0, not "no data"
+        r = rows.get(kind) or {"n": 0, "online": 0, "depth": 0, "depth_max": 0}
+        k = {"kind": kind}
         out += [Sample("devices", "Provisioned devices (not revoked)", r["n"], k),
                 Sample("devices_online", "Devices online: connected and heard from recently", r["online"] or 0, k),
                 Sample("device_outbox_depth", "Sum of the outbox depths devices last reported", r["depth"], k),

@@ -25,6 +25,7 @@ from central import csvsafe
 from central.dialer import store
 from central.dialer.templates import KEY_RE, Template, builtin_templates
 from central.errors import TEXT_SUSPECT, text_problem
+from central.metrics import Sample
 from central.problems import FieldProblem, HubError, Invalid
 from central.webhooks import service as webhooks
 
@@ -1301,9 +1302,27 @@ def _webhook(db: Db, task_id: int) -> webhooks.Target | None:
     return webhooks.Target(f"dialer.task:{task_id}", org, got[0], got[1])
 
 
+def metric_samples(hub: Hub, db: Db) -> list[Sample]:
+    """The campaign as a work queue: contacts of running tasks per state, calls up, leases that ran out
+    (an engine died holding them), and what the live engines can hold."""
+    f = store.work_figures(db)
+    k = {"kind": "dialer"}
+    out = [Sample("queue_items", "Work items per kind and state", f["counts"].get(st, 0), {**k, "state": st})
+           for st in sorted({"pending", "calling", "done", "failed", "skipped", *f["counts"]})]
+    out += [Sample("dialer_calls_in_progress", "Calls up now, across every engine", f["counts"].get("calling", 0)),
+            Sample("queue_expired_leases", "Items whose lease ran out while held, per kind", f["expired"], k),
+            Sample("queue_oldest_expired_lease_seconds",
+                   "How long ago the oldest lease still held ran out, per kind",
+                   f["expired_age"], k),
+            Sample("dialer_engine_capacity", "Calls the live engines can hold together",
+                   store.engine_capacity(db, ENGINE_STALE_S))]
+    return out
+
+
 def setup(hub: Hub) -> None:
     from central.hub import LoopWorker
 
+    hub.metrics.source("dialer", lambda db: metric_samples(hub, db))
     seed_builtins(hub)
     hub.services["dialer"] = sys.modules[__name__]
     media(hub)

@@ -649,3 +649,17 @@ def feed_page(db: Db, after: int, scopes: list[str], limit: int) -> list[dict[st
 
 def feed_last(db: Db) -> int:
     return feeds.last_seq(db, feed)
+
+
+def work_figures(db: Db) -> dict[str, Any]:
+    """For /metrics: contacts of running tasks per status, calls up (calling), the calling ones whose lease
+    ran out (their engine died; the next heartbeat of a live one releases them), the live engines'
+    capacity, and the oldest expired lease's age in seconds by the database clock."""
+    c, t = contacts.c, tasks.c
+    counts = {r["status"]: int(r["n"]) for r in db.all(
+        sa.select(c.status, sa.func.count().label("n")).select_from(contacts.join(tasks, t.id == c.task_id))
+        .where(t.status == "running").group_by(c.status))}
+    now = dialect.now_epoch(db)
+    lost = db.first(sa.select(sa.func.count().label("n"), sa.func.max(now - c.lease_until).label("age"))
+                    .where(c.status == "calling", c.lease_until < now)) or {}
+    return {"counts": counts, "expired": int(lost.get("n") or 0), "expired_age": float(lost.get("age") or 0.0)}

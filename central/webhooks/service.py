@@ -285,8 +285,8 @@ def metric_samples(hub: Hub, db: Db) -> list[Sample]:
     now = time.time()
     f = store.queue_figures(db, now)
     k = {"kind": "webhooks"}
-    out = [Sample("queue_items", "Work items per kind and state", n, {**k, "state": state})
-           for state, n in sorted(f["counts"].items())]
+    out = [Sample("queue_items", "Work items per kind and state", f["counts"].get(state, 0), {**k, "state": state})
+           for state in ("pending", "delivering", "delivered", "dead")]
     out.append(Sample("queue_due", "Work items due now, per kind", f["due"], k))
     out.append(Sample("queue_oldest_due_seconds", "How long the oldest due item has waited, per kind",
                       now - f["oldest_due"] if f["oldest_due"] is not None else 0.0, k))

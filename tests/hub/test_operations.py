@@ -199,3 +199,18 @@ def _get(u: str) -> bool:
     except httpx.HTTPError:
         time.sleep(0.2)
         return False
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_hub_exposes(client: TestClient) -> None:
+    """docker/grafana/citybrain-hub.json: every citybrain_* series a panel queries is in a scrape of a hub
+    (store-derived families are exposed with zeros on an empty hub, so the check needs no traffic)."""
+    import re
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    text = client.get("/metrics").text  # a labelled family with no series yet still has its HELP and TYPE
+    exposed = {f.name + x for f in text_string_to_metric_families(text) for x in suffixes.get(f.type, ("",))}
+    doc = json.loads((ROOT / "docker" / "grafana" / "citybrain-hub.json").read_text(encoding="utf-8"))
+    queried = {m for p in doc["panels"] for t in p["targets"] for m in re.findall(r"citybrain_\w+", t["expr"])}
+    assert len(queried) >= 12
+    missing = sorted(q for q in queried if q not in exposed)
+    assert not missing, missing
