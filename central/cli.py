@@ -98,6 +98,43 @@ def serve(
                 **tls)  # type: ignore[arg-type]
 
 
+@app.command("bridge")
+def bridge_only(config: Path | None = ConfigOpt) -> None:
+    """Run only the MQTT ingest bridge: one more member of the ingest pool when `mqtt.share_group` is set
+    (devices' messages split between every member, `hub serve` processes included). Stops on SIGTERM/Ctrl-C
+    after storing and receipting what it took."""
+    import signal
+    import threading
+
+    from central.app import build_hub
+    from central.bridge.service import Bridge
+    from central.observe import configure_logging
+    from central.store import StoreUnavailable
+
+    s = _settings(config)
+    configure_logging(s.log_format)
+    if not s.mqtt.enabled:
+        typer.echo("settings: mqtt.enabled is false: there is nothing to bridge", err=True)
+        raise typer.Exit(2)
+    try:
+        hub = build_hub(s)
+    except StoreUnavailable as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    b = Bridge(hub).start()
+    typer.echo(f"bridge {b.client_id} -> {s.mqtt.host}:{s.mqtt.port}"
+               + (f" (shared group {s.mqtt.share_group})" if s.mqtt.share_group else ""), err=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        b.stop()
+        hub.close()
+
+
 @app.command("provision-device")
 def provision_device(
     site: str = typer.Option(..., "--site"),

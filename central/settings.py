@@ -35,6 +35,13 @@ class MqttSettings(BaseModel):
     password: str = ""
     ca_file: Path | None = None
     client_id: str = "citybrain-hub"
+    # Ingest as a pool: every hub process (and `citybrain hub bridge`) subscribes through the shared
+    # subscription `$share/<share_group>/...`, so the broker hands each device message to one of them. Pool
+    # members use clean sessions and their own client ids (`<client_id>-<host>-<pid>`): a broker queues a
+    # shared message even for an offline persistent member (mosquitto 2.0 does), so a dead member's session
+    # would swallow its share. What was in flight to a member that dies is re-sent by the edge, whose outbox
+    # keeps every message until a hub receipts it. None: one bridge with a persistent session (the default).
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     enabled: bool = True
     # Broker-side files the hub writes when it provisions devices (then signals mosquitto to reload).
     passwd_file: Path | None = None

@@ -19,7 +19,10 @@ once; it is recorded as `store_error` and not receipted, so its device sends it 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -39,6 +42,7 @@ from protocol import messages, topics
 log = logging.getLogger("citybrain.bridge")
 
 BATCH_MAX = 2000
+_SERIALS = itertools.count(1)  # bridges made in this process (pool members' client ids)
 BATCH_WAIT_S = 0.02
 
 
@@ -112,6 +116,7 @@ class Bridge:
         self._known: set[str] = set()
         self._unknown: dict[str, float] = {}  # device id -> when last found unknown
         self._sub_mid: int | None = None
+        self._serial = next(_SERIALS)
         self.client = self._make_client()
 
     # Publisher protocol (hub.publish goes here once the bridge runs)
@@ -127,12 +132,20 @@ class Bridge:
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
+    @property
+    def client_id(self) -> str:
+        """The configured id; a pool member's is unique per bridge (host, process, and its number in it)."""
+        s = self.settings
+        if s.share_group is None:
+            return s.client_id
+        return f"{s.client_id}-{socket.gethostname()}-{os.getpid()}-{self._serial}"
+
     def _make_client(self) -> mqtt.Client:
         s = self.settings
         c = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            clean_session=False,
+            client_id=self.client_id,
+            clean_session=s.share_group is not None,  # see MqttSettings.share_group
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
@@ -174,13 +187,18 @@ class Bridge:
         if reason.is_failure:
             log.error("broker refused the hub: %s", reason)
             return
+        group = self.settings.share_group
+        share = (lambda t: t) if group is None else (lambda t: f"$share/{group}/{t}")
         _rc, self._sub_mid = client.subscribe(
             [
-                (topics.SUB_STATUS, 1), (topics.SUB_HEARTBEAT, 0), (topics.SUB_EVENT, 1),
-                (topics.SUB_SCAN, 1), (topics.SUB_ACK, 1), (topics.REGISTRY_PUSH, 1),
+                # status is retained, and a broker sends no retained message to a shared subscription: every
+                # member takes it (writing a device's state twice is harmless); the rest is split
+                (topics.SUB_STATUS, 1), (share(topics.SUB_HEARTBEAT), 0), (share(topics.SUB_EVENT), 1),
+                (share(topics.SUB_SCAN), 1), (share(topics.SUB_ACK), 1), (share(topics.REGISTRY_PUSH), 1),
             ]
         )
-        log.info("bridge connected (session present: %s)", flags.session_present)
+        log.info("bridge %s connected (session present: %s%s)", self.client_id, flags.session_present,
+                 "" if group is None else f", shared group {group}")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         # "Connected" means subscribed: before the SUBACK a device's message could slip past the hub.
