@@ -42,6 +42,7 @@ from protocol import messages, topics
 log = logging.getLogger("citybrain.bridge")
 
 BATCH_MAX = 2000
+KNOWN_TTL_S = 10.0  # how long a device found active is taken for active without asking the store again
 _SERIALS = itertools.count(1)  # bridges made in this process (pool members' client ids)
 BATCH_WAIT_S = 0.02
 
@@ -113,7 +114,7 @@ class Bridge:
         self._connected = threading.Event()
         self._announcer: threading.Thread | None = None
         self._writer: threading.Thread | None = None
-        self._known: set[str] = set()
+        self._known: dict[str, float] = {}  # device id -> when last found active
         self._unknown: dict[str, float] = {}  # device id -> when last found unknown
         self._sub_mid: int | None = None
         self._serial = next(_SERIALS)
@@ -283,15 +284,18 @@ class Bridge:
         self._store_isolating(batch[half:], top=False)
 
     def _device_known(self, device_id: str) -> bool:
-        if device_id in self._known:
+        now = time.monotonic()
+        if now - self._known.get(device_id, -KNOWN_TTL_S) < KNOWN_TTL_S:
             return True
         # A miss is looked up (a device provisioned a moment ago must not lose its first messages);
-        # a flood of unknown ids costs one lookup per id per second.
-        now = time.monotonic()
+        # a flood of unknown ids costs one lookup per id per second. A hit is trusted for KNOWN_TTL_S only: a
+        # device revoked through any hub process is refused by every bridge within that time.
         if now - self._unknown.get(device_id, -10.0) < 1.0:
             return False
         if self.hub.services["devices"].is_active(device_id):
-            self._known.add(device_id)
+            if len(self._known) > 100_000:
+                self._known.clear()
+            self._known[device_id] = now
             return True
         if len(self._unknown) > 10_000:
             self._unknown.clear()

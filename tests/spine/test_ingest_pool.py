@@ -23,7 +23,7 @@ from central.hub import Hub
 from protocol import messages, topics
 from tests.conftest import database_url, make_settings
 from tests.helpers import wait_for
-from tests.spine.test_bridge_input import Device
+from tests.spine.test_bridge_input import Device, rejects
 from tests.spine.test_delivery import device
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,4 +108,36 @@ def test_a_member_killed_mid_work_loses_nothing(tmp_path: Path, broker: Broker) 
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        hub.close()
+
+
+def test_a_device_revoked_elsewhere_is_refused_once_its_cache_entry_expires(
+        tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bridge trusts a device it found active for KNOWN_TTL_S only: revoked in the shared store (by any
+    process), its messages are refused by every bridge after that, not accepted for ever."""
+    from central.bridge import service as bridge_service
+    from central.devices import store as devices_store
+
+    monkeypatch.setattr(bridge_service, "KNOWN_TTL_S", 0.5)
+    hub = build_hub(make_settings(tmp_path, broker))
+    try:
+        hub.start(bridge=True)
+        assert hub.publisher.wait_connected(30)  # type: ignore[attr-defined]
+        dev = Device(hub, "cam1")
+        try:
+            first = messages.Event(kind="fire")
+            dev.send(topics.event("site1", "cam1", "fire"), first.model_dump_json())
+            wait_for(lambda: first.event_id in dev.stored(), 30, "first event stored")
+            with hub.store.tx() as db:  # as another hub process's revocation would leave it
+                db.run(devices_store.devices.update().where(devices_store.devices.c.id == "site1/cam1")
+                       .values(revoked=1))
+            time.sleep(0.6)
+            late = messages.Event(kind="fire")
+            dev.send(topics.event("site1", "cam1", "fire"), late.model_dump_json())
+            # nothing is receipted to a device the hub does not know: the refusal is in the rejects table
+            wait_for(lambda: any(r[1] == "unknown_device" for r in rejects(hub)), 30, "the late event refused")
+        finally:
+            dev.close()
+        assert stored_ids(hub) == [first.event_id]
+    finally:
         hub.close()
