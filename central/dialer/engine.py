@@ -335,7 +335,10 @@ class CallSession:
         end_node = self.end_node
         if self.answered is None:
             outcome = self.outcome if self.outcome == "no_answer" else _sip_outcome(c.status)
-            reason = reason or (f"{c.status} {c.reason}".strip() if c.status else None)
+            status = f"{c.status} {c.reason}".strip() if c.status else None
+            if self.outcome == "no_answer":  # the ring timeout ended it: the 487 only answers our CANCEL
+                status = f"no answer within {self.e.cfg.ring_timeout_s:g} s" + (f" ({status})" if status else "")
+            reason = reason or status
         elif self.failure is not None:
             outcome, reason = self.failure
             end_node = self.dialog.node_id

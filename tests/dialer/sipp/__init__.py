@@ -23,9 +23,17 @@ _STAMP = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)", re.M)
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for UDP and TCP on loopback (a TCP peer listens on the port a UDP probe found)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 @dataclass
@@ -38,9 +46,10 @@ class Leg:
 
 
 class Peer:
-    """`sipp -sf <scenario>` as a UAS on 127.0.0.1; `legs()` reads its message trace."""
+    """`sipp -sf <scenario>` as a UAS on 127.0.0.1 (over UDP, or TCP with transport="t1"); `legs()` reads its
+    message trace. `@NAME@` in the scenario is replaced by the keyword argument `name`."""
 
-    def __init__(self, work: Path, scenario: str, **subst: Any) -> None:
+    def __init__(self, work: Path, scenario: str, transport: str = "u1", **subst: Any) -> None:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         xml = (HERE / scenario).read_text()
@@ -51,8 +60,8 @@ class Peer:
         self.port = free_port()
         self.trace = work / f"{self.xml.stem}-messages.log"
         self.proc = subprocess.Popen(
-            ["sipp", "-sf", str(self.xml), "-i", "127.0.0.1", "-p", str(self.port), "-mp", str(free_port()),
-             "-nostdin", "-trace_msg", "-message_file", str(self.trace), "-max_socket", "200"],
+            ["sipp", "-sf", str(self.xml), "-t", transport, "-i", "127.0.0.1", "-p", str(self.port),
+             "-mp", str(free_port()), "-nostdin", "-trace_msg", "-message_file", str(self.trace), "-max_socket", "200"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
 
     def messages(self) -> list[tuple[float, str, str]]:
@@ -121,12 +130,13 @@ def settings_file(hub: Any, path: Path) -> Path:
     return path
 
 
-def engine(settings: Path, port: int, *args: str, log: Path) -> subprocess.Popen[str]:
-    """`citybrain hub dialer run` as a subprocess dialling the peer on `port` (stderr to `log`)."""
+def engine(settings: Path, port: int, *args: str, log: Path, uri: str | None = None) -> subprocess.Popen[str]:
+    """`citybrain hub dialer run` as a subprocess dialling the peer on `port`, or `uri` (a --uri-template),
+    with stderr to `log`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-c", "from central.dialer.cli import app; app()", "run", "--settings", str(settings),
-         "--uri-template", f"sip:{{phone}}@127.0.0.1:{port}", "--ring-timeout", "5", *args],
+         "--uri-template", uri or f"sip:{{phone}}@127.0.0.1:{port}", "--ring-timeout", "5", *args],
         env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
 
 
