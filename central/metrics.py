@@ -104,7 +104,24 @@ class Metrics:
             "citybrain_metrics_source_errors_total", "Store-derived figures that could not be read at a scrape",
             ["source"], registry=r)
         self.sources: list[tuple[str, Source]] = []
+        self._http_children: dict[tuple[str, str, int], Any] = {}
+        self._verdict_children: dict[str, Any] = {}
         r.register(_StoreCollector(self))
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        # the labelled child cached per series: `.labels()` builds and locks on every call (hot path)
+        key = (route, method, status // 100)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self.http_duration.labels(route=route, method=method,
+                                                                         status=f"{key[2]}xx")
+        child.observe(seconds)
+
+    def verdict(self, verdict: str) -> None:
+        child = self._verdict_children.get(verdict)
+        if child is None:
+            child = self._verdict_children[verdict] = self.verdicts.labels(verdict=verdict)
+        child.inc()
 
     def source(self, name: str, fn: Source) -> None:
         """Register a store-derived figure set (a capability's `setup(hub)` calls this)."""

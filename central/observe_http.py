@@ -69,8 +69,7 @@ class RequestMiddleware:
             route = scope.get("route")
             # the route's template, never the raw path: ids in paths would make a series per object
             template = "unmatched" if route is None else self.templates.get(id(route)) or getattr(route, "path", "?")
-            self.metrics.http_duration.labels(route=template, method=scope["method"],
-                                              status=f"{status // 100}xx").observe(took)
+            self.metrics.observe_http(template, scope["method"], status, took)
             # the access log line, written inside the request's context so it carries the request id
             if access.isEnabledFor(logging.INFO):
                 access.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, took * 1000,

@@ -92,7 +92,7 @@ class VerifyPart(Part):
     def _count(self, verdict: str, app_id: int) -> None:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         self._stats[(day, app_id, verdict)] += 1
-        self.hub.metrics.verdicts.labels(verdict=verdict).inc()
+        self.hub.metrics.verdict(verdict)
         if time.monotonic() - self._stats_flushed > 5:
             self.flush_stats()
 
