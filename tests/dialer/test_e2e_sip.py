@@ -42,8 +42,10 @@ def test_campaign_over_real_sip(hub: Hub, tmp_path: Path) -> None:
     }
     (tmp_path / "script.json").write_text(json.dumps(script))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    callee_err = tmp_path / "callee.stderr"
     callee = subprocess.Popen([sys.executable, str(HERE / "callee_sim.py"), str(tmp_path / "script.json")],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=callee_err.open("w"), text=True, env=env)
+    callee_alive = False
     try:
         port = 0
         for line in callee.stdout:  # type: ignore[union-attr]  # pjlib prints a banner first
@@ -75,9 +77,12 @@ def test_campaign_over_real_sip(hub: Hub, tmp_path: Path) -> None:
              "--clock-start", "2025-03-10T08:59:57+08:00", "--exit-when-idle", "--max-runtime", "100"],
             env=env, capture_output=True, text=True, timeout=130)
         assert engine.returncode == 0, engine.stderr[-2000:]
+        callee_alive = callee.poll() is None
     finally:
         callee.terminate()
         callee.wait(timeout=10)
+    # a simulator that died mid-campaign ends its calls: say so rather than blame the robot's outcomes
+    assert callee_alive, f"callee simulator exited {callee.returncode}: {callee_err.read_text()[-2000:]}"
 
     cdrs = svc.cdrs(hub, tid)
     by_phone: dict[str, list[dict]] = {}
