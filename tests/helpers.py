@@ -63,3 +63,18 @@ def serve(hub: Hub) -> Iterator[str]:
         server.should_exit = True
         t.join(10)
         sock.close()
+
+
+def stop_processes(procs: list[Any], timeout: float = 30.0) -> None:
+    """SIGTERM every process still running, then wait for each; one that outlives `timeout` is killed."""
+    import subprocess
+
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

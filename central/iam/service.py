@@ -411,14 +411,21 @@ class IamService:
 
     def reset_password(self, actor: Principal, username: str, password: str) -> None:
         u = self._user_for_admin(actor, username)
-        problem = password_problem(password, username)
+        self._set_initial_password(u, password, actor.name, {})
+
+    def _set_initial_password(self, u: dict[str, Any], password: str, actor_name: str, detail: dict[str, Any],
+                              **also: Any) -> None:
+        """A new initial password (to be changed at the next login), lockout counter cleared, sessions ended,
+        audited as `user.reset_password`; `also`: further columns to set in the same update."""
+        problem = password_problem(password, u["username"])
         if problem:
             raise Invalid(problem, "password")
         pw_hash = _HASHER.hash(password)
         with self._tx() as db:
-            iam_store.update_user(db, u["id"], pw_hash=pw_hash, must_change=1, failed=0, locked_until=None)
+            iam_store.update_user(db, u["id"], pw_hash=pw_hash, must_change=1, failed=0, locked_until=None, **also)
             iam_store.end_user_sessions(db, u["id"], self.now())
-            record(db, actor=actor.name, action="user.reset_password", target=username, org=u["org"], detail={})
+            record(db, actor=actor_name, action="user.reset_password", target=u["username"], org=u["org"],
+                   detail=detail)
 
     def still_initial_password(self, username: str, password: str) -> bool:
         """Whether `username` still has `password` as the initial one it must change (so a demo may print
@@ -436,20 +443,11 @@ class IamService:
         """A reset by whoever runs the hub's CLI on its host (they hold the database and the keys already):
         new initial password, to be changed at the next login; lockout lifted, account enabled, sessions
         ended; audited as `user.reset_password` by `cli:<operator>`."""
-        with self._read() as db:
-            u = iam_store.user(db, username)
+        u = self.user(username)
         if u is None:
             raise Invalid(f"no user {username!r}", "username")
-        problem = password_problem(password, username)
-        if problem:
-            raise Invalid(problem, "password")
-        pw_hash = _HASHER.hash(password)
-        with self._tx() as db:
-            iam_store.update_user(db, u["id"], pw_hash=pw_hash, must_change=1, failed=0, first_failed_at=None,
-                                  locked_until=None, disabled=0)
-            iam_store.end_user_sessions(db, u["id"], self.now())
-            record(db, actor=f"cli:{operator}", action="user.reset_password", target=username, org=u["org"],
-                   detail={"via": "hub reset-admin"})
+        self._set_initial_password(u, password, f"cli:{operator}", {"via": "hub reset-admin"},
+                                   first_failed_at=None, disabled=0)
 
     def list_users(self, actor: Principal, phone: str | None = None) -> list[dict[str, Any]]:
         # A phone is looked up exactly through the keyed blind index: the column itself stays ciphertext.

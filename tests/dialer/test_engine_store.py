@@ -6,28 +6,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from central.dialer import service as svc
 from central.dialer import store as ds
-from central.settings import MqttSettings, Settings
-from central.store import Store
-from tests.conftest import database_url
 from tests.dialer.test_store import DAY, MiniHub, _running, _task
+from tests.dialer.test_store import hub as hub  # noqa: F401  the same store-only hub fixture, both backends
 
 pytestmark = pytest.mark.both_backends
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[MiniHub]:
-    s = Store(database_url() or tmp_path / "d.db")
-    s.migrate()
-    yield MiniHub(s, Settings(data_dir=tmp_path / "hub", mqtt=MqttSettings(enabled=False)))
-    s.close()
 
 
 def _cdr(outcome: str, engine: str | None = None, **kw: object) -> dict[str, object]:

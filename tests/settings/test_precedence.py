@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from central.broker import free_port
 from central.settings import SettingsError, load_settings
+from tests.helpers import stop_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,14 +135,7 @@ def serve(tmp_path: Path) -> Iterator[object]:
         return p
 
     yield start
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    stop_processes(procs)
 
 
 def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> dict[str, object]:

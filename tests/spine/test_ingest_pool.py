@@ -22,7 +22,7 @@ from central.broker import Broker
 from central.hub import Hub
 from protocol import messages, topics
 from tests.conftest import database_url, make_settings
-from tests.helpers import wait_for
+from tests.helpers import stop_processes, wait_for
 from tests.spine.test_bridge_input import Device, rejects
 from tests.spine.test_delivery import device
 
@@ -100,14 +100,7 @@ def test_a_member_killed_mid_work_loses_nothing(tmp_path: Path, broker: Broker) 
         assert procs[1].poll() is None
     finally:
         link.stop()
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         hub.close()
 
 
