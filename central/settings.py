@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -127,6 +127,17 @@ class Settings(BaseSettings):
     inline_consumers: bool = True
     # `hub serve`'s log lines: readable text, or one JSON object per line (with the request id) for a collector.
     log_format: Literal["text", "json"] = "text"
+    # The hub's time zone (IANA name): dates on pages people read (the code page, the console) are shown in it.
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import available_timezones
+
+        if v not in available_timezones():  # names only: ZoneInfo() would also try file paths
+            raise ValueError(f"unknown time zone {v[:64]!r} (an IANA name such as Asia/Shanghai)")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.codes import feed as codes_feed
+from central.codes import page
 from central.codes.models import (
     AppKeyCreatedOut,
     AppKeyOut,
@@ -694,60 +694,20 @@ def _optional_principal(request: Request, hub: Hub) -> Principal | None:
         return None
 
 
-_VERDICT_TEXT = {
-    "valid": "Valid",
-    "expired": "Expired",
-    "revoked": "Revoked",
-    "unknown-key": "Not issued by the city",
-    "bad-signature": "Forged or altered",
-    "malformed": "Not a city code",
-    "wrong-system": "Not valid for this code system",
-    "unfiled-url": "Issued under an unfiled address",
-}
-
-
 @resolver.get(
     "/c/{city_seg}/{dept_seg}",
     response_class=HTMLResponse,
-    dependencies=[Depends(public("city-code resolver: anyone who scans a code sees scene and validity"))],
+    dependencies=[Depends(public("city-code resolver: anyone who scans a code sees scene, department and "
+                                 "validity; the holder is masked but for an officer over the department"))],
 )
-def resolve(city_seg: str, dept_seg: str, request: Request, hub: Hub = Depends(get_hub)) -> HTMLResponse:
-    """The city's universal service page for a scanned code. Anonymous: scene and validity. An officer
-    holding codes.read over the issuing department: also department, entity, serial, times, scans."""
-    svc = service_of(hub)
-    from protocol.citycode import serial_of  # v1 and v2 codes keep the serial in different places
-
-    serial = serial_of(city_seg, dept_seg)
-    rec = svc.code_record(serial) if serial else None
-    if rec is None or not rec["text"].endswith(f"/{city_seg}/{dept_seg}"):
-        # Unknown serial, or a known serial with altered segments: never verify what we did not issue.
-        result: dict[str, Any] = {"verdict": "bad-signature" if rec else "malformed", "reason": "no such code"}
-        rec = None
-    else:
-        result = svc.verify_online(rec["text"])
-    who = _optional_principal(request, hub)
-    officer = who is not None and rec is not None and who.allowed("codes.read", rec["org"])
-    verdict = result["verdict"]
-    rows: list[tuple[str, str]] = [("Status", _VERDICT_TEXT.get(verdict, verdict))]
-    if rec is not None and verdict != "malformed":
-        rows += [("Scene", rec["scene_name"]), ("Valid until", result.get("expires_at", "")[:16].replace("T", " "))]
-    if officer and rec is not None:
-        ent = svc.entity_public(rec["identity_id"]) or {}
-        rows += [
-            ("Department", f"{rec['dept_name']} ({rec['dept_id']})"),
-            ("Identity", rec["identity_id"]),
-            ("Entity", f"{ent.get('type', '')} {ent.get('name') or ''}".strip()),
-            ("Serial", rec["serial"]),
-            ("Reason", result["reason"]),
-            ("Scans", str(rec["scans"])),
-        ]
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    page = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-        'content="width=device-width"><title>City code</title></head><body>'
-        f'<h1>City code</h1><table class="verdict-{html.escape(verdict)}">{body}</table></body></html>'
-    )
-    return HTMLResponse(page, status_code=200 if rec is not None else 404)
+def resolve(city_seg: str, dept_seg: str, request: Request, lang: str | None = None,
+            hub: Hub = Depends(get_hub)) -> HTMLResponse:
+    """The city's service page for a scanned code (Chinese by default, `?lang=en` or Accept-Language)."""
+    view = service_of(hub).resolver_view(city_seg, dept_seg, _optional_principal(request, hub))
+    language = page.pick_language(lang, request.headers.get("accept-language"))
+    body = page.render(view, language, hub.settings.timezone)
+    return HTMLResponse(body, status_code=200 if view["found"] else 404, headers={"Content-Language": language,
+                        "Vary": "Accept-Language, Cookie", "Content-Security-Policy": page.CSP})
 
 
 def install(app: FastAPI, hub: Hub) -> None:

@@ -24,6 +24,7 @@ from central.codes.service.common import (
 from central.codes.service.issuing import IssuingPart
 from central.codes.service.keys import KeysPart
 from central.codes.service.lists import ListsPart
+from central.codes.service.resolver import ResolverPart
 from central.codes.service.supervision import SupervisionPart
 from central.codes.service.verify import VerifyPart
 from central.hub import Hub, LoopWorker
@@ -35,7 +36,7 @@ __all__ = ["DEPT_ID", "ENTITY_TYPES", "KEY_LIFETIME_S", "NO_SYSTEM", "REVOCATION
 REVOCATIONS_REFRESH_S = 3600
 
 
-class CodesService(KeysPart, ApplicationsPart, IssuingPart, VerifyPart, ListsPart, SupervisionPart):
+class CodesService(KeysPart, ApplicationsPart, IssuingPart, VerifyPart, ListsPart, SupervisionPart, ResolverPart):
     def refresh_revocations(self) -> bool:
         """Worker step: re-sign an unchanged revocation list once it is REVOCATIONS_REFRESH_S old."""
         cur = self.current("revocations")  # none yet: republish_lists publishes the first
