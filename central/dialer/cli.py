@@ -36,6 +36,15 @@ def run(
     realm: Annotated[str, typer.Option(help="Digest auth realm ('*' = any)")] = "*",
     proxy: Annotated[str | None, typer.Option(help="Outbound proxy URI, e.g. sip:sbc.example:5060;lr")] = None,
     transport: Annotated[str, typer.Option(help="udp | tcp | tls")] = "udp",
+    tls_ca_file: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="TLS: CA bundle the trunk's certificate must chain to (default: "
+                                          "the system's)")] = None,
+    tls_cert_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                       help="TLS: our certificate (mutual TLS)")] = None,
+    tls_key_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                                      help="TLS: the key of --tls-cert-file")] = None,
+    tls_verify: Annotated[bool, typer.Option(help="TLS: verify the trunk's certificate (off only in a lab)")] =
+    True,
     rtp_port: Annotated[int, typer.Option(min=0, max=65535, help="First RTP port (0 = any)")] = 0,
     rtp_port_range: Annotated[int, typer.Option(min=0, max=65535, help="RTP ports usable from --rtp-port")] = 0,
     session_expires: Annotated[int, typer.Option(
@@ -79,6 +88,10 @@ def run(
         raise typer.BadParameter("several workers cannot share one SIP port; use 0", param_hint="--sip-port")
     if transport not in ("udp", "tcp", "tls"):
         raise typer.BadParameter("udp, tcp or tls", param_hint="--transport")
+    if transport != "tls" and (tls_ca_file or tls_cert_file or tls_key_file):
+        raise typer.BadParameter("TLS files need --transport tls", param_hint="--transport")
+    if (tls_cert_file is None) != (tls_key_file is None):
+        raise typer.BadParameter("a certificate and its key go together", param_hint="--tls-key-file")
     if session_expires and session_expires < 90:
         raise typer.BadParameter("at least 90 s (PJSIP's minimum), or 0 for off", param_hint="--session-expires")
     if session_expires and lease <= session_expires:
@@ -89,6 +102,9 @@ def run(
     params = dict(uri_template=uri_template, settings_file=settings_file, sip_host=sip_host, sip_port=sip_port,
                   registrar=registrar, username=username, password=password, clock_rate=clock_rate,
                   domain=domain, realm=realm, proxy=proxy, transport=transport, rtp_port=rtp_port,
+                  tls=dict(tls_ca_file=tls_ca_file and str(tls_ca_file),
+                           tls_cert_file=tls_cert_file and str(tls_cert_file),
+                           tls_key_file=tls_key_file and str(tls_key_file), tls_verify=tls_verify),
                   rtp_port_range=rtp_port_range, session_expires=session_expires, lease=lease,
                   heartbeat=heartbeat, reg_retry=reg_retry,
                   workers=workers, ring_timeout=ring_timeout, asr=asr, vosk_model=vosk_model,
@@ -146,7 +162,7 @@ def _run_engine(params: dict[str, Any], engine_id: str | None) -> None:
                       domain=params["domain"], realm=params["realm"], proxy=params["proxy"],
                       transport=params["transport"], rtp_port=params["rtp_port"],
                       rtp_port_range=params["rtp_port_range"], session_expires_s=params["session_expires"],
-                      reg_retry_s=params["reg_retry"]),
+                      reg_retry_s=params["reg_retry"], **params["tls"]),
         ring_timeout_s=params["ring_timeout"], asr_backend=params["asr"], asr_model_dir=params["vosk_model"],
         asr_models=params["asr_models"], asr_min_confidence=params["asr_min_confidence"],
         asr_workers=params["asr_workers"], work_dir=params["work_dir"] or hub.settings.data_dir / "dialer",

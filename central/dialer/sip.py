@@ -18,6 +18,7 @@ import pjsua2 as pj
 log = logging.getLogger("citybrain.dialer.sip")
 PJSUA_MAX_CALLS = 4  # compile-time limit of the pjsua2-python 2.15 wheel (measured: the 5th call fails)
 MIN_SESSION_EXPIRES_S = 90  # PJSIP's absolute minimum Min-SE: a smaller one aborts the process (assert)
+SYSTEM_CA_FILES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 TRANSPORTS = {"udp": pj.PJSIP_TRANSPORT_UDP, "tcp": pj.PJSIP_TRANSPORT_TCP, "tls": pj.PJSIP_TRANSPORT_TLS}
 
 
@@ -37,6 +38,13 @@ class SipConfig:
     domain: str | None = None  # the AOR's domain (sip:robot@<domain>); default: the registrar's host
     proxy: str | None = None  # outbound proxy URI (e.g. sip:sbc.example;lr): every request goes through it
     transport: str = "udp"  # udp | tcp | tls
+    # TLS (transport "tls"): the trunk's certificate is verified against tls_ca_file (default: the system
+    # bundle) and TLS 1.2 is the floor; our own certificate and key, for a trunk that asks for one (mutual
+    # TLS) and for listening (a test peer, a drill callee). tls_verify False only for a lab trunk.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: bool = True
     rtp_port: int = 0  # first RTP port (0 = any); each call takes an RTP/RTCP pair from here
     rtp_port_range: int = 0  # how many ports from rtp_port may be used (0 = no limit)
     # RFC 4028 session timers: a leg whose refresher (this engine) died is torn down by the peer/trunk
@@ -53,6 +61,19 @@ class SipConfig:
             raise ValueError(f"sip.session_expires_s: at least {MIN_SESSION_EXPIRES_S} s (PJSIP's minimum), or 0")
         if not 0 <= self.rtp_port <= 65535 or not 0 <= self.rtp_port_range <= 65535:
             raise ValueError("sip.rtp_port: ports are 0..65535")
+        if self.transport == "tls":
+            if self.tls_ca_file is None and self.tls_verify:
+                self.tls_ca_file = next((p for p in SYSTEM_CA_FILES if Path(p).is_file()), None)
+                if self.tls_ca_file is None:
+                    raise ValueError("sip.tls_ca_file: no CA bundle to verify the trunk with (give one)")
+            for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+                f = getattr(self, name)
+                if f is not None and not Path(f).is_file():
+                    raise ValueError(f"sip.{name}: {f} is not a file")
+            if (self.tls_cert_file is None) != (self.tls_key_file is None):
+                raise ValueError("sip.tls_key_file: a certificate and its key go together")
+        elif self.tls_cert_file or self.tls_key_file or self.tls_ca_file:
+            raise ValueError(f"sip.transport: TLS files given but the transport is {self.transport!r}")
 
 
 class RobotCall(pj.Call):
@@ -138,6 +159,15 @@ class SipStack:
         tc = pj.TransportConfig()
         tc.port = cfg.port
         tc.boundAddress = cfg.bind_host
+        if cfg.transport == "tls":
+            tls = tc.tlsConfig
+            tls.method = pj.PJSIP_TLSV1_2_METHOD  # the floor; a TLS 1.3 trunk negotiates up
+            tls.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+            tls.CaListFile = cfg.tls_ca_file or ""
+            tls.certFile = cfg.tls_cert_file or ""
+            tls.privKeyFile = cfg.tls_key_file or ""
+            tls.verifyServer = cfg.tls_verify
+            tls.msecTimeout = 10_000
         tid = self.ep.transportCreate(TRANSPORTS[cfg.transport], tc)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()  # a server has no sound card; the bridge runs on a timer

@@ -72,8 +72,10 @@ def main(script_path: str) -> None:
     script = json.loads(Path(script_path).read_text())
     LOG = Path(script["log"])
     work = Path(script["work"])
-    stack = SipStack(SipConfig(port=0, username="callee", codecs=script.get("codecs",
-                                                                               ["G722/16000/1", "PCMU/8000/1"])))
+    tls = script.get("tls") or {}  # {"cert": ..., "key": ...}: listen on TLS with this certificate
+    stack = SipStack(SipConfig(port=0, username="callee", codecs=script.get("codecs", ["G722/16000/1", "PCMU/8000/1"]),
+                               transport="tls" if tls else "udp", tls_cert_file=tls.get("cert"),
+                               tls_key_file=tls.get("key"), tls_verify=False))
     stop = False
 
     def _stop(*_: Any) -> None:
