@@ -29,7 +29,8 @@ def demo(
                                             help="Run the hub on this database (default: SQLite in --dir), e.g. "
                                                  "the postgresql:// URL `./run postgres` prints"),
 ) -> None:
-    """Broker + hub + one camera gateway + one scan terminal on loopback. Ctrl-C stops all."""
+    """Broker + hub + one camera gateway + one scan terminal + the voice robot (a simulated callee and one
+    dialer engine calling a demo task) on loopback. Ctrl-C stops all."""
     from citybrain.demo import run_demo
 
     run_demo(dir, port, mqtt_port, fresh, database_url)

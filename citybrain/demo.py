@@ -1,8 +1,11 @@
 """`citybrain hub demo`: the whole system on loopback — our mosquitto (passwords + ACL), the hub
-(uvicorn + MQTT bridge), one camera gateway and one scan terminal — until Ctrl-C."""
+(uvicorn + MQTT bridge), one camera gateway, one scan terminal, and the voice robot: a simulated callee
+(`citybrain hub dialer callee`) and one dialer engine that calls the demo call task's contacts — until
+Ctrl-C. The demo prints the call task's progress and each CDR as it is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -83,6 +86,79 @@ def _feed_scanner_when_synced(demo_dir: Path, store_url: str, timeout: float = 3
     inbox.mkdir(parents=True, exist_ok=True)
     for png in sorted(samples.glob("*.png")):
         shutil.copy(png, inbox / png.name)
+
+
+def _dialer_unavailable() -> str | None:
+    """Why the dialer engine cannot run here, in words (None: it can)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pjsua2") is None:
+        return "pjsua2 is not installed here (the dialer role: pip install 'citybrain[dialer]')"
+    return None
+
+
+def _wait_ready(ready_file: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int | None:
+    """The simulated callee's SIP port once it listens (it synthesises its speech first), or None when it
+    exited or did not get there in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready_file.exists():
+            return int(ready_file.read_text().strip())
+        time.sleep(0.2)
+    return None
+
+
+class _CallWatch:
+    """Follows the demo call task: a line per new CDR, a line when its progress changes, one when it ends."""
+
+    def __init__(self, hub: Any, task_id: int) -> None:
+        self.hub, self.task_id = hub, task_id
+        self.cdrs = 0
+        self.last: tuple[object, ...] | None = None
+        self.done = False
+        self.error: str | None = None
+
+    def reason(self) -> dict[str, Any]:
+        from central.dialer import service as svc
+
+        return svc.state_reason(self.hub, self.task_id)
+
+    def poll(self) -> list[str]:
+        from central.dialer import service as svc
+
+        if self.done:
+            return []
+        try:
+            p = svc.progress(self.hub, self.task_id)
+            new = svc.cdrs(self.hub, self.task_id)[self.cdrs:]
+        except Exception as e:  # noqa: BLE001  e.g. a locked SQLite file: try again next round, say it once
+            problem = f"Dialer:     cannot read call task {self.task_id} yet: {type(e).__name__}: {e}"
+            lines = [problem] if problem != self.error else []
+            self.error = problem
+            return lines
+        self.cdrs += len(new)
+        lines = [self._cdr_line(c) for c in new]
+        key = (p["status"], p["dialled"], p["answered"], p["finished_contacts"])
+        self.done = p["status"] in ("completed", "cancelled")
+        if key != self.last:
+            self.last = key
+            lines.append(f"Dialer:     call task {self.task_id} {p['status']}: {p['finished_contacts']}/{p['total']}"
+                         f" contacts done (dialled {p['dialled']}, answered {p['answered']},"
+                         f" completed {p['completed']}, failed {p['failed']})"
+                         + (f"; CDRs: GET /api/v1/dialer/tasks/{self.task_id}/cdrs" if self.done else ""))
+        return lines
+
+    @staticmethod
+    def _cdr_line(c: dict[str, Any]) -> str:
+        answers = ", ".join(f"{q}={a.get('value')} (by {a.get('via')})" for q, a in (c["answers"] or {}).items())
+        parts = [f"attempt {c['attempt']}", c["outcome"]]
+        if c["sip_status"] and c["sip_status"] != 200:
+            parts.append(f"SIP {c['sip_status']}")
+        if c["duration_s"]:
+            parts.append(f"{c['duration_s']:.1f} s")
+        heard = "; ".join(f"{t.get('kind')} {t.get('value') or ''}".strip() for t in c["transcript"] or [])
+        return (f"Call:       {c['phone_masked']} " + ", ".join(parts) + (f": {answers}" if answers else "")
+                + (f" (heard: {heard})" if heard else "") + (f" — {c['reason']}" if c["reason"] else ""))
 
 
 def _bootstrap_admin(hub: object, password: str) -> None:
@@ -166,6 +242,9 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
         configs[kind] = path
     lines += _seed_capabilities(hub, demo_dir)
     hub.close()
+    dialer_dir = demo_dir / "dialer"
+    call_task = json.loads((dialer_dir / "demo.json").read_text())["task_id"] if (
+        dialer_dir / "demo.json").exists() else None
     broker.reload()
 
     exe = [sys.executable, "-m", "citybrain.cli"]
@@ -173,23 +252,47 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
     logs = demo_dir / "logs"
     logs.mkdir(exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+    optional = {"callee", "dialer"}  # the voice robot's processes: if they end, the rest of the demo goes on
+    watch: _CallWatch | None = None
 
-    def spawn(name: str, args: list[str]) -> None:
+    def spawn(name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = open(logs / f"{name}.log", "ab")
-        procs.append((name, subprocess.Popen(exe + args, stdout=log, stderr=log, env=env,
-                                             start_new_session=True)))
+        proc = subprocess.Popen(exe + args, stdout=log, stderr=log, env=env, start_new_session=True)
+        procs.append((name, proc))
+        return proc
 
     # Whatever happens from here (Ctrl-C, a child exiting, an error of our own), the children and the
     # broker are stopped: a demo never leaves processes behind.
     try:
         spawn("hub", ["hub", "serve", "--config", str(hub_cfg), "--port", str(port)])  # demo --port: an option, highest
+        dialer_off = _dialer_unavailable() if call_task is not None else "the dialer demo seed failed (above)"
+        ready = dialer_dir / "callee.port"
+        ready.unlink(missing_ok=True)
+        callee = None if dialer_off else spawn("callee", [
+            "hub", "dialer", "callee", str(dialer_dir / "callee.yaml"), "--ready-file", str(ready)])
         time.sleep(1.5)
         spawn("camera", ["edge", "camera", "--config", str(configs["camera"]), "--test-event"])
         spawn("scanner", ["edge", "scanner", "--config", str(configs["scanner"])])
+        if callee is not None:
+            sip_port = _wait_ready(ready, callee)
+            if sip_port is None:
+                dialer_off = (f"the simulated callee did not start (exit {callee.poll()}; see {logs / 'callee.log'})")
+            else:
+                spawn("dialer", ["hub", "dialer", "run", "--settings", str(hub_cfg), "--ring-timeout", "10",
+                                 "--uri-template", f"sip:{{phone}}@127.0.0.1:{sip_port}"])
+                lines.append(f"Callee:     simulated callee on sip:127.0.0.1:{sip_port} (script "
+                             f"{dialer_dir / 'callee.yaml'}); one dialer engine calls it")
         _feed_scanner_when_synced(demo_dir, settings.store_url)
+        if call_task is not None:
+            watch = _CallWatch(build_hub(settings), call_task)
+            if dialer_off:
+                why = watch.reason()
+                lines.append(f"Dialer:     engine not started: {dialer_off}; call task {call_task} waits "
+                             f"(state_reason {why['code']}: {why['message']})")
+                watch.done = True
         lines += [
             "Devices:    GET /api/v1/devices (camera + scanner online, heartbeats every 5 s, queue depth)",
-            f"Logs:       {logs}/ (hub.log, camera.log, scanner.log)",
+            f"Logs:       {logs}/ (hub.log, camera.log, scanner.log, callee.log, dialer.log)",
             f"Configs:    {configs['camera']}  {configs['scanner']}",
         ]
         print("\n=== City Brain demo is running ===")
@@ -205,12 +308,24 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
 
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
+        ended: set[str] = set()
         while not stopping:
             for name, p in procs:
-                if p.poll() is not None:
-                    print(f"{name} exited with {p.returncode}; see {logs / (name + '.log')}", flush=True)
+                if name in ended or p.poll() is None:
+                    continue
+                ended.add(name)
+                print(f"{name} exited with {p.returncode}; see {logs / (name + '.log')}", flush=True)
+                if name not in optional:
                     stopping = True
+                elif watch is not None and not watch.done:
+                    why = watch.reason()
+                    print(f"Dialer:     call task {call_task}: state_reason {why['code']}: {why['message']}",
+                          flush=True)
+            for line in watch.poll() if watch is not None else []:
+                print(line, flush=True)
             time.sleep(0.5)
+        for line in watch.poll() if watch is not None else []:  # what happened since the last round
+            print(line, flush=True)
     finally:
         for _name, p in reversed(procs):
             if p.poll() is None:
@@ -220,5 +335,7 @@ def run_demo(demo_dir: Path, port: int, mqtt_port: int, fresh: bool, database_ur
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if watch is not None:
+            watch.hub.close()
         broker.stop()
         print("demo stopped cleanly", flush=True)

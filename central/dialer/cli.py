@@ -1,4 +1,4 @@
-"""`citybrain hub dialer ...`: run the SIP engine process, watch a task's progress."""
+"""`citybrain hub dialer ...`: run the SIP engine process, a simulated callee for it, watch a task's progress."""
 
 from __future__ import annotations
 
@@ -188,6 +188,44 @@ def _run_engine(params: dict[str, Any], engine_id: str | None) -> None:
     except KeyboardInterrupt:
         pass
     typer.echo(f"{engine_id}: dialled={engine.stats['dialled']} cdrs={engine.stats['cdrs']}", err=True)
+
+
+@app.command()
+def callee(
+    script: Annotated[Path, typer.Argument(help="YAML/JSON: per number answer/busy/ring and turns (say, wav, "
+                                                "dtmf, silence); see central/dialer/callee.py")],
+    host: str = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="SIP UDP port (0 = any free)")] = 0,
+    log: Annotated[Path | None, typer.Option(help="JSON lines of what happened (default: the script's `log`)")] =
+    None,
+    work_dir: Annotated[Path | None, typer.Option(help="Recordings + synthesised speech (default: the "
+                                                       "script's `work`)")] = None,
+    ready_file: Annotated[Path | None, typer.Option(help="Write the SIP port here once listening")] = None,
+) -> None:
+    """A simulated callee on loopback for demos and drills: answers the engine's calls per a script, speaks
+    (the robot's TTS) or presses keys (RFC 2833). Prints READY <port>; stops on SIGTERM/Ctrl-C."""
+    import faulthandler
+
+    from central.dialer.callee import ScriptError, load_script, serve
+
+    faulthandler.enable()  # a crash inside PJSIP still leaves a traceback on stderr
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        parsed = load_script(script)
+    except ScriptError as e:
+        raise typer.BadParameter(str(e), param_hint="SCRIPT") from e
+    parsed.log = log or parsed.log
+    parsed.work = work_dir or parsed.work
+    stop: list[bool] = []
+
+    def _stop(*_: Any) -> None:
+        stop.append(True)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = serve(parsed, host, port, ready_file, stopping=lambda: bool(stop),
+                 announce=lambda line: typer.echo(line))
+    raise typer.Exit(code)
 
 
 @app.command()
