@@ -32,10 +32,12 @@ from central.store import describe, migrations
 log = logging.getLogger("citybrain.app")
 
 
-# The workers a hub may run in every process of a multi-process `hub serve` (they claim their work under
-# leases in the store). The others run once per serve: in its primary process only (see `claim_primary`),
-# until they lease their work too; a capability that leases its worker adds its name here.
-EVERY_PROCESS_WORKERS = frozenset({"webhooks-deliver"})
+# The workers a hub may run in every process of a multi-process `hub serve`: the webhook sender claims
+# deliveries under leases, the video correlator claims the one cursor row (one works at a time), and the
+# video alert sender drains its own process's queue (a dispatch answered by this process queued it). The
+# others run once per host: in the primary process only (see `claim_primary`), until they lease their work
+# too; a capability whose worker becomes safe to run N times adds its name here.
+EVERY_PROCESS_WORKERS = frozenset({"webhooks-deliver", "video-correlator", "video-alerts"})
 # `hub serve --workers N` hands its worker processes what it was given (settings file, options) as JSON here.
 SERVE_ENV = "CITYBRAIN_SERVE"
 PRIMARY_LOCK = "serve-primary.lock"
