@@ -528,11 +528,14 @@ def lock_login(db: Db, username: str) -> None:
 def rate_hit(db: Db, keys: list[str], now: float, window: float, limit: int) -> bool:
     """Count one attempt against every key unless one of them already has `limit` attempts within the
     last `window` seconds (then count nothing and answer False). The keys' locks are taken in sorted
-    order (two logins sharing a key never deadlock); rows older than the window are dropped on the way."""
+    order (two logins sharing a key never deadlock). Rows older than the window are dropped by one
+    transaction at a time (the leader of `iam.rate.gc`): the only deletes, so no two deleters can wait on
+    each other's row locks."""
     a = login_attempts.c
     for k in sorted(set(keys)):
         dialect.serialize(db, f"iam.rate:{k}")
-    db.run(sa.delete(login_attempts).where(a.at <= now - window))
+    if dialect.try_lead(db, "iam.rate.gc"):
+        db.run(sa.delete(login_attempts).where(a.at <= now - window))
     for k in keys:
         n = db.scalar(sa.select(sa.func.count()).select_from(login_attempts).where(a.key == k, a.at > now - window))
         if int(n or 0) >= limit:

@@ -128,7 +128,8 @@ def test_two_serves_share_lockout_rate_limit_and_revocations(two_serves: tuple[H
 
 
 def test_role_and_url_caches_follow_the_store(tmp_path: Path) -> None:
-    """A role changed and a URL approved through one hub are seen by another hub's caches at once."""
+    """A role changed and a URL approved through one hub are seen by another hub's caches at once; a
+    root key made by two at once is one key."""
     from central.app import build_hub
     from central.codes import store as codes_store
     from central.iam import store as iam_store
@@ -155,6 +156,14 @@ def test_role_and_url_caches_follow_the_store(tmp_path: Path) -> None:
                                               "created_at": "2026-12-03T00:00:00+00:00"})
             codes_store.decide_url(db, uid, "approved", "checker", "")
         assert url in codes2.filed_urls(None)
+
+        # Two processes making the city root key at once: the second to write answers the first's key.
+        from protocol import signing
+
+        first = two.services["codes"].root
+        lost = one.services["codes"]._create_key_once("root", signing.generate(first.alg))
+        assert lost.to_dict() == first.to_dict()
+        assert not list((s.keys_dir / "codes").glob("*.tmp.json"))
     finally:
         one.close()
         two.close()
