@@ -134,6 +134,19 @@ def check_org_path(path: str, field: str = "org") -> str:
     return path
 
 
+class _Roles:
+    """One load of the role definitions: patterns and scopes by name, the generation they were loaded at,
+    and the permission sets expanded from them (filled as asked, always from this load)."""
+
+    __slots__ = ("expanded", "gen", "patterns", "scope")
+
+    def __init__(self, gen: str | None, rows: list[dict[str, Any]]) -> None:
+        self.gen = gen
+        self.patterns: dict[str, list[str]] = {r["name"]: json.loads(r["patterns"]) for r in rows}
+        self.scope: dict[str, str | None] = {r["name"]: r["scope"] for r in rows}
+        self.expanded: dict[str, set[str]] = {}
+
+
 class IamService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -141,10 +154,7 @@ class IamService:
         self._lock = threading.Lock()
         # Role definitions, kept in memory for the request path and checked against the store's roles
         # generation at every principal lookup (no extra round trip: the bindings query returns it).
-        self._roles: dict[str, list[str]] | None = None
-        self._roles_gen: str | None = None
-        self._role_scope: dict[str, str | None] = {}
-        self._expanded: dict[str, set[str]] = {}
+        self._rc: _Roles | None = None
         self._universe: dict[str, str] | None = None
 
     # ---- basics ---------------------------------------------------------------------------
@@ -169,38 +179,40 @@ class IamService:
         generation is the one it was loaded at (a role change on any hub process replaces it)."""
         with self._read() as db:
             gen = iam_store.roles_generation(db)
-        return self._roles_at(gen)
+        return self._roles_at(gen).patterns
 
-    def _roles_at(self, gen: str | None) -> dict[str, list[str]]:
+    def _roles_at(self, gen: str | None) -> _Roles:
         """The cache, reloaded unless loaded at generation `gen`. The generation is read before the rows, so
         a change committed in between only makes the next lookup reload again."""
-        if self._roles is None or gen != self._roles_gen:
+        rc = self._rc
+        if rc is None or rc.gen != gen:
             with self._read() as db:
-                rows = iam_store.role_rows(db)
-            self._role_scope = {r["name"]: r["scope"] for r in rows}
-            self._expanded = {}
-            self._roles = {r["name"]: json.loads(r["patterns"]) for r in rows}
-            self._roles_gen = gen
-        return self._roles
+                rc = _Roles(gen, iam_store.role_rows(db))
+            self._rc = rc  # one assignment: a thread reading the old load keeps a consistent one
+        return rc
 
-    def _current_roles(self) -> dict[str, list[str]]:
-        """The cache as the caller's last `roles()` or principal lookup synchronised it."""
-        return self._roles if self._roles is not None else self.roles()
+    def _current_roles(self) -> _Roles:
+        """The cache as the last `roles()` or principal lookup synchronised it."""
+        rc = self._rc
+        if rc is None:
+            self.roles()
+            rc = self._rc
+            assert rc is not None
+        return rc
 
     def role_perms(self, role: str) -> set[str]:
-        roles = self._current_roles()
-        if role not in self._expanded:
-            self._expanded[role] = expand(roles.get(role, []), self.universe())
-        return self._expanded[role]
+        rc = self._current_roles()
+        perms = rc.expanded.get(role)
+        if perms is None:  # expanded from the same load it is cached in
+            perms = rc.expanded[role] = expand(rc.patterns.get(role, []), self.universe())
+        return perms
 
     def role_scope(self, role: str) -> str | None:
         """Where a custom role applies (its creation scope); None for built-ins (anywhere)."""
-        self._current_roles()
-        return self._role_scope.get(role)
+        return self._current_roles().scope.get(role)
 
     def _invalidate_roles(self) -> None:
-        self._roles = None
-        self._expanded = {}
+        self._rc = None
 
     def seed(self) -> None:
         with self._tx() as db:
@@ -220,10 +232,10 @@ class IamService:
             rows, gen = iam_store.active_bindings(db, column, value, self.now())
         if not rows:
             return []
-        roles = self._roles_at(gen)
+        rc = self._roles_at(gen)
         # A binding of a scoped role outside its scope grants nothing (grant() refuses to make one).
-        return [(roles.get(role, []), org, bid, role) for bid, role, org in rows
-                if (sc := self._role_scope.get(role)) is None or under(org, sc)]
+        return [(rc.patterns.get(role, []), org, bid, role) for bid, role, org in rows
+                if (sc := rc.scope.get(role)) is None or under(org, sc)]
 
     def build_principal(self, pid: str, name: str, bindings: list[tuple[list[str], str, int, str]],
                         **kw: Any) -> Principal:
