@@ -198,6 +198,9 @@ def factory() -> FastAPI:
     config = given.get("config")
     settings = load_settings(Path(config) if config else None, **given.get("options", {}))
     configure_logging(settings.log_format)
+    # uvicorn switched its access lines off (access_log=False) before this re-routed its loggers: again off,
+    # the hub writes its own access line per request
+    logging.getLogger("uvicorn.access").propagate = False
     primary = serve_role(settings, bool(given.get("primary", True)))
     return create_app(hub=build_hub(settings, migrate=False, primary=primary), start_bridge=given.get("bridge"))
 
