@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hmac
+import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
@@ -19,7 +22,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from central import capabilities, errors, metrics
-from central.hub import Hub
+from central.hub import Hub, Worker
 from central.iam.deps import public
 from central.observe_http import RequestMiddleware, route_templates
 from central.schema import Out
@@ -29,10 +32,63 @@ from central.store import describe, migrations
 log = logging.getLogger("citybrain.app")
 
 
-def build_hub(settings: Settings | None = None) -> Hub:
-    """A migrated hub with every capability's hooks wired; used by the app, the CLI and tests."""
-    hub = Hub(settings or get_settings())
-    hub.store.migrate()
+# The workers a hub may run in every process of a multi-process `hub serve`: the webhook sender claims
+# deliveries under leases, the video correlator claims the one cursor row (one works at a time), and the
+# video alert sender drains its own process's queue (a dispatch answered by this process queued it). The
+# others run once per host: in the primary process only (see `claim_primary`), until they lease their work
+# too; a capability whose worker becomes safe to run N times adds its name here.
+EVERY_PROCESS_WORKERS = frozenset({"webhooks-deliver", "video-correlator", "video-alerts"})
+# `hub serve --workers N` hands its worker processes what it was given (settings file, options) as JSON here.
+SERVE_ENV = "CITYBRAIN_SERVE"
+PRIMARY_LOCK = "serve-primary.lock"
+_primary_lock: IO[str] | None = None  # held open for the life of the process that is the primary
+
+
+class SecondaryHub(Hub):
+    """The hub of a serve process that is not the primary: it registers only EVERY_PROCESS_WORKERS (the
+    bridge, which joins the shared ingest group, is started by `start` as in any hub)."""
+
+    def add_worker(self, worker: Worker) -> Worker:
+        if worker.name in EVERY_PROCESS_WORKERS:
+            return super().add_worker(worker)
+        log.debug("worker %s runs in the primary serve process only", worker.name)
+        return worker
+
+
+def claim_primary(data_dir: Path) -> bool:
+    """Whether this process is its host's primary `hub serve` process: the first to take the exclusive
+    lock on data_dir/serve-primary.lock. The kernel frees the lock when the process ends, so the worker
+    uvicorn starts in place of a dead one can take it over."""
+    global _primary_lock
+    if _primary_lock is not None:
+        return True
+    data_dir.mkdir(parents=True, exist_ok=True)
+    f = open(data_dir / PRIMARY_LOCK, "a")  # noqa: SIM115  held open for the process's life
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return False
+    _primary_lock = f
+    return True
+
+
+def serve_role(settings: Settings, may_be_primary: bool) -> bool:
+    """Whether this `hub serve` process is the primary (it may be and claims the lock), logged."""
+    primary = may_be_primary and claim_primary(settings.data_dir)
+    role = "primary (runs the once-only workers)" if primary else \
+        f"secondary (runs only {', '.join(sorted(EVERY_PROCESS_WORKERS))})"
+    log.info("hub serve process %d: %s", os.getpid(), role)
+    return primary
+
+
+def build_hub(settings: Settings | None = None, migrate: bool = True, primary: bool = True) -> Hub:
+    """A hub with every capability's hooks wired (migrated first unless `migrate` is False: `hub serve
+    --workers N` migrates once in its parent); used by the app, the CLI and tests. `primary` False: a
+    SecondaryHub, without the workers that must run once."""
+    hub = (Hub if primary else SecondaryHub)(settings or get_settings())
+    if migrate:
+        hub.store.migrate()
     for _cap, svc in capabilities.modules("service"):
         if hasattr(svc, "setup"):
             svc.setup(hub)
@@ -129,6 +185,24 @@ def operation_id(route: APIRoute) -> str:
     """`<capability>_<function>` (registry_register, codes_apply): the names a generated client's calls get,
     stable while a route's function keeps its name."""
     return f"{route.tags[0]}_{route.name}" if route.tags else route.name
+
+
+def factory() -> FastAPI:
+    """The app of one `hub serve --workers N` process (uvicorn calls it in each worker): settings as the
+    parent resolved them (its file and options, passed in CITYBRAIN_SERVE, over this environment), the
+    store already migrated by the parent, the once-only workers in the process that claims the primary lock."""
+    from central.observe import configure_logging
+    from central.settings import load_settings
+
+    given = json.loads(os.environ.get(SERVE_ENV) or "{}")
+    config = given.get("config")
+    settings = load_settings(Path(config) if config else None, **given.get("options", {}))
+    configure_logging(settings.log_format)
+    # uvicorn switched its access lines off (access_log=False) before this re-routed its loggers: again off,
+    # the hub writes its own access line per request
+    logging.getLogger("uvicorn.access").propagate = False
+    primary = serve_role(settings, bool(given.get("primary", True)))
+    return create_app(hub=build_hub(settings, migrate=False, primary=primary), start_bridge=given.get("bridge"))
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None, start_bridge: bool | None = None) -> FastAPI:

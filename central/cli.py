@@ -73,19 +73,40 @@ def serve(
     host: str | None = typer.Option(None, help="Listen address (overrides `host` from the file and env)"),
     port: int | None = typer.Option(None, help="Listen port (overrides `port` from the file and env)"),
     log_format: str | None = typer.Option(None, help="text | json (overrides `log_format`)"),
+    workers: int = typer.Option(1, min=1, help="HTTP worker processes on the one port (uvicorn workers); "
+                                               "more than 1 with the bridge needs mqtt.share_group"),
+    primary: bool = typer.Option(True, "--primary/--no-primary",
+                                 help="Run the once-only background workers in one of this serve's processes "
+                                      "(--no-primary on every host but one when several hosts serve one database)"),
 ) -> None:
-    """Run the hub (HTTPS when security.tls_cert/tls_key are set)."""
+    """Run the hub (HTTPS when security.tls_cert/tls_key are set): one process, or `--workers N` processes
+    sharing the port, each with its own hub; any number of them, on any hosts, may serve one PostgreSQL."""
+    import os
+
     import uvicorn
 
-    from central.app import create_app
+    from central.app import SERVE_ENV, build_hub, create_app, serve_role
     from central.media import MediaError
     from central.observe import configure_logging
+    from central.settings import config_path
     from central.store import StoreUnavailable
 
-    s = _settings(config, host=host, port=port, log_format=log_format)
+    options = {"host": host, "port": port, "log_format": log_format}
+    s = _settings(config, **options)
     configure_logging(s.log_format)
+    bridge = False if no_bridge else None
+    if workers > 1 and s.mqtt.enabled and not no_bridge and not s.mqtt.share_group:
+        # Each worker process runs a bridge; without a shared subscription each would take every message.
+        typer.echo("settings: mqtt.share_group: --workers > 1 runs a bridge in every worker process, which "
+                   "must share the ingest: set mqtt.share_group (CITYBRAIN_MQTT__SHARE_GROUP), or give "
+                   "--no-bridge", err=True)
+        raise typer.Exit(2)
     try:
-        application = create_app(s, start_bridge=False if no_bridge else None)
+        if workers == 1:
+            application = create_app(hub=build_hub(s, primary=serve_role(s, primary)),
+                                     start_bridge=bridge)
+        else:
+            build_hub(s).close()  # migrate once, before any worker starts, and stop here on a bad store
     except (StoreUnavailable, MediaError) as e:  # stop at start, naming the database or media_dir
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
@@ -94,8 +115,17 @@ def serve(
         tls = {"ssl_certfile": str(s.security.tls_cert), "ssl_keyfile": str(s.security.tls_key)}
     # log_config=None: uvicorn's lines go through the handler configure_logging set, in the same format
     # access_log=False: the hub writes its own access line per request (with the request id and route)
-    uvicorn.run(application, host=s.host, port=s.port, log_level="info", log_config=None, access_log=False,
-                **tls)  # type: ignore[arg-type]
+    common = {"host": s.host, "port": s.port, "log_level": "info", "log_config": None, "access_log": False, **tls}
+    if workers == 1:
+        uvicorn.run(application, **common)  # type: ignore[arg-type]
+        return
+    file = config_path(config)
+    os.environ[SERVE_ENV] = json.dumps({
+        "config": str(file.resolve()) if file else None,
+        "options": {k: v for k, v in options.items() if v is not None},
+        "bridge": bridge, "primary": primary,
+    })
+    uvicorn.run("central.app:factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
 
 
 @app.command("bridge")

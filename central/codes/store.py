@@ -5,6 +5,7 @@ millions of codes. Services call these functions with the `Db` of their `store.t
 from __future__ import annotations
 
 import json
+import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -162,11 +163,18 @@ rules = sa.Table(
     sqlite_with_rowid=False,
 )
 
+# `cache_generation`: a token every change to what the service caches (app keys, filed URLs) replaces.
+meta = sa.Table(
+    "codes_meta", metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
 # The codes change feed (docs/FEEDS.md): issued and revoked codes and terminal scans, in commit order.
 feed = feed_table("codes_feed")
 
 TABLES = [departments, duties, applications, appkeys, urls, keys, issued, revoked_identities, lists, scans,
-          verify_stats, rules, feed]
+          verify_stats, rules, feed, meta]
 
 # The registry's entity table, by name only: codes checks identities against it when the registry is
 # installed (its columns below are the registry's published contract; the registry owns the Table).
@@ -242,6 +250,21 @@ def set_rules(db: Db, changes: Mapping[str, Any]) -> None:
            [{"key": k, "value": json.dumps(v)} for k, v in changes.items()])
 
 
+# ---- cache generation ------------------------------------------------------------------------------
+_CACHE_GENERATION = "cache_generation"
+
+
+def cache_generation(db: Db) -> str | None:
+    """The token the service's hot-path caches were filled under must equal this (None: never changed)."""
+    return db.scalar(sa.select(meta.c.value).where(meta.c.key == _CACHE_GENERATION))
+
+
+def _bump_cache_generation(db: Db) -> None:
+    """Called by every statement below that changes cached data, in its transaction: each hub process
+    drops its caches at its next lookup. A random token: no read-modify-write to race."""
+    db.run(dialect.upsert(db, meta, ["key"], ["value"]).values(key=_CACHE_GENERATION, value=secrets.token_hex(8)))
+
+
 # ---- applications ----------------------------------------------------------------------------------
 
 def insert_application(db: Db, row: Mapping[str, Any]) -> int:
@@ -303,6 +326,7 @@ def scene_name(db: Db, app_id: int) -> str | None:
 # ---- app keys --------------------------------------------------------------------------------------
 
 def insert_appkey(db: Db, row: Mapping[str, Any]) -> int:
+    _bump_cache_generation(db)  # a lookup of this key before it existed may be cached as "no such key"
     return int(db.run(sa.insert(appkeys).values(**row)).inserted_primary_key[0])
 
 
@@ -317,6 +341,7 @@ def appkey_app(db: Db, key_id: int) -> int | None:
 
 
 def revoke_appkey(db: Db, key_id: int, at: str) -> None:
+    _bump_cache_generation(db)
     db.run(sa.update(appkeys).where(appkeys.c.id == key_id).values(revoked_at=at))
 
 
@@ -349,6 +374,7 @@ def all_urls(db: Db, dept_id: str | None = None) -> list[dict[str, Any]]:
 
 
 def decide_url(db: Db, url_id: int, status: str, actor: str, reason: str) -> None:
+    _bump_cache_generation(db)
     db.run(sa.update(urls).where(urls.c.id == url_id).values(status=status, decided_by=actor, reason=reason))
 
 

@@ -12,7 +12,6 @@ import re
 import secrets
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -135,16 +134,28 @@ def check_org_path(path: str, field: str = "org") -> str:
     return path
 
 
+class _Roles:
+    """One load of the role definitions: patterns and scopes by name, the generation they were loaded at,
+    and the permission sets expanded from them (filled as asked, always from this load)."""
+
+    __slots__ = ("expanded", "gen", "patterns", "scope")
+
+    def __init__(self, gen: str | None, rows: list[dict[str, Any]]) -> None:
+        self.gen = gen
+        self.patterns: dict[str, list[str]] = {r["name"]: json.loads(r["patterns"]) for r in rows}
+        self.scope: dict[str, str | None] = {r["name"]: r["scope"] for r in rows}
+        self.expanded: dict[str, set[str]] = {}
+
+
 class IamService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.now: Callable[[], float] = time.time
         self._lock = threading.Lock()
-        self._roles: dict[str, list[str]] | None = None
-        self._role_scope: dict[str, str | None] = {}
-        self._expanded: dict[str, set[str]] = {}
+        # Role definitions, kept in memory for the request path and checked against the store's roles
+        # generation at every principal lookup (no extra round trip: the bindings query returns it).
+        self._rc: _Roles | None = None
         self._universe: dict[str, str] | None = None
-        self._attempts: dict[str, deque[float]] = {}
 
     # ---- basics ---------------------------------------------------------------------------
     def _read(self) -> Any:
@@ -164,34 +175,51 @@ class IamService:
         return self._universe
 
     def roles(self) -> dict[str, list[str]]:
-        if self._roles is None:
+        """The role definitions, as the store has them now: the cache is kept while the store's roles
+        generation is the one it was loaded at (a role change on any hub process replaces it)."""
+        with self._read() as db:
+            gen = iam_store.roles_generation(db)
+        return self._roles_at(gen).patterns
+
+    def _roles_at(self, gen: str | None) -> _Roles:
+        """The cache, reloaded unless loaded at generation `gen`. The generation is read before the rows, so
+        a change committed in between only makes the next lookup reload again."""
+        rc = self._rc
+        if rc is None or rc.gen != gen:
             with self._read() as db:
-                rows = iam_store.role_rows(db)
-            self._role_scope = {r["name"]: r["scope"] for r in rows}
-            self._roles = {r["name"]: json.loads(r["patterns"]) for r in rows}
-            self._expanded = {}
-        return self._roles
+                rc = _Roles(gen, iam_store.role_rows(db))
+            self._rc = rc  # one assignment: a thread reading the old load keeps a consistent one
+        return rc
+
+    def _current_roles(self) -> _Roles:
+        """The cache as the last `roles()` or principal lookup synchronised it."""
+        rc = self._rc
+        if rc is None:
+            self.roles()
+            rc = self._rc
+            assert rc is not None
+        return rc
 
     def role_perms(self, role: str) -> set[str]:
-        roles = self.roles()
-        if role not in self._expanded:
-            self._expanded[role] = expand(roles.get(role, []), self.universe())
-        return self._expanded[role]
+        rc = self._current_roles()
+        perms = rc.expanded.get(role)
+        if perms is None:  # expanded from the same load it is cached in
+            perms = rc.expanded[role] = expand(rc.patterns.get(role, []), self.universe())
+        return perms
 
     def role_scope(self, role: str) -> str | None:
         """Where a custom role applies (its creation scope); None for built-ins (anywhere)."""
-        self.roles()
-        return self._role_scope.get(role)
+        return self._current_roles().scope.get(role)
 
     def _invalidate_roles(self) -> None:
-        self._roles = None
-        self._expanded = {}
+        self._rc = None
 
     def seed(self) -> None:
         with self._tx() as db:
             set_profile(db, self.sec.crypto_profile)
             for name, (desc, patterns) in BUILTIN_ROLES.items():
                 iam_store.upsert_builtin_role(db, name, desc, json.dumps(patterns), self.now())
+            iam_store.bump_roles_generation(db)  # a new release may change a built-in's patterns
         self._invalidate_roles()
 
     # ---- principals ----------------------------------------------------------------------
@@ -199,13 +227,15 @@ class IamService:
                          ) -> list[tuple[list[str], str, int, str]]:
         if db is None:
             with self._read() as d:
-                rows = iam_store.active_bindings(d, column, value, self.now())
+                rows, gen = iam_store.active_bindings(d, column, value, self.now())
         else:
-            rows = iam_store.active_bindings(db, column, value, self.now())
-        roles = self.roles()
+            rows, gen = iam_store.active_bindings(db, column, value, self.now())
+        if not rows:
+            return []
+        rc = self._roles_at(gen)
         # A binding of a scoped role outside its scope grants nothing (grant() refuses to make one).
-        return [(roles.get(role, []), org, bid, role) for bid, role, org in rows
-                if (sc := self._role_scope.get(role)) is None or under(org, sc)]
+        return [(rc.patterns.get(role, []), org, bid, role) for bid, role, org in rows
+                if (sc := rc.scope.get(role)) is None or under(org, sc)]
 
     def build_principal(self, pid: str, name: str, bindings: list[tuple[list[str], str, int, str]],
                         **kw: Any) -> Principal:
@@ -462,21 +492,17 @@ class IamService:
         return out
 
     # ---- passwords, login, sessions ------------------------------------------------------
-    def _rate_ok(self, key: str) -> bool:
-        now = self.now()
-        with self._lock:
-            q = self._attempts.setdefault(key, deque())
-            while q and now - q[0] > 60:
-                q.popleft()
-            if len(q) >= self.sec.login_rate_per_minute:
-                return False
-            q.append(now)
-            return True
+    def _rate_ok(self, client: str, username: str) -> bool:
+        """The moving-window login limit per client address and per username, counted in the store so
+        every hub process shares it (a refused attempt is not counted: the window empties as it moves)."""
+        with self._tx() as db:
+            return iam_store.rate_hit(db, [f"ip:{client}", f"user:{username}"], self.now(), 60.0,
+                                      self.sec.login_rate_per_minute)
 
     def login(self, username: str, password: str, client: str = "") -> dict[str, Any]:
         """A known and an unknown name are indistinguishable: both cost one argon2 verify (a dummy hash for
         unknown names), both count failures and lock after `lockout_failures`, with the same answers."""
-        if not self._rate_ok(f"ip:{client}") or not self._rate_ok(f"user:{username}"):
+        if not self._rate_ok(client, username):
             with self._tx() as db:
                 record(db, actor=username or "?", action="login.rate_limited", target=username,
                        detail={"client": client})
@@ -503,11 +529,18 @@ class IamService:
                          f"{int((locked_until - now) // 60) + 1} min")
         if not ok or disabled:
             window = self.sec.lockout_minutes * 60
-            if first_failed is None or now - first_failed > window or (locked_until and locked_until <= now):
-                failed, first_failed = 0, now
-            failed += 1
-            lock = now + window if failed >= self.sec.lockout_failures else None
             with self._tx() as db:
+                # Counted under a per-name lock from the count as committed now: failures arriving at once
+                # on several hub processes each add one (the read above may be stale by then).
+                iam_store.lock_login(db, username)
+                if uid is not None:
+                    failed, first_failed, locked_until = iam_store.failure_state(db, uid)
+                else:
+                    failed, first_failed, locked_until = iam_store.ghost_failures(db, username) or (0, None, None)
+                if first_failed is None or now - first_failed > window or (locked_until and locked_until <= now):
+                    failed, first_failed = 0, now
+                failed += 1
+                lock = now + window if failed >= self.sec.lockout_failures else None
                 if uid is not None:
                     iam_store.update_user(db, uid, failed=failed, first_failed_at=first_failed, locked_until=lock)
                     why = "disabled" if disabled and ok else "bad password"
@@ -589,6 +622,7 @@ class IamService:
         """Built-ins plus the custom roles that apply where `actor` reads roles (scoped at or above one of
         its scopes) or that were made inside its scopes."""
         reach = actor.scopes("iam.roles.read") if actor is not None else None
+        self.roles()  # role_perms below reads the cache: bring it up to date first
         with self._read() as db:
             rows = iam_store.role_rows(db)
         out = []
@@ -632,6 +666,7 @@ class IamService:
                                   created_by=actor.name, created_at=self.now(), scope=scope)
             record(db, actor=actor.name, action="role.create", target=name, org=scope,
                    detail={"patterns": patterns, "scope": scope})
+            iam_store.bump_roles_generation(db)
         self._invalidate_roles()
         return next(r for r in self.list_roles() if r["name"] == name)
 

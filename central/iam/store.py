@@ -7,6 +7,7 @@ go through the driver: see "the raw-driver fast path" below.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +138,18 @@ login_failures = sa.Table(
     sa.Column("locked_until", sa.Float),
 )
 
-TABLES = [meta, orgs, users, roles, bindings, sessions, apikeys, audit, makers, login_failures]
+# The login rate limit's moving window, shared by every hub process: one row per counted attempt per key
+# (`ip:<address>`, `user:<name>`), forgotten once older than the window.
+login_attempts = sa.Table(
+    "iam_login_attempts", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Index("iam_login_attempts_key", "key", "at"),
+    sa.Index("iam_login_attempts_at", "at"),
+)
+
+TABLES = [meta, orgs, users, roles, bindings, sessions, apikeys, audit, makers, login_failures, login_attempts]
 
 _APPEND_ONLY = "iam_audit is append-only"
 
@@ -191,9 +203,12 @@ _FAST_SQL = {
     "apikey": "SELECT id, name, expires_at, revoked_at, last_used_at FROM iam_apikeys WHERE key_hash = {p}",
     "session": "SELECT s.user_id, s.last_seen, s.ended_at, s.must_change, u.disabled, u.username"
                " FROM iam_sessions s JOIN iam_users u ON u.id = s.user_id WHERE s.token_hash = {p}",
-    "user_id": "SELECT id, role, org FROM iam_bindings WHERE user_id = {p} AND revoked_at IS NULL"
+    # each binding row carries the roles' generation: a stale role cache is noticed at no extra round trip
+    "user_id": "SELECT id, role, org, (SELECT value FROM iam_meta WHERE key = 'roles_generation')"
+               " FROM iam_bindings WHERE user_id = {p} AND revoked_at IS NULL"
                " AND (expires_at IS NULL OR expires_at > {p})",
-    "apikey_id": "SELECT id, role, org FROM iam_bindings WHERE apikey_id = {p} AND revoked_at IS NULL"
+    "apikey_id": "SELECT id, role, org, (SELECT value FROM iam_meta WHERE key = 'roles_generation')"
+                 " FROM iam_bindings WHERE apikey_id = {p} AND revoked_at IS NULL"
                  " AND (expires_at IS NULL OR expires_at > {p})",
     "writer_meta": "SELECT key, value FROM iam_meta WHERE key IN ('crypto_profile', 'audit_key')",
     "head": "SELECT seq, hash, alg FROM iam_audit ORDER BY seq DESC LIMIT 1",
@@ -222,11 +237,13 @@ def apikey_row(db: Db, key_hash: str) -> tuple[Any, ...] | None:
     return None if row is None else tuple(row)
 
 
-def active_bindings(db: Db, column: str, value: int, now: float) -> list[tuple[int, str, str]]:
-    """(id, role, org) of the unrevoked, unexpired bindings of a user (`user_id`) or key (`apikey_id`)."""
+def active_bindings(db: Db, column: str, value: int, now: float) -> tuple[list[tuple[int, str, str]], str | None]:
+    """(id, role, org) of the unrevoked, unexpired bindings of a user (`user_id`) or key (`apikey_id`),
+    and the roles' generation when there is any binding (None: none, or roles never changed)."""
     if column not in ("user_id", "apikey_id"):
         raise ValueError(f"bindings of {column!r}?")
-    return [(r[0], r[1], r[2]) for r in _fast(db, column, (value, now)).fetchall()]
+    rows = _fast(db, column, (value, now)).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows], (rows[0][3] if rows else None)
 
 
 # --- audit --------------------------------------------------------------------------------------------
@@ -338,6 +355,21 @@ def maker_acts(db: Db, obj: str, actor: str) -> list[str]:
 
 
 # --- roles --------------------------------------------------------------------------------------------
+ROLES_GENERATION = "roles_generation"  # the fast path's bindings query names this key too
+
+
+def roles_generation(db: Db) -> str | None:
+    """The token every role change replaces (see `bump_roles_generation`); None before the first."""
+    return get_meta(db, ROLES_GENERATION).get(ROLES_GENERATION)
+
+
+def bump_roles_generation(db: Db) -> None:
+    """Mark the role definitions changed, in the change's transaction: every hub process holding the
+    roles in memory sees another token at its next principal lookup and reloads them. A random token,
+    not a counter: no read-modify-write to race."""
+    set_meta(db, ROLES_GENERATION, secrets.token_hex(8))
+
+
 def role_rows(db: Db) -> list[dict[str, Any]]:
     return db.all(sa.select(roles.c.name, roles.c.description, roles.c.patterns, roles.c.builtin, roles.c.scope)
                   .order_by(roles.c.name))
@@ -456,6 +488,13 @@ def login_row(db: Db, username: str) -> tuple[Any, ...] | None:
     return None if row is None else tuple(row)
 
 
+def failure_state(db: Db, user_id: int) -> tuple[int, float | None, float | None]:
+    """(failed, first_failed_at, locked_until) of an account."""
+    row = db.run(sa.select(users.c.failed, users.c.first_failed_at, users.c.locked_until)
+                 .where(users.c.id == user_id)).first()
+    return (0, None, None) if row is None else (int(row[0]), row[1], row[2])
+
+
 def password_row(db: Db, user_id: int) -> tuple[str, str] | None:
     row = db.run(sa.select(users.c.pw_hash, users.c.org).where(users.c.id == user_id)).first()
     return None if row is None else (row[0], row[1])
@@ -477,6 +516,32 @@ def note_ghost_failure(db: Db, username: str, failed: int, first_failed_at: floa
                                            sa.func.coalesce(f.locked_until, 0) < now))
     db.run(dialect.upsert(db, login_failures, ["username"], ["failed", "first_failed_at", "locked_until"])
            .values(username=username, failed=failed, first_failed_at=first_failed_at, locked_until=locked_until))
+
+
+def lock_login(db: Db, username: str) -> None:
+    """Serialize this transaction with every other one counting a failure of `username` (on any hub
+    process), so a read-then-write of the failure count never loses a failure."""
+    dialect.serialize(db, f"iam.login:{username}")
+
+
+# --- login rate limit (moving window) -----------------------------------------------------------------
+def rate_hit(db: Db, keys: list[str], now: float, window: float, limit: int) -> bool:
+    """Count one attempt against every key unless one of them already has `limit` attempts within the
+    last `window` seconds (then count nothing and answer False). The keys' locks are taken in sorted
+    order (two logins sharing a key never deadlock). Rows older than the window are dropped by one
+    transaction at a time (the leader of `iam.rate.gc`): the only deletes, so no two deleters can wait on
+    each other's row locks."""
+    a = login_attempts.c
+    for k in sorted(set(keys)):
+        dialect.serialize(db, f"iam.rate:{k}")
+    if dialect.try_lead(db, "iam.rate.gc"):
+        db.run(sa.delete(login_attempts).where(a.at <= now - window))
+    for k in keys:
+        n = db.scalar(sa.select(sa.func.count()).select_from(login_attempts).where(a.key == k, a.at > now - window))
+        if int(n or 0) >= limit:
+            return False
+    db.run(sa.insert(login_attempts), [{"key": k, "at": now} for k in keys])
+    return True
 
 
 # --- sessions -----------------------------------------------------------------------------------------

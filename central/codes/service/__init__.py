@@ -61,3 +61,6 @@ def setup(hub: Hub) -> None:
     hub.hooks.on("scans.ingested", svc.ingest_scans)
     hub.hooks.on("devices.config", svc.fill_device_config)
     hub.hooks.on("bridge.connected", svc.republish_lists)
+    # Verify counters live in memory between flushes: a stopping process writes its share (every process
+    # adds to the same rows, so N processes count like one).
+    hub.hooks.on("hub.stopping", svc.flush_stats)

@@ -8,7 +8,7 @@ import json
 import re
 import secrets
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from central.codes import store
 from central.codes.service.common import (
@@ -23,6 +23,9 @@ from central.codes.service.common import (
 )
 from central.iam.service import maker_refusal, note_maker
 from central.webhooks.service import new_secret
+
+if TYPE_CHECKING:
+    from central.store import Db
 from protocol import citycode
 
 
@@ -371,10 +374,12 @@ class ApplicationsPart(Part):
         self._invalidate()
         return self.url(url_id)
 
-    def filed_urls(self, dept_id: str | None = None) -> list[str]:
-        """Approved guide URLs (the hub's own resolver is always filed)."""
-        return self._cached("urls", dept_id or "", lambda: self._filed_urls(dept_id))  # type: ignore[no-any-return]
+    def filed_urls(self, dept_id: str | None = None, db: Db | None = None) -> list[str]:
+        """Approved guide URLs (the hub's own resolver is always filed); read on `db` when given."""
+        return self._cached("urls", dept_id or "", lambda: self._filed_urls(dept_id, db), db)  # type: ignore[no-any-return]
 
-    def _filed_urls(self, dept_id: str | None) -> list[str]:
-        with self.hub.store.read() as db:
-            return [self.hub_resolver, *store.approved_urls(db, dept_id)]
+    def _filed_urls(self, dept_id: str | None, db: Db | None = None) -> list[str]:
+        if db is None:
+            with self.hub.store.read() as rdb:
+                return self._filed_urls(dept_id, rdb)
+        return [self.hub_resolver, *store.approved_urls(db, dept_id)]

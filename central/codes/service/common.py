@@ -84,8 +84,6 @@ def under_any(org: str, scopes: list[str]) -> bool:
 class Part:
     """The state every part of `CodesService` reads; the parts are mixed into that one class."""
 
-    CACHE_TTL_S = 5.0
-
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.profile: signing.Profile = hub.settings.security.crypto_profile
@@ -98,18 +96,33 @@ class Part:
         self._stats: Counter[tuple[str, int, str]] = Counter()
         self._stats_flushed = time.monotonic()
         self.hub_resolver = hub.settings.public_url.rstrip("/") + "/c"
-        # Hot-path caches for online verification; cleared in-process on change, and expiring after
-        # CACHE_TTL_S so other hub processes pick up a change within that time.
-        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        # Hot-path caches for online verification and app-key lookups, kept while the store's cache
+        # generation is the one they were filled under: every change to what they hold replaces it in its
+        # own transaction (central/codes/store.py), so a change on any hub process is seen at once here.
+        self._cache: dict[tuple[str, str], Any] = {}
+        self._cache_gen: str | None = None
 
-    def _cached(self, kind: str, key: str, load: Any) -> Any:
-        hit = self._cache.get((kind, key))
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < self.CACHE_TTL_S:
-            return hit[1]
+    def _cached(self, kind: str, key: str, load: Any, db: Db | None = None) -> Any:
+        """`load()`'s value for (kind, key), cached under the store's cache generation (one primary-key
+        read per call, on the caller's connection `db` when given)."""
+        from central.codes import store
+
+        if db is None:
+            with self.hub.store.read() as rdb:
+                gen = store.cache_generation(rdb)
+        else:
+            gen = store.cache_generation(db)
+        with self._lock:
+            if gen != self._cache_gen:  # read before the load: a change in between reloads next time
+                self._cache, self._cache_gen = {}, gen
+            if (kind, key) in self._cache:
+                return self._cache[(kind, key)]
         val = load()
-        self._cache[(kind, key)] = (now, val)
+        with self._lock:
+            if self._cache_gen == gen:
+                self._cache[(kind, key)] = val
         return val
 
     def _invalidate(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()

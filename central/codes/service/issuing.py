@@ -19,7 +19,7 @@ class IssuingPart(Part):
     # ---- identity validation ---------------------------------------------------------------------
 
     def _has_registry(self, db: Db) -> bool:
-        return bool(self._cached("table", "registry_entities", lambda: store.has_registry(db)))
+        return bool(self._cached("table", "registry_entities", lambda: store.has_registry(db), db))
 
     def check_identity(self, identity_id: str, entity_type: str, db: Db | None = None) -> dict[str, Any] | None:
         """A live registry entity of the application's type when the registry exists; otherwise the

@@ -24,6 +24,22 @@ class KeysPart(Part):
         with os.fdopen(fd, "w") as f:
             json.dump(key.to_dict(), f)
 
+    def _create_key_once(self, name: str, key: signing.PrivateKey) -> signing.PrivateKey:
+        """Write `key` as `name` unless another hub process already has: the file appears whole or not at
+        all (written aside, then hard-linked, which fails on an existing name), and the loser answers the
+        winner's key, so every process signs with the same one."""
+        tmp = f"{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        self._write_key(tmp, key)
+        try:
+            os.link(self.keys_dir / f"{tmp}.json", self.keys_dir / f"{name}.json")
+        except FileExistsError:
+            won = self._read_key(name)
+            assert won is not None
+            key = won
+        finally:
+            os.unlink(self.keys_dir / f"{tmp}.json")
+        return key
+
     def _read_key(self, name: str) -> signing.PrivateKey | None:
         path = self.keys_dir / f"{name}.json"
         if not path.exists():
@@ -37,8 +53,7 @@ class KeysPart(Part):
             if self._root is None:
                 key = self._read_key("root")
                 if key is None:
-                    key = signing.generate(self.alg)
-                    self._write_key("root", key)
+                    key = self._create_key_once("root", signing.generate(self.alg))
                 self._root = key
             return self._root
 

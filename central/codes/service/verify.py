@@ -42,7 +42,7 @@ class VerifyPart(Part):
                 return self._result(
                     "wrong-system", f"code_system: {key_dept} holds no approved {code.code_system!r} scene", code, None
                 )
-            if code.guide_url not in self.filed_urls(key_dept):  # type: ignore[attr-defined]
+            if code.guide_url not in self.filed_urls(key_dept, db):  # type: ignore[attr-defined]
                 return self._result("unfiled-url", f"guide_url: {code.guide_url[:80]!r} is not filed", code, None)
             return self._result("bad-signature", f"serial: {code.serial} has no matching issuance record", code, None)
         info = {"app_id": row["app_id"], "dept_id": row["dept_id"], "scene_name": row["scene_name"],
@@ -55,7 +55,7 @@ class VerifyPart(Part):
             return self._result("revoked", f"identity_id: all codes of {code.identity_id} revoked", code, info)
         if not row["not_before"] - 1 <= code.issued_at <= row["not_after"] + 1:
             return self._result("unknown-key", f"kid: key {code.kid} was not valid at issue time", code, info)
-        if code.guide_url not in self.filed_urls(row["dept_id"]):  # type: ignore[attr-defined]
+        if code.guide_url not in self.filed_urls(row["dept_id"], db):  # type: ignore[attr-defined]
             return self._result("unfiled-url", f"guide_url: {code.guide_url[:80]!r} is not filed", code, info)
         if t > code.expires_at:
             return self._result("expired", f"expires_at: expired {int(t - code.expires_at)} s ago", code, info)
