@@ -9,6 +9,7 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
@@ -55,8 +56,13 @@ def hub_time_zone() -> str:
 
 @router.get("/info", response_model=WebInfoOut, dependencies=[Depends(public("the console reads it before sign-in"))])
 def info() -> dict[str, object]:
-    offset = datetime.now().astimezone().utcoffset()
-    return {"time_zone": hub_time_zone(), "utc_offset_min": int(offset.total_seconds() // 60) if offset else 0}
+    name = hub_time_zone()
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        name, zone = "UTC", ZoneInfo("UTC")  # a name this host's tz database does not know
+    offset = datetime.now(zone).utcoffset()
+    return {"time_zone": name, "utc_offset_min": int(offset.total_seconds() // 60) if offset else 0}
 
 
 def _page_ok(path: str) -> bool:
