@@ -439,7 +439,8 @@ def test_city_admin_codes_in_browser(live: LiveHub, console_browser: Any, tmp_pa
 @pytest.mark.timeout(180)
 def test_city_admin_creates_user_binding_and_call_task(live: LiveHub, console_browser: Any, tmp_path: Path) -> None:
     """Users & access: a new user and a role binding for them; call tasks: a new task from a built-in
-    template, and its CSV call list imported with the refused rows listed by row and column."""
+    template, and its CSV call list imported with the refused rows listed by row and column; then the new
+    user's first sign-in (password change) shows only the pages their role allows."""
     from selenium.webdriver.common.by import By
 
     hub = live.hub
@@ -487,6 +488,18 @@ def test_city_admin_creates_user_binding_and_call_task(live: LiveHub, console_br
     with hub.store.read() as db:
         n = db.scalar(sa.text("SELECT count(*) FROM dialer_tasks WHERE name = 'Flood notice'"))
     assert n == 1
+    ui.logout()
+
+    # The new user signs in, must change the initial password first, and gets the menu of their role only.
+    ui.login("clerk-a", "Initial-Pass-2024")
+    wait(drv, "#change-form")
+    drv.find_element(By.ID, "new-password").send_keys("Clerk-Street-Lamps-2025")
+    drv.find_element(By.ID, "change-btn").click()
+    ui.ready("home")
+    menu = {e.get_attribute("id") for e in drv.find_elements(By.CSS_SELECTOR, "#menu [id^='menu-']")}
+    assert {"menu-video", "menu-dialer", "menu-devices"} <= menu and not {"menu-audit", "menu-iam"} & menu, menu
+    assert drv.find_element(By.ID, "home-orgs").text == A
+    ui.check("clerk-home")
     ui.logout()
 
 

@@ -13,5 +13,16 @@ export default defineConfig({
     chunkSizeWarningLimit: 2000,
     // no modulepreload polyfill: it is an inline script, which the CSP refuses
     modulePreload: { polyfill: false },
+    // the big libraries in chunks of their own: a console change leaves them cached in the browser
+    rollupOptions: {
+      output: {
+        manualChunks: (id) => {
+          for (const lib of ["element-plus", "echarts", "zrender", "leaflet"]) {
+            if (id.includes(`/node_modules/${lib}/`)) return lib === "zrender" ? "echarts" : lib;
+          }
+          return id.includes("/node_modules/") ? "vendor" : undefined;
+        },
+      },
+    },
   },
 });

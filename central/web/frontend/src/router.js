@@ -10,5 +10,6 @@ export const router = createRouter({
     { path: "/login", name: "login", component: Login },
     { path: "/", name: "home", component: Shell, props: { page: "home" } },
     { path: "/:page([A-Za-z]+)", name: "page", component: Shell, props: true },
+    { path: "/:rest(.*)*", redirect: "/" },
   ],
 });
