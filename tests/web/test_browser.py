@@ -290,6 +290,7 @@ def test_district_admin_in_browser(live: LiveHub, console_browser: Any, tmp_path
     ui.ready("audit")
     assert drv.find_element(By.ID, "menu-devices").text == "设备"
     assert drv.find_element(By.ID, "audit-verify-btn").text == "校验哈希链"
+    assert drv.find_element(By.CSS_SELECTOR, "#audit thead th:nth-child(2)").text == "时间"
     ui.check("audit-zh")
     drv.find_element(By.CSS_SELECTOR, "#lang-switch [data-lang='en']").click()
     wait_until(drv, lambda d: d.find_element(By.ID, "menu-devices").text == "Devices")

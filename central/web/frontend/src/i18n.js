@@ -49,6 +49,27 @@ const MESSAGES = {
   },
 };
 
+// Table headings, chart titles and workflow buttons are written in English in the views and looked up here
+// by that text (an English text with no entry shows as itself).
+Object.assign(MESSAGES.zh, {
+  Device: "设备", Name: "名称", Kind: "类型", Org: "组织", State: "状态", Queue: "队列", Dropped: "丢弃",
+  "Last heartbeat": "最近心跳", "Cameras / lists": "摄像头 / 名单", Identifier: "标识", Type: "类型", Status: "状态",
+  Applicant: "申请人", Owner: "所属", Purpose: "用途", Fields: "字段", Valid: "有效期", Dept: "部门", Scene: "场景",
+  Code: "码", Checks: "检查", Issued: "已发", Active: "有效", Scanned: "已扫", Failed: "失败", Zombies: "僵尸码",
+  Site: "站点", Events: "事件数", "First seen": "首次发现", When: "时间", By: "操作人", Step: "步骤", Detail: "详情",
+  Channel: "渠道", Target: "对象", Tries: "尝试", Error: "错误", Template: "模板", Created: "创建时间",
+  Progress: "进度", Callee: "被叫", Attempt: "次数", Start: "开始", Seconds: "秒", Outcome: "结果", Reason: "原因",
+  Row: "行", Column: "列", User: "用户", Phone: "电话", Role: "角色", "Granted by": "授权人", Expires: "到期",
+  Seq: "序号", Actor: "操作人", Action: "操作", Application: "应用", "Grant TTL (s)": "授权时长（秒）",
+  Terminals: "终端", Grant: "授权", Serial: "序列号", Via: "方式", Peer: "对端", Service: "服务", URL: "地址",
+  "Old secret signs until": "旧密钥签名截止", Event: "事件", About: "关于", Endpoint: "接收端", "Last error": "最近错误",
+  Direction: "方向", Rel: "关系", Category: "类别", Other: "对方", Confirm: "确认", "False positive": "误报",
+  Dispatch: "派发", Acknowledge: "签收", Resolve: "办结", start: "开始", pause: "暂停", resume: "继续",
+  cancel: "取消", "Actions on this page": "本页操作", "By scene": "按场景", "Cases by kind": "按类型",
+  "Cases by hour of day (UTC)": "按小时（UTC）", "Issued and scanned per day (30 days)": "每日发码与扫码（30 天）",
+  "Channel scenes": "通道场景", Grants: "授权",
+});
+
 export const lang = ref("en");
 export const elementLocale = computed(() => (lang.value === "zh" ? zhCn : en));
 
