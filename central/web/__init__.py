@@ -1,8 +1,9 @@
-"""The admin console (管理控制台): server-rendered page shells over the hub's own API.
+"""The admin console (管理控制台): a Vue 3 single-page app (central/web/frontend, built by Vite into
+central/web/dist by `./run install`) served at /console/ by the hub.
 
-Pages carry no data and make no authorization decision of their own: the browser keeps the session
+The app carries no data and makes no authorization decision of its own: the browser keeps the session
 token (sessionStorage) and every number on screen comes from an `/api/v1/...` call made with it, so each
-role sees exactly what the API lets it see."""
+role sees exactly what the API lets it see (its menu too: GET /api/v1/iam/me)."""
 
 TITLE = "Console"
 PERMISSIONS: dict[str, str] = {}

@@ -1,52 +1,98 @@
-"""Console pages: `/` -> `/console`, `/console/login`, `/console/<page>`, static assets under
-`/console/static`. No `router` here: nothing is mounted under /api/v1 (the console is an API client)."""
+"""The console: `/` -> `/console`, and the single-page app built from central/web/frontend (Vite) into
+central/web/dist, served at `/console/` with every console path falling back to its index.html (the
+app's router draws the page). `/api/v1/web/info` tells the app what it cannot know by itself (the hub's
+time zone); everything else it shows comes from the other `/api/v1` routes with the user's token."""
 
 from __future__ import annotations
 
+import logging
+import os
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from pydantic import Field
 
 from central.hub import Hub
+from central.iam.deps import public
+from central.schema import Out
 
 HERE = Path(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
+DIST = HERE / "dist"
+BUILD_HINT = "the console is not built: run ./run install (or: cd central/web/frontend && npm ci && npx vite build)"
+log = logging.getLogger(__name__)
 
-# Page ids the console knows how to draw; a menu entry from /api/v1/iam/me for any other capability still
-# gets a shell (it says there is no page for it yet) rather than a 404.
-PAGES = {
-    "home": "Home",
-    "devices": "Devices",
-    "registry": "Registry",
-    "codes": "City codes",
-    "video": "Video cases",
-    "dialer": "Call tasks",
-    "channel": "Access channels",
-    "webhooks": "Webhooks",
-    "iam": "Users & access",
-    "audit": "Audit log",
-}
+router = APIRouter()
+
+
+class WebInfoOut(Out):
+    """What the console needs to know about the hub before anyone signs in."""
+
+    time_zone: str = Field(description="IANA name of the hub's time zone; the console shows dates in it")
+    utc_offset_min: int = Field(description="the zone's offset from UTC now, in minutes")
+
+
+def hub_time_zone() -> str:
+    """The hub host's IANA zone: $TZ, else /etc/timezone, else where /etc/localtime points, else UTC."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz and "/" in tz or tz == "UTC":
+        return tz
+    try:
+        name = Path("/etc/timezone").read_text(encoding="utf-8").strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    try:
+        target = str(Path("/etc/localtime").resolve())
+        if "/zoneinfo/" in target:
+            return target.split("/zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+@router.get("/info", response_model=WebInfoOut, dependencies=[Depends(public("the console reads it before sign-in"))])
+def info() -> dict[str, object]:
+    name = hub_time_zone()
+    try:
+        zone = ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        name, zone = "UTC", ZoneInfo("UTC")  # a name this host's tz database does not know
+    offset = datetime.now(zone).utcoffset()
+    return {"time_zone": name, "utc_offset_min": int(offset.total_seconds() // 60) if offset else 0}
+
+
+def _page_ok(path: str) -> bool:
+    # Console routes are short ASCII words (`devices`, `registry`, `login`): anything else is no page.
+    return all(p.isascii() and p.isalpha() and len(p) <= 32 for p in path.split("/")) if path else True
 
 
 def install(app: FastAPI, hub: Hub) -> None:
-    app.mount("/console/static", StaticFiles(directory=str(HERE / "static")), name="console-static")
+    index = DIST / "index.html"
+    if not index.exists():
+        log.warning("%s", BUILD_HINT)
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
         return RedirectResponse("/console", status_code=307)
 
-    @app.get("/console/login", include_in_schema=False, response_class=HTMLResponse)
-    def login(request: Request) -> Response:
-        return templates.TemplateResponse(request, "login.html", {"title": "Sign in"})
+    @app.get("/console/assets/{name}", include_in_schema=False)
+    def asset(name: str) -> Response:
+        # Vite names every asset by its content hash: a path is either one of those files or nothing.
+        f = DIST / "assets" / name
+        if "/" in name or name.startswith(".") or not f.is_file():
+            raise HTTPException(404, "no such console asset")
+        return FileResponse(f, headers={"cache-control": "public, max-age=31536000, immutable"})
 
-    @app.get("/console", include_in_schema=False, response_class=HTMLResponse)
-    @app.get("/console/{page}", include_in_schema=False, response_class=HTMLResponse)
-    def page(request: Request, page: str = "home") -> Response:
-        if not page.isascii() or not page.isalpha() or len(page) > 32:
+    @app.get("/console", include_in_schema=False)
+    @app.get("/console/{path:path}", include_in_schema=False)
+    def spa(path: str = "") -> Response:
+        if not _page_ok(path.strip("/")):
             raise HTTPException(404, "no such console page")
-        return templates.TemplateResponse(
-            request, "shell.html", {"page": page, "title": PAGES.get(page, page.title()), "known": page in PAGES}
-        )
+        if not index.exists():
+            return PlainTextResponse(BUILD_HINT, status_code=503)
+        # no-cache: a new build's index (naming new asset hashes) is picked up at once
+        return FileResponse(index, media_type="text/html", headers={"cache-control": "no-cache"})
