@@ -6,15 +6,15 @@ time zone); everything else it shows comes from the other `/api/v1` routes with 
 from __future__ import annotations
 
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import Field
 
+from central.deps import get_hub
 from central.hub import Hub
 from central.iam.deps import public
 from central.schema import Out
@@ -34,34 +34,10 @@ class WebInfoOut(Out):
     utc_offset_min: int = Field(description="the zone's offset from UTC now, in minutes")
 
 
-def hub_time_zone() -> str:
-    """The hub host's IANA zone: $TZ, else /etc/timezone, else where /etc/localtime points, else UTC."""
-    tz = os.environ.get("TZ", "").lstrip(":")
-    if tz and "/" in tz or tz == "UTC":
-        return tz
-    try:
-        name = Path("/etc/timezone").read_text(encoding="utf-8").strip()
-        if name:
-            return name
-    except OSError:
-        pass
-    try:
-        target = str(Path("/etc/localtime").resolve())
-        if "/zoneinfo/" in target:
-            return target.split("/zoneinfo/", 1)[1]
-    except OSError:
-        pass
-    return "UTC"
-
-
 @router.get("/info", response_model=WebInfoOut, dependencies=[Depends(public("the console reads it before sign-in"))])
-def info() -> dict[str, object]:
-    name = hub_time_zone()
-    try:
-        zone = ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        name, zone = "UTC", ZoneInfo("UTC")  # a name this host's tz database does not know
-    offset = datetime.now(zone).utcoffset()
+def info(hub: Hub = Depends(get_hub)) -> dict[str, object]:
+    name = hub.settings.timezone  # validated against the tz database when the settings load
+    offset = datetime.now(ZoneInfo(name)).utcoffset()
     return {"time_zone": name, "utc_offset_min": int(offset.total_seconds() // 60) if offset else 0}
 
 

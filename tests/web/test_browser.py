@@ -192,11 +192,10 @@ def video_cases(hub: Any) -> dict[str, int]:
 
 
 @pytest.mark.timeout(240)
-def test_district_admin_in_browser(live: LiveHub, console_browser: Any, tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_district_admin_in_browser(live: LiveHub, console_browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    monkeypatch.setenv("TZ", "Asia/Shanghai")  # the hub's zone (GET /api/v1/web/info): dates are shown in it
+    # the hub's zone is the `timezone` setting (default Asia/Shanghai; GET /api/v1/web/info), the browser's UTC
     ids = seed(live)
     drv = console_browser
     ui = Console(drv, live, tmp_path / "shots")

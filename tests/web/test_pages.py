@@ -48,11 +48,12 @@ def test_pages_hold_no_data(client: TestClient) -> None:
     assert "/city" not in client.get("/console/devices").text
 
 
-def test_web_info_is_public_and_names_the_zone(client: TestClient) -> None:
+def test_web_info_is_public_and_names_the_zone(hub: Hub, client: TestClient) -> None:
     r = client.get("/api/v1/web/info")
     assert r.status_code == 200
-    body = r.json()
-    assert body["time_zone"] and isinstance(body["utc_offset_min"], int)
+    assert r.json() == {"time_zone": "Asia/Shanghai", "utc_offset_min": 480}  # the `timezone` setting's default
+    hub.settings.timezone = "Europe/Berlin"
+    assert client.get("/api/v1/web/info").json()["time_zone"] == "Europe/Berlin"
 
 
 def test_unbuilt_console_says_how_to_build_it(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
