@@ -53,7 +53,7 @@ def test_dockerfiles_copy_only_existing_paths() -> None:
         assert "HEALTHCHECK" in text
         args = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))  # COPY requirements/${ROLE}.txt: the default
         for line in text.splitlines():
-            if line.startswith("COPY "):
+            if line.startswith("COPY ") and not line.startswith("COPY --from="):  # --from: a build stage's file
                 for src in line.split()[1:-1]:
                     for name, default in args.items():
                         src = src.replace(f"${{{name}}}", default)
