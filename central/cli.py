@@ -93,7 +93,6 @@ def serve(
 
     options = {"host": host, "port": port, "log_format": log_format}
     s = _settings(config, **options)
-    configure_logging(s.log_format)
     bridge = False if no_bridge else None
     if workers > 1 and s.mqtt.enabled and not no_bridge and not s.mqtt.share_group:
         # Each worker process runs a bridge; without a shared subscription each would take every message.
@@ -101,6 +100,7 @@ def serve(
                    "must share the ingest: set mqtt.share_group (CITYBRAIN_MQTT__SHARE_GROUP), or give "
                    "--no-bridge", err=True)
         raise typer.Exit(2)
+    configure_logging(s.log_format)  # the process's logging: only once it will really serve
     try:
         if workers == 1:
             application = create_app(hub=build_hub(s, primary=serve_role(s, primary)),
