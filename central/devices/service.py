@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, get_args
 
@@ -126,15 +127,19 @@ class DeviceService:
         """At hub start: bring every provisioned device's ACL up to the current contract (mosquitto: rewrite
         its blocks and reload when anything changed), and adopt onto their rows the password hashes of
         devices provisioned before the rows kept them (from mosquitto's password file)."""
-        with self.hub.store.read() as db:
-            rows = store.list_devices(db, None)
-            missing = store.without_password_hash(db)
-        if missing and (known := self.broker_auth.password_hashes()):
+        if known := self.broker_auth.password_hashes():
             with self.hub.store.tx() as db:
-                for r in missing:
+                for r in store.without_password_hash(db):
                     if r["username"] in known:
                         store.set_password_hash(db, r["id"], known[r["username"]])
-        return self.broker_auth.refresh(brokerauth.Account(r["username"], r["site"], r["device"]) for r in rows)
+        return self.broker_auth.refresh(self._accounts())
+
+    def _accounts(self) -> Iterator[brokerauth.Account]:
+        """Every device's broker account, read when first iterated (the hooks backend never does)."""
+        with self.hub.store.read() as db:
+            rows = store.list_devices(db, None)
+        for r in rows:
+            yield brokerauth.Account(r["username"], r["site"], r["device"])
 
     def device_config(self, row: dict[str, Any], password: str) -> dict[str, Any]:
         m = self.hub.settings.mqtt

@@ -194,14 +194,15 @@ class Probe:
         self.c.on_connect = self._on_connect
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
-        self.connected = False
+        self.connected: bool | None = None  # the broker's CONNACK: accepted or refused
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        self.wait(lambda: self.connected, "connected")
+        self.wait(lambda: self.connected is not None, "CONNACK")
 
     def _on_connect(self, cl: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
         with self._cv:
-            self.connected = not rc.is_failure
+            if self.connected is None:
+                self.connected = not rc.is_failure
             self._cv.notify_all()
 
     def _on_subscribe(self, cl: Any, u: Any, mid: int, codes: list[Any], props: Properties | None) -> None:
@@ -257,6 +258,7 @@ def test_mosquitto_and_the_hook_agree(tmp_path: Path, broker: Broker) -> None:
         wild = ["#", "city/v1/#", f"{own}/#", "city/v1/+/cam-a/cmd", "city/v1/site1/+/cmd", "$share/g/city/v1/#"]
         assert not any(hook(f) for f in wild)
         probe = Probe(broker.cfg.port, user, pw)
+        assert probe.connected
         assert probe.subscribe(["#"]) == {"#": True}
         published = ["city/v1/site1/cam-b/cmd", f"{own}/event/fire", f"{own}/hb", f"{own}/status",
                      "city/v1/alerts/video/fire", "city/v1/trust", "city/v1/site1/cam-b/receipt", f"{own}/receipt",
@@ -283,6 +285,26 @@ def test_mosquitto_and_the_hook_agree(tmp_path: Path, broker: Broker) -> None:
         hub.services["devices"].refresh_broker_acl()  # what hub start runs (hook hub.started)
         assert c.post(AUTHN, headers=H, json={"username": user, "password": pw}).json()["result"] == "allow"
         assert c.post(AUTHN, headers=H, json={"username": user, "password": pw + "x"}).json()["result"] == "deny"
+
+        # remove_device: gone from both files, and mosquitto (reloaded) refuses the next CONNECT
+        hub.services["devices"].broker_auth.remove_device(user)
+        assert f"{user}:" not in broker.cfg.passwd.read_text()
+        assert f"user {user}\n" not in broker.cfg.acl.read_text() and "user hub\n" in broker.cfg.acl.read_text()
+        probe.close()
+        probe = None
+        gone = None
+        try:
+            # SIGHUP is asynchronous: connect until mosquitto has re-read its files (each try is one CONNACK)
+            for _ in range(200):
+                gone = Probe(broker.cfg.port, user, pw)
+                refused = gone.connected is False
+                gone.close()
+                if refused:
+                    break
+            assert refused, "the removed device still got in"
+        finally:
+            if gone is not None:
+                gone.close()
     finally:
         if probe is not None:
             probe.close()
