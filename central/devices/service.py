@@ -132,6 +132,8 @@ class DeviceService:
                 for r in store.without_password_hash(db):
                     if r["username"] in known:
                         store.set_password_hash(db, r["id"], known[r["username"]])
+                        self._audit(db, "devices.password_hash_adopted", r["id"], r["org_path"],
+                                    {"from": "mosquitto password file"})
         return self.broker_auth.refresh(self._accounts())
 
     def _accounts(self) -> Iterator[brokerauth.Account]:

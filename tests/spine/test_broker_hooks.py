@@ -26,6 +26,7 @@ from central.broker import Broker
 from central.devices import store as devices_store
 from central.devices.brokerauth import verify_password
 from central.hub import Hub
+from central.iam.audit import fetch_rows
 from central.settings import MqttSettings
 from tests.conftest import make_settings
 
@@ -283,6 +284,9 @@ def test_mosquitto_and_the_hook_agree(tmp_path: Path, broker: Broker) -> None:
             devices_store.set_password_hash(db, "site1/cam-a", None)
         assert c.post(AUTHN, headers=H, json={"username": user, "password": pw}).json()["result"] == "deny"
         hub.services["devices"].refresh_broker_acl()  # what hub start runs (hook hub.started)
+        with hub.store.read() as db:
+            adopted = [r for r in fetch_rows(db) if r[3] == "devices.password_hash_adopted"]
+        assert [(r[4], r[5]) for r in adopted] == [("site1/cam-a", "/city")]  # audited with the write
         assert c.post(AUTHN, headers=H, json={"username": user, "password": pw}).json()["result"] == "allow"
         assert c.post(AUTHN, headers=H, json={"username": user, "password": pw + "x"}).json()["result"] == "deny"
 
