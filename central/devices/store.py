@@ -120,7 +120,7 @@ def list_devices(db: Db, org_prefixes: list[str] | None) -> list[dict[str, Any]]
 
 
 def without_password_hash(db: Db) -> list[dict[str, Any]]:
-    """Devices provisioned before their hash was kept on their row (migration 0007)."""
+    """Devices provisioned before their hash was kept on their row (migration 0008)."""
     return db.all(sa.select(devices.c.id, devices.c.username, devices.c.org_path)
                   .where(devices.c.password_hash.is_(None)))
 

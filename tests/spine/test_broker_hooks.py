@@ -236,7 +236,7 @@ class Probe:
 def test_mosquitto_and_the_hook_agree(tmp_path: Path, broker: Broker) -> None:
     """The mosquitto backend provisions a device that connects for real; mosquitto (reading the ACL file the
     hub wrote) and the hook let it receive the same messages; and a device whose hash only mosquitto's
-    password file held (provisioned before 0007) is known to the hook once the hub has started."""
+    password file held (provisioned before 0008) is known to the hook once the hub has started."""
     settings = make_settings(tmp_path, broker)
     settings.mqtt.hook_secret = SECRET  # hooks answer beside the mosquitto backend (a city moving to EMQX)
     hub = build_hub(settings)
@@ -279,7 +279,7 @@ def test_mosquitto_and_the_hook_agree(tmp_path: Path, broker: Broker) -> None:
         assert set(probe.received) == readable
         assert readable == {f"{own}/cmd", f"{own}/receipt", "city/v1/trust", "city/v1/revocations"}  # not vacuous
 
-        # As before migration 0007: the row has no hash, only mosquitto's password file does.
+        # As before migration 0008: the row has no hash, only mosquitto's password file does.
         with hub.store.tx() as db:
             devices_store.set_password_hash(db, "site1/cam-a", None)
         assert c.post(AUTHN, headers=H, json={"username": user, "password": pw}).json()["result"] == "deny"

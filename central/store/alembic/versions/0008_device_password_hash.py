@@ -3,8 +3,8 @@ format), so a broker that asks the hub (EMQX's HTTP authentication hook) checks 
 mosquitto password file holds. NULL for devices provisioned before: the mosquitto backend copies their
 hash from its password file at hub start.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-03
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
