@@ -13,15 +13,35 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
-# Devices: own prefix only (pattern ACL: %c = client id = "site:device"... mosquitto patterns know %u
-# (username) and %c (client id); usernames are "site.device" so ACLs are written per user instead.)
-HUB_ACL = """user {hub}
-topic readwrite city/v1/#
-"""
+Access = Literal["read", "write", "readwrite"]
+Rule = tuple[Access, str]  # (access, topic filter), as one `topic <access> <filter>` line of a mosquitto ACL
+
+# The ACL rules as data, rendered into mosquitto's acl_file (`acl_text`) and evaluated for EMQX's HTTP
+# authorization hook (`allows`): one definition, so the two brokers cannot drift apart. Per user, because
+# mosquitto patterns know only %u/%c and usernames are "site.device", not topic levels.
+HUB_RULES: list[Rule] = [("readwrite", "city/v1/#")]
+
+
+def device_rules(site: str, device: str) -> list[Rule]:
+    """A device writes only under its own prefix and reads its commands, receipts and the city lists."""
+    p = f"city/v1/{site}/{device}"
+    return [
+        ("write", f"{p}/status"), ("write", f"{p}/hb"), ("write", f"{p}/event/+"), ("write", f"{p}/scan"),
+        ("write", f"{p}/ack"), ("read", f"{p}/cmd"), ("read", f"{p}/receipt"),
+        ("read", "city/v1/trust"), ("read", "city/v1/revocations"),
+    ]
+
+
+def acl_text(username: str, rules: list[Rule]) -> str:
+    return f"user {username}\n" + "".join(f"topic {access} {topic}\n" for access, topic in rules)
+
+
+HUB_ACL = acl_text("{hub}", HUB_RULES)
 
 
 def free_port() -> int:
@@ -31,13 +51,43 @@ def free_port() -> int:
 
 
 def device_acl(username: str, site: str, device: str) -> str:
-    p = f"city/v1/{site}/{device}"
-    return (
-        f"user {username}\n"
-        f"topic write {p}/status\ntopic write {p}/hb\ntopic write {p}/event/+\n"
-        f"topic write {p}/scan\ntopic write {p}/ack\ntopic read {p}/cmd\ntopic read {p}/receipt\n"
-        f"topic read city/v1/trust\ntopic read city/v1/revocations\n"
-    )
+    return acl_text(username, device_rules(site, device))
+
+
+def _filter_within(sub: list[str], acl: list[str]) -> bool:
+    """Every topic `sub` matches is matched by `acl` (levels already split). A publish topic has no
+    wildcards, so this is plain matching for it; for a subscription a wildcard in `sub` must be covered by
+    one in `acl` at that level."""
+    for i, a in enumerate(acl):
+        if a == "#":
+            return True
+        if i >= len(sub):
+            return False
+        s = sub[i]
+        if s == "#" or (s == "+" and a != "+") or (a != "+" and a != s):
+            return False
+    return len(sub) == len(acl)
+
+
+def allows(rules: list[Rule], action: Literal["publish", "subscribe"], topic: str) -> bool:
+    """Whether `rules` let a client publish to `topic` (write) or subscribe to the filter `topic` (read).
+    EMQX asks once per SUBSCRIBE and then delivers whatever matches, so a filter must lie within a read
+    rule. (mosquitto grants any filter and checks each message it would deliver against the read rules
+    instead: the same messages arrive; tests/spine/test_broker_hooks.py checks both.) A `$`-topic never
+    matches a filter starting with a wildcard (MQTT 4.7.2); a publish topic holding a wildcard is no topic."""
+    need = "write" if action == "publish" else "read"
+    levels = topic.split("/")
+    if not topic or (action == "publish" and any(lv in ("+", "#") for lv in levels)):
+        return False
+    for access, pattern in rules:
+        if access not in (need, "readwrite"):
+            continue
+        acl = pattern.split("/")
+        if topic.startswith("$") and acl[0] in ("+", "#"):
+            continue
+        if _filter_within(levels, acl):
+            return True
+    return False
 
 
 def hash_password(passwd_file: Path, username: str, password: str) -> None:
@@ -80,6 +130,15 @@ def refresh_acl(acl_file: Path, acls: dict[str, str]) -> bool:
 def remove_password(passwd_file: Path, username: str) -> None:
     if passwd_file.exists():
         subprocess.run([MOSQUITTO_PASSWD, "-D", str(passwd_file), username], check=False, capture_output=True)
+
+
+def remove_user(passwd_file: Path, acl_file: Path, username: str) -> None:
+    """Drop `username`'s password and ACL block (its next connect is refused after a reload)."""
+    remove_password(passwd_file, username)
+    if acl_file.exists():
+        text = acl_file.read_text()
+        blocks = [b for b in text.split("\n\n") if b.strip() and not b.strip().startswith(f"user {username}\n")]
+        acl_file.write_text("\n".join(b.strip() + "\n" for b in blocks))
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,10 +43,25 @@ class MqttSettings(BaseModel):
     # keeps every message until a hub receipts it. None: one bridge with a persistent session (the default).
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
     enabled: bool = True
-    # Broker-side files the hub writes when it provisions devices (then signals mosquitto to reload).
+    # Where provisioning puts device credentials and ACLs (central/devices/brokerauth.py). `mosquitto`: the
+    # broker-side files below, then a SIGHUP through pid_file. `hooks`: nowhere but the hub's database; the
+    # broker (EMQX 5) asks the hub's HTTP authentication/authorization endpoints, sending `hook_secret`.
+    auth_backend: Literal["mosquitto", "hooks"] = "mosquitto"
     passwd_file: Path | None = None
     acl_file: Path | None = None
     pid_file: Path | None = None
+    # The shared secret the broker sends as `Authorization: Bearer <secret>` to /api/v1/devices/mqtt/authn
+    # and /authz; unset: those endpoints refuse every call.
+    hook_secret: str | None = Field(default=None, min_length=16, validate_default=True)
+
+    @field_validator("hook_secret")
+    @classmethod
+    def _hooks_need_secret(cls, v: str | None, info: ValidationInfo) -> str | None:
+        # a field validator (not a model one): the error then names mqtt.hook_secret, and never echoes the
+        # mqtt section with its password
+        if v is None and info.data.get("auth_backend") == "hooks":
+            raise ValueError("auth_backend hooks needs it (the broker sends it with each hook call)")
+        return v
 
 
 class SecuritySettings(BaseModel):
@@ -230,7 +245,7 @@ def _describe(err: Any, path: Path | None, options: dict[str, Any]) -> str:
         source = f"environment {env}"
     else:
         source = str(path) if path else "defaults"
-    secret = any(part in ("password", "key", "secret") for part in loc)
+    secret = any(part.endswith(("password", "key", "secret", "token")) for part in loc)  # hook_secret too
     got = "" if secret or err["type"] == "extra_forbidden" else f" (got {err['input']!r})"
     return f"{'.'.join(loc) or 'settings'}: {err['msg']}{got} [from {source}]"
 

@@ -104,3 +104,17 @@ class CommandOut(Out):
     """A command queued for a device; its ack arrives later over MQTT."""
 
     cmd_id: str
+
+
+class BrokerAuthnOut(Out):
+    """EMQX 5 HTTP authentication answer: `allow` or `deny` (never `ignore`: the hub is the authority for
+    every account it knows, and an unknown one is refused, not passed down the chain)."""
+
+    result: Literal["allow", "deny"]
+    is_superuser: bool = Field(description="always false: the hub's own user is held to its rules too")
+
+
+class BrokerAuthzOut(Out):
+    """EMQX 5 HTTP authorization answer for one publish or subscribe."""
+
+    result: Literal["allow", "deny"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, get_args
 
-from central import broker
-from central.devices import store
+from central.devices import brokerauth, store
 from central.hub import Hub
 from central.iam.principal import under
 from central.metrics import Sample
@@ -47,6 +47,10 @@ def broker_username(site: str, device: str) -> str:
 class DeviceService:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.broker_auth = brokerauth.for_settings(hub, hub.settings.mqtt)
+        # The EMQX hook endpoints answer from this whichever backend provisions (they refuse every call
+        # until mqtt.hook_secret is set), so a city can run both brokers while it moves.
+        self.hooks = brokerauth.BrokerHooks(hub)
 
     def site_orgs(self, site: str) -> list[str]:
         """Who owns `site`: the org that claimed it by provisioning first, and the org video maps it to
@@ -101,13 +105,14 @@ class DeviceService:
         row = {
             "id": device_id, "site": site, "device": device, "kind": kind, "name": name, "org_path": org_path,
             "username": username, "created_at": utcnow(), "status": "unknown",
+            "password_hash": brokerauth.hash_password(password),
         }
         with self.hub.store.tx() as db:
             store.insert(db, row)
             store.claim_site(db, site, org_path, actor.name if actor else "operator", row["created_at"])
             self._audit(db, "devices.provision", device_id, org_path,
                         {"kind": kind, "name": name, "actor": actor.name if actor else "operator"})
-        self._write_broker_entry(username, password, site, device)
+        self.broker_auth.set_device(username, password, site, device)
         cfg = self.device_config(row, password)
         return row, cfg
 
@@ -119,26 +124,24 @@ class DeviceService:
         record(db, actor="system", action=action, target=target, org=org, detail=detail)
 
     def refresh_broker_acl(self) -> bool:
-        """At hub start: bring every provisioned device's ACL block up to the current contract (and reload
-        mosquitto when anything changed)."""
-        m = self.hub.settings.mqtt
-        if m.acl_file is None:
-            return False
+        """At hub start: bring every provisioned device's ACL up to the current contract (mosquitto: rewrite
+        its blocks and reload when anything changed), and adopt onto their rows the password hashes of
+        devices provisioned before the rows kept them (from mosquitto's password file)."""
+        if known := self.broker_auth.password_hashes():
+            with self.hub.store.tx() as db:
+                for r in store.without_password_hash(db):
+                    if r["username"] in known:
+                        store.set_password_hash(db, r["id"], known[r["username"]])
+                        self._audit(db, "devices.password_hash_adopted", r["id"], r["org_path"],
+                                    {"from": "mosquitto password file"})
+        return self.broker_auth.refresh(self._accounts())
+
+    def _accounts(self) -> Iterator[brokerauth.Account]:
+        """Every device's broker account, read when first iterated (the hooks backend never does)."""
         with self.hub.store.read() as db:
             rows = store.list_devices(db, None)
-        acls = {r["username"]: broker.device_acl(r["username"], r["site"], r["device"]) for r in rows}
-        changed = broker.refresh_acl(m.acl_file, acls)
-        if changed and m.pid_file is not None:
-            broker.reload_pid_file(m.pid_file)
-        return changed
-
-    def _write_broker_entry(self, username: str, password: str, site: str, device: str) -> None:
-        m = self.hub.settings.mqtt
-        if m.passwd_file is None or m.acl_file is None:
-            return
-        broker.set_user(m.passwd_file, m.acl_file, username, password, broker.device_acl(username, site, device))
-        if m.pid_file is not None:
-            broker.reload_pid_file(m.pid_file)
+        for r in rows:
+            yield brokerauth.Account(r["username"], r["site"], r["device"])
 
     def device_config(self, row: dict[str, Any], password: str) -> dict[str, Any]:
         m = self.hub.settings.mqtt

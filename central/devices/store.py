@@ -29,6 +29,8 @@ devices = sa.Table(
     sa.Column("queue_depth", sa.Integer, server_default="0"),
     sa.Column("queue_dropped", sa.Integer, server_default="0"),
     sa.Column("revoked", sa.Integer, server_default="0"),
+    # mosquitto_passwd's format ($7$...): what a broker asking the hub (EMQX's HTTP hook) is checked against
+    sa.Column("password_hash", sa.Text),
     sa.Index("idx_devices_site", "site"),  # the legacy store's index name: adopted databases already have it
 )
 
@@ -115,6 +117,16 @@ def list_devices(db: Db, org_prefixes: list[str] | None) -> list[dict[str, Any]]
         sa.or_(devices.c.org_path == p, devices.c.org_path.like(dialect.like_escape(p.rstrip("/")) + "/%",
                                                                 escape="\\"))
         for p in org_prefixes))))
+
+
+def without_password_hash(db: Db) -> list[dict[str, Any]]:
+    """Devices provisioned before their hash was kept on their row (migration 0008)."""
+    return db.all(sa.select(devices.c.id, devices.c.username, devices.c.org_path)
+                  .where(devices.c.password_hash.is_(None)))
+
+
+def set_password_hash(db: Db, device_id: str, password_hash: str | None) -> None:
+    db.run(sa.update(devices).where(devices.c.id == device_id).values(password_hash=password_hash))
 
 
 def insert(db: Db, row: dict[str, Any]) -> None:
