@@ -2,7 +2,10 @@
 store and one mosquitto. MQTT video alerts are claimed from `video_alerts` with a lease; the hub holding
 some is SIGKILLed mid-work and another sends what it held once its lease ran out: every alert is published,
 and only those the dead hub held may come twice. Then the video correlator: the hub whose transaction holds
-the cursor is SIGKILLed mid-pass; the last one correlates everything, each event into exactly one case."""
+the cursor is SIGKILLed mid-pass; the last one correlates everything, each event into exactly one case.
+And a registry upload: its importer process is stopped mid-import (the same file sent meanwhile is refused),
+then SIGKILLed; sent again once the lease ran out, the import goes on after the last stored chunk: every row
+once, and one report for the whole file."""
 
 from __future__ import annotations
 
@@ -188,21 +191,21 @@ def test_leased_alerts_and_correlation_survive_a_killed_hub(tmp_path: Path, brok
 
         if BACKEND == "postgresql":  # the hub in the middle of a pass, stopped there, then killed
 
-            def frozen() -> int | None:
+            def frozen() -> subprocess.Popen[bytes] | str | None:
                 if position() >= end:
-                    return -1
+                    return "all correlated before a pass was seen"
                 n = cursor_holder(hub, procs)
                 if n is None:
                     return None
                 os.kill(procs[n].pid, signal.SIGSTOP)
                 if cursor_holder(hub, procs) == n and position() < end:
-                    return n
-                os.kill(procs[n].pid, signal.SIGCONT)
+                    return procs[n]
+                os.kill(procs[n].pid, signal.SIGCONT)  # its pass ended meanwhile: look again
                 return None
 
-            n = wait_for(frozen, 120, "a correlation pass")
-            assert n >= 0, "all correlated before a pass was seen"
-            victim = procs[n]
+            found = wait_for(frozen, 120, "a correlation pass")
+            assert not isinstance(found, str), found
+            victim = found
         else:  # SQLite tells no holder: kill one of the two once the first pass committed
             wait_for(lambda: position() > start, 120, "a first pass")
             victim = alive[0]
@@ -223,5 +226,80 @@ def test_leased_alerts_and_correlation_survive_a_killed_hub(tmp_path: Path, brok
     finally:
         listener.loop_stop()
         listener.disconnect()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a stopped one would not see SIGTERM
         stop_processes(procs)
         hub.close()
+
+
+IMPORTER_CHILD = """
+import json, sys
+from central.app import build_hub
+from central.registry import service as svc
+from central.registry.service import importing
+from central.settings import Settings
+importing.IMPORT_LEASE_S = float(sys.argv[3])
+hub = build_hub(Settings(**json.loads(sys.argv[1])))
+rows = [(line, raw) for line, raw in json.load(open(sys.argv[2]))]
+svc.import_rows(hub, svc.SystemActor("importer", "/city/district-a"), rows, org="/city/district-a", chunk=250)
+"""
+UPLOAD = 10000
+IMPORT_LEASE_S = 6.0
+
+
+def test_an_upload_whose_importer_dies_goes_on_where_it_stopped(tmp_path: Path) -> None:
+    from central.registry import service as svc
+    from central.registry.service.common import Conflict
+    from central.registry.store.tables import entities, imports
+    from tests.helpers import token_for
+
+    settings = make_settings(tmp_path)
+    hub = build_hub(settings)
+    token_for(hub, "admin-a", role="district_admin", org="/city/district-a")  # the org chain
+    rows = [(i, {"type": "place", "region": "330106", "name": f"site {i}"}) for i in range(1, UPLOAD + 1)]
+    upload = tmp_path / "upload.json"
+    upload.write_text(json.dumps(rows))
+
+    def done() -> int:
+        with hub.store.read() as db:
+            return int(db.scalar(sa.select(sa.func.coalesce(sa.func.max(imports.c.rows_done), 0))))
+
+    def stored() -> list[str]:
+        with hub.store.read() as db:
+            return list(db.run(sa.select(entities.c.name).where(entities.c.name.like("site %"))).scalars())
+
+    actor = svc.SystemActor("again", "/city/district-a")
+    p = subprocess.Popen([sys.executable, "-c", IMPORTER_CHILD, settings.model_dump_json(), str(upload),
+                          str(IMPORT_LEASE_S)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        def stopped_mid_import() -> bool:
+            if not 0 < done() <= UPLOAD // 2:
+                assert done() < UPLOAD // 2, "the import ran past half before it was seen"
+                return False
+            p.send_signal(signal.SIGSTOP)
+            return True
+
+        wait_for(stopped_mid_import, 120, "an import under way")
+        with pytest.raises(Conflict, match="being imported by another request"):  # never twice at once
+            svc.import_rows(hub, actor, rows, org="/city/district-a", chunk=250)
+        p.send_signal(signal.SIGKILL)
+        p.wait(30)
+        with hub.store.read() as db:
+            until = db.scalar(sa.select(imports.c.lease_until))
+        wait_for(lambda: time.time() > until, 60, "the dead importer's lease ran out")
+        time.sleep(0.1)  # its writer process commits nothing after its lease (it ran out of input at once)
+        before = done()
+        assert 0 < before < UPLOAD
+        report = svc.import_rows(hub, actor, rows, org="/city/district-a", chunk=250)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    names = stored()
+    assert len(names) == UPLOAD and len(set(names)) == UPLOAD  # every row once: nothing lost, nothing redone
+    assert report.total == UPLOAD and report.created == UPLOAD and not report.errors
+    assert sorted(r["row"] for r in report.ids) == list(range(1, UPLOAD + 1))  # one report for the whole file
+    with hub.store.read() as db:
+        assert db.first(sa.select(imports.c.status, imports.c.rows_done)) == {"status": "done", "rows_done": UPLOAD}
+    hub.close()
