@@ -110,12 +110,14 @@ class _Lease:
                 store.release_import(db, self.key, self.owner)
 
 
-def _plus(report: ImportReport, read: int, accepted: list[tuple[int, str]],
-          errors: list[dict[str, Any]]) -> ImportReport:
-    """`report` with one more chunk stored: `read` input rows, `accepted` of them created."""
+def _plus(report: ImportReport, read: int, accepted: list[tuple[int, str]], errors: list[dict[str, Any]],
+          ids: bool) -> ImportReport:
+    """`report` with one more chunk stored: `read` input rows, `accepted` of them created (and their ids
+    listed when `ids`: copying a large upload's ids for every chunk cost more than its hashing)."""
     return ImportReport(total=report.total + read, created=report.created + len(accepted), updated=report.updated,
                         unchanged=report.unchanged, errors=[*report.errors, *errors],
-                        ids=[*report.ids, *({"row": line, "id": eid, "created": True} for line, eid in accepted)])
+                        ids=[*report.ids, *({"row": line, "id": eid, "created": True} for line, eid in accepted)]
+                        if ids else [])
 
 
 def _parse_row(cipher: Any, line: int, raw: dict[str, Any] | Exception, parsed: list[Parsed],
@@ -292,7 +294,7 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
 
             def progressed(db: Db, accepted: list[tuple[int, str]]) -> None:
                 if lease:  # the redo's transaction records the chunk as stored
-                    lease.advance(db, _plus(report, b.read, accepted, []))
+                    lease.advance(db, _plus(report, b.read, accepted, [], lease.keep_ids))
 
             accepted = _rowwise(hub, actor, org, cipher, b.parsed, report, progressed)
         elif err is not None:
@@ -326,8 +328,9 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
             b = prepare(parsed, errors, len(part))
             del part
             if lease:  # the progress once b is stored, on top of the batch still in flight
-                ahead = _plus(report, inflight.read, inflight.accepted, inflight.errors) if inflight else report
-                b.rows.job = lease.state(_plus(ahead, b.read, b.accepted, b.errors))
+                keep = lease.keep_ids
+                ahead = _plus(report, inflight.read, inflight.accepted, inflight.errors, keep) if inflight else report
+                b.rows.job = lease.state(_plus(ahead, b.read, b.accepted, b.errors, keep))
             writer.write(b)  # queued behind the batch in flight: the writer goes on to it without a gap
             if inflight is not None and not settle():
                 # b was prepared on top of the chunk that failed, so the writer skipped it: prepare it again
@@ -336,7 +339,7 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
                 reg.forget(b.ids, b.exts, b.alias_keys)
                 b = prepare(b.parsed, b.parse_errors, b.read)
                 if lease:
-                    b.rows.job = lease.state(_plus(report, b.read, b.accepted, b.errors))
+                    b.rows.job = lease.state(_plus(report, b.read, b.accepted, b.errors, lease.keep_ids))
                 writer.resume()
                 writer.write(b)
             inflight = b
