@@ -20,7 +20,9 @@ import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from central.registry import store as registry_store
@@ -29,6 +31,11 @@ from central.store import Db, Store
 
 DB_ENV = "CITYBRAIN_REGISTRY_WRITER_DB"  # the writer's database (a path or URL), by environment
 CONFLICT = "IntegrityError"  # the answer's error name for a unique key or link end taken meanwhile
+LEASE_LOST = "LeaseLost"  # the answer's error name when the import's lease ran out (another took it over)
+
+
+class LeaseLost(Exception):
+    """A leased import's lease ran out before a batch committed: the batch was rolled back."""
 
 
 class BatchConflict(Exception):
@@ -45,9 +52,17 @@ class Rows:
     aliases: list[tuple[Any, ...]]
     feeds: list[tuple[Any, ...]]
     serials: list[tuple[str, str, int]]  # counters to persist (none when the importer reserved blocks)
+    # A leased import's progress after this batch: (key, owner, rows done, report JSON, lease seconds);
+    # committed with the rows, and the rows only while the owner's lease holds (registry_imports).
+    job: tuple[str, str, int, str, float] | None = None
 
     def wire(self) -> tuple[Any, ...]:
+        """The arguments of `store.bulk.write_rows` after `db`."""
         return (self.entities, self.links, self.aliases, self.feeds, self.serials)
+
+    def frame(self) -> tuple[Any, ...]:
+        """What crosses the pipe: `Rows(*frame)` at the other end."""
+        return (*self.wire(), self.job)
 
 
 def send(out: BinaryIO, obj: Any) -> None:
@@ -106,11 +121,22 @@ class BatchWriter:
                 bulk.write_rows(db, *r.wire())
                 if r.entities:
                     _audit_import(db, self.actor, self.org, [e[0] for e in r.entities])
+                if r.job is not None and not advance(db, *r.job):
+                    raise LeaseLost(f"import {r.job[0]}: its lease ran out before this batch committed")
+        except LeaseLost as e:
+            self.failed = True
+            return (LEASE_LOST, str(e))
         except registry_store.DbError as e:
             self.failed = True
             name = CONFLICT if isinstance(e, registry_store.IntegrityError) else type(e).__name__
             return (name, str(e))
         return None
+
+
+def advance(db: Db, key: str, owner: str, rows_done: int, report: str, lease_s: float) -> bool:
+    """A leased import's progress, in the batch's transaction (False: the lease ran out)."""
+    return registry_store.advance_import(db, key, owner, rows_done, report, time.time(), lease_s,
+                                         datetime.now(UTC).isoformat())
 
 
 def _audit_import(db: Db, actor: str, org: str | None, ids: list[str]) -> None:

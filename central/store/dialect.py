@@ -43,6 +43,33 @@ def claim(stmt: sa.Select) -> sa.Select:
     return stmt.with_for_update(skip_locked=True)
 
 
+def take_leases(db: Db, table: sa.Table, due: Any, order_by: Sequence[Any], now: float, lease_s: float, owner: str,
+                limit: int, **values: Any) -> list[Any]:
+    """Claim up to `limit` rows of `table` (one with `id`, `lease_owner` and `lease_until` columns) matching
+    `due` for `owner` until now + lease_s, setting `values` too; returns their ids. `due` should take rows
+    whose lease ran out (their worker died), so work is taken over, never stranded. Concurrent claimers never
+    take the same row (see `claim`)."""
+    ids = list(db.run(claim(sa.select(table.c.id).where(due).order_by(*order_by).limit(limit))).scalars())
+    if ids:
+        db.run(sa.update(table).where(table.c.id.in_(ids))
+               .values(lease_owner=owner, lease_until=now + lease_s, **values))
+    return ids
+
+
+def lease_held(table: sa.Table, row_id: Any, owner: str) -> Any:
+    """The row `row_id` while `owner` still holds its lease: finish work only under this condition (an
+    update that matches nothing means another worker took the row over)."""
+    return sa.and_(table.c.id == row_id, table.c.lease_owner == owner)
+
+
+def expire_if_idle(db: Db, seconds: float) -> None:
+    """End this transaction (rolling it back, releasing its row locks) should its process stall longer than
+    `seconds` between statements: a row lock held for a whole transaction becomes a lease that runs out.
+    PostgreSQL only; a SQLite file has one process, whose death ends its transaction."""
+    if db.dialect == "postgresql":
+        db.run(sa.text(f"SET LOCAL idle_in_transaction_session_timeout = {max(1, int(seconds * 1000))}"))
+
+
 def serialize(db: Db, name: str) -> None:
     """Make this transaction the only one past this point for `name` until it ends (an append-only chain
     read-then-append). PostgreSQL: a transaction-scoped advisory lock; SQLite: BEGIN IMMEDIATE already

@@ -13,7 +13,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import queue
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from central.iam.audit import record
 from central.media import MediaError, jpeg_b64, media_of
 from central.metrics import Sample
 from central.problems import HubError
-from central.store import Db
+from central.store import Db, dialect
 from central.video import store
 from central.webhooks import service as webhooks
 from protocol import topics
@@ -67,6 +69,10 @@ def under(path: str, prefix: str) -> bool:
 # Events correlated between two looks at `stopping`: 1,000 in one go took over the hub's 10 s stop timeout
 # on a loaded machine with PostgreSQL.
 CHUNK = 100
+# A correlating transaction holds the cursor row; a hub stalled this long inside it loses it (see process_pending).
+CORRELATE_IDLE_S = 30.0
+ALERT_BATCH = 50  # MQTT alerts claimed per pass
+ALERT_TRIES = 3
 
 
 class VideoService:
@@ -75,15 +81,15 @@ class VideoService:
         self.window_s = window_s
         self._process_lock = threading.Lock()
         # Hub-owned workers (registered by setup(), run by Hub.start()): the correlator over the stored
-        # events, and the MQTT alert sender, fed from a queue so a dispatch never waits for the broker
-        # (webhook alerts are durable deliveries in the hub's outbox, central/webhooks).
+        # events, and the MQTT alert sender over leased `video_alerts` rows, so a dispatch never waits for
+        # the broker and an alert outlives the process that decided it (webhook alerts are deliveries in
+        # the hub's outbox, central/webhooks). Any number of hub processes run both.
         self.correlator = LoopWorker("video-correlator",
                                      lambda: self.process_pending(stopping=lambda: self.correlator.stopping) > 0,
                                      interval_s=0.5)
-        self._alerts: queue.Queue[tuple[int, str, str, bytes, str | None]] = queue.Queue()
-        self._alerts_busy = 0
-        self._alerts_cv = threading.Condition()
-        self.alert_sender = LoopWorker("video-alerts", self._send_queued, interval_s=0.5)
+        # Names this process's alert claims: a lease is honoured only for the sender that took it.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.alert_sender = LoopWorker("video-alerts", lambda: self.send_due_alerts() > 0, interval_s=0.5)
 
     # --- ingest: a correlator thread consumes the bridge's `events` table from a durable cursor --------
     def on_events(self, db: Db, events: list[tuple[str, str, Event]]) -> None:
@@ -98,8 +104,12 @@ class VideoService:
     def process_pending(self, limit: int = 1000, stopping: Callable[[], bool] = lambda: False) -> int:
         """Correlate up to `limit` stored events past the cursor, cursor move in the same transaction. The
         cursor row is claimed: a second correlator (another process) finds it taken and does nothing.
-        `stopping` is asked between chunks of CHUNK events: a stopping hub commits what is done and goes."""
+        The row lock is this pass's lease: a correlator that dies ends its transaction (nothing of the pass
+        stays, the next correlator redoes it), and one that stalls inside it for CORRELATE_IDLE_S has it
+        ended by PostgreSQL. `stopping` is asked between chunks of CHUNK events: a stopping hub commits what
+        is done and goes."""
         with self._process_lock, self.hub.store.tx() as db:
+            dialect.expire_if_idle(db, CORRELATE_IDLE_S)
             last = store.claim_cursor(db)
             if last is None:
                 return 0
@@ -449,8 +459,6 @@ class VideoService:
         return self._transition(case_id, actor, ("new",), "video.case.review", fn)
 
     def dispatch(self, case_id: int, actor: str, department: str | None = None) -> dict[str, Any]:
-        alerts: list[tuple[int, str, str, bytes, str | None]] = []
-
         def fn(db: Db, org: str) -> dict[str, Any]:
             kind = (store.case_field(db, case_id, "kind") or {})["kind"]
             route = self.pick_route(db, org, kind)
@@ -467,9 +475,11 @@ class VideoService:
                               route_id=route["id"] if route else None, dispatched_at=iso(t),
                               due_at=iso(t + timedelta(minutes=ack_min)), updated_at=iso(t))
             body = self._alert_body(db, case_id, dept)
+            channels = []
             if route is None or route["mqtt"]:
-                alerts.append(self._queue_alert(db, case_id, "mqtt", f"{ALERT_TOPIC}/{dept}", body, None))
-            channels = [a[1] for a in alerts]
+                # Committed with the dispatch and sent by whichever hub's alert sender claims it first.
+                store.insert_alert(db, case_id, "mqtt", f"{ALERT_TOPIC}/{dept}", body.decode(), iso(t), time.time())
+                channels.append("mqtt")
             if route is not None and route["webhook_url"]:
                 # A durable delivery in the hub's outbox, committed with the dispatch: an alert is sent
                 # (again) after a restart, never lost with this process's memory.
@@ -480,7 +490,7 @@ class VideoService:
             return {"department": dept, "route_id": route["id"] if route else None, "channels": channels}
 
         out = self._transition(case_id, actor, ("reviewed",), "video.case.dispatch", fn)
-        self._send_async(alerts)  # after commit: network I/O never holds the write lock
+        self.alert_sender.kick()  # after commit: network I/O never holds the write lock
         webhooks.kick(self.hub)
         return out
 
@@ -513,59 +523,53 @@ class VideoService:
                            "snapshot_url": f"{base}/api/v1/video/cases/{case_id}/snapshot"},
                           sort_keys=True, separators=(",", ":")).encode()
 
-    def _queue_alert(self, db: Db, case_id: int, channel: str, target: str, body: bytes,
-                     secret: str | None) -> tuple[int, str, str, bytes, str | None]:
-        return (store.insert_alert(db, case_id, channel, target, iso(now())), channel, target, body, secret)
-
-    def _send_async(self, alerts: list[tuple[int, str, str, bytes, str | None]]) -> None:
-        for a in alerts:
-            self._alerts.put(a)
-        self.alert_sender.kick()
-
-    def _send_queued(self) -> bool:
-        batch: list[tuple[int, str, str, bytes, str | None]] = []
-        with self._alerts_cv:
-            while True:
-                try:
-                    batch.append(self._alerts.get_nowait())
-                except queue.Empty:
-                    break
-            self._alerts_busy += len(batch)
-        try:
-            if batch:
-                self._send_all(batch)
-        finally:
-            with self._alerts_cv:
-                self._alerts_busy -= len(batch)
-                self._alerts_cv.notify_all()
-        return bool(batch)
+    def send_due_alerts(self, at: float | None = None) -> int:
+        """Claim due MQTT alerts (a batch), publish each, record the outcomes; returns how many were
+        claimed. A failed publish is due again after a back-off, `failed` after ALERT_TRIES. A hub that
+        dies after publishing and before recording leaves its claims to run out: another hub sends them
+        again (at least once; the body names the case, so a receiver can drop a repeat)."""
+        t = time.time() if at is None else at
+        with self.hub.store.read() as db:  # the common idle pass takes no write lock
+            if not store.any_alert_due(db, t):
+                return 0
+        with self.hub.store.tx() as db:
+            due = store.claim_alerts(db, t, self.hub.settings.webhooks.lease_s, self.owner, ALERT_BATCH)
+        outcomes: list[tuple[dict[str, Any], str | None]] = []
+        for i, a in enumerate(due):
+            if self.alert_sender.stopping and self.alert_sender.alive:  # its hub is stopping: hand the rest back
+                with self.hub.store.tx() as db:
+                    store.release_alerts(db, [r["id"] for r in due[i:]], self.owner)
+                break
+            try:
+                self.hub.publish(a["target"], a["body"].encode(), qos=1)
+                outcomes.append((a, None))
+            except Exception as e:  # network errors of any kind: tried again later, then recorded
+                outcomes.append((a, f"{type(e).__name__}: {e}"[:300]))
+        with self.hub.store.tx() as db:
+            for a, err in outcomes:
+                n = a["attempts"] + 1
+                if err is None:
+                    kept = store.finish_alert(db, a["id"], self.owner, "sent", n, None, iso(now()))
+                else:
+                    kept = store.finish_alert(db, a["id"], self.owner, "failed" if n >= ALERT_TRIES else "pending",
+                                              n, err, None, next_at=t + 2.0 ** n)
+                if not kept:
+                    log.warning("video alert %d: lease lost before the outcome was stored", a["id"])
+        return len(due)
 
     def wait_alerts(self, timeout: float = 10.0) -> None:
-        """Wait for queued alert deliveries (tests, graceful shutdown); sends them here when the hub is
-        not running, so nothing queued is left behind."""
+        """Wait until no MQTT alert is due or being sent (tests, graceful shutdown); sends them here when
+        the hub is not running, so nothing due is left behind."""
         if not self.alert_sender.alive:
-            while self._send_queued():
+            while self.send_due_alerts():
                 pass
             return
         deadline = time.monotonic() + timeout
-        with self._alerts_cv:
-            while (self._alerts_busy or not self._alerts.empty()) and time.monotonic() < deadline:
-                self._alerts_cv.wait(0.05)
-
-    def _send_all(self, alerts: list[tuple[int, str, str, bytes, str | None]]) -> None:
-        for alert_id, _channel, target, body, _secret in alerts:
-            err, attempts = None, 0
-            for attempts in range(1, 4):
-                try:
-                    self.hub.publish(target, body, qos=1)  # MQTT only: webhooks go through the outbox
-                    err = None
-                    break
-                except Exception as e:  # network errors of any kind: retry, then record
-                    err = f"{type(e).__name__}: {e}"
-                    time.sleep(0.5 * attempts)
-            with self.hub.store.tx() as db:
-                store.finish_alert(db, alert_id, "failed" if err else "sent", attempts, err,
-                                   None if err else iso(now()))
+        while time.monotonic() < deadline:
+            with self.hub.store.read() as db:
+                if not store.alerts_waiting(db, time.time()):
+                    return
+            time.sleep(0.05)
 
 
 # The outbox's statuses in the case view's words (the MQTT rows use pending / sent / failed).

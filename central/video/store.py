@@ -142,7 +142,15 @@ alerts = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("sent_at", sa.Text),
+    # An MQTT alert is sent from here, not from a process's memory: pending -> sending (claimed: lease_owner
+    # holds it until lease_until) -> sent, or pending again at next_at, or failed after the last try. A
+    # sending row whose lease ran out (its hub died) is claimed again by any hub: sent at least once.
+    sa.Column("body", sa.Text),  # NULL only on rows from before revision 0009 (never sent, see there)
+    sa.Column("next_at", sa.Float),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_until", sa.Float),
     sa.Index("video_alerts_case", "case_id"),
+    sa.Index("video_alerts_due", "status", "next_at"),
 )
 
 # Correlation consumes the bridge's `events` from this durable cursor (the last events.seq correlated),
@@ -513,7 +521,8 @@ def log_of_case(db: Db, case_id: int) -> list[dict[str, Any]]:
 
 def alerts_of_case(db: Db, case_id: int) -> list[dict[str, Any]]:
     c = alerts.c
-    return db.all(sa.select(c.id, c.channel, c.target, c.status, c.attempts, c.error, c.sent_at)
+    status = sa.case((c.status == "sending", "pending"), else_=c.status)  # being sent is still pending to a reader
+    return db.all(sa.select(c.id, c.channel, c.target, status.label("status"), c.attempts, c.error, c.sent_at)
                   .where(c.case_id == case_id).order_by(c.id))
 
 
@@ -551,14 +560,54 @@ def add_feedback(db: Db, site: str, device: str, camera: str, kind: str, zone: s
               "reasons": stmt.excluded.reasons, "updated_at": stmt.excluded.updated_at}))
 
 
-def insert_alert(db: Db, case_id: int, channel: str, target: str, at: str) -> int:
+def insert_alert(db: Db, case_id: int, channel: str, target: str, body: str, at: str, now: float) -> int:
     return int(db.run(sa.insert(alerts).values(case_id=case_id, channel=channel, target=target, status="pending",
-                                               created_at=at)).inserted_primary_key[0])
+                                               body=body, next_at=now, created_at=at)).inserted_primary_key[0])
 
 
-def finish_alert(db: Db, alert_id: int, status: str, attempts: int, error: str | None, sent_at: str | None) -> None:
-    db.run(sa.update(alerts).where(alerts.c.id == alert_id).values(status=status, attempts=attempts, error=error,
-                                                                    sent_at=sent_at))
+def _alert_due(now: float) -> Any:
+    c = alerts.c
+    return sa.or_(sa.and_(c.status == "pending", c.next_at <= now),
+                  sa.and_(c.status == "sending", c.lease_until <= now))
+
+
+def any_alert_due(db: Db, now: float) -> bool:
+    return db.scalar(sa.select(sa.literal(1)).where(_alert_due(now)).limit(1)) is not None
+
+
+def claim_alerts(db: Db, now: float, lease_s: float, owner: str, limit: int) -> list[dict[str, Any]]:
+    """Take up to `limit` due alerts for `owner` (see `dialect.take_leases`), oldest first."""
+    c = alerts.c
+    ids = dialect.take_leases(db, alerts, _alert_due(now), (c.next_at, c.id), now, lease_s, owner, limit,
+                              status="sending")
+    if not ids:
+        return []
+    return db.all(sa.select(c.id, c.target, c.body, c.attempts).where(c.id.in_(ids)).order_by(c.next_at, c.id))
+
+
+def finish_alert(db: Db, alert_id: int, owner: str, status: str, attempts: int, error: str | None,
+                 sent_at: str | None, next_at: float | None = None) -> bool:
+    """Record a try's outcome if `owner` still holds the alert's lease (False: another hub took it over)."""
+    values: dict[str, Any] = {"status": status, "attempts": attempts, "error": error, "sent_at": sent_at,
+                              "lease_owner": None, "lease_until": None}
+    if next_at is not None:
+        values["next_at"] = next_at
+    held = sa.and_(dialect.lease_held(alerts, alert_id, owner), alerts.c.status == "sending")
+    return bool(db.run(sa.update(alerts).where(held).values(**values)).rowcount)
+
+
+def alerts_waiting(db: Db, now: float) -> bool:
+    """Whether an alert is due or held by a sender now."""
+    c = alerts.c
+    waiting = sa.or_(_alert_due(now), c.status == "sending")
+    return db.scalar(sa.select(sa.literal(1)).where(waiting).limit(1)) is not None
+
+
+def release_alerts(db: Db, ids: list[int], owner: str) -> None:
+    """Hand claimed but unsent alerts back, due at once (a stopping hub)."""
+    c = alerts.c
+    db.run(sa.update(alerts).where(c.id.in_(ids), c.status == "sending", c.lease_owner == owner)
+           .values(status="pending", lease_owner=None, lease_until=None))
 
 
 # --- retention ---------------------------------------------------------------------------------------------

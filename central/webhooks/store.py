@@ -115,11 +115,10 @@ def claim(db: Db, now: float, lease_s: float, owner: str, limit: int) -> list[di
     delivering ones whose lease ran out (their sender died mid-send). PostgreSQL: FOR UPDATE SKIP LOCKED, so
     concurrent claimers skip each other's rows; SQLite: the write transaction serialises claims."""
     d = deliveries.c
-    ids = list(db.run(dialect.claim(sa.select(d.id).where(_due(now)).order_by(d.next_at, d.id).limit(limit))).scalars())
+    ids = dialect.take_leases(db, deliveries, _due(now), (d.next_at, d.id), now, lease_s, owner, limit,
+                              status="delivering")
     if not ids:
         return []
-    db.run(sa.update(deliveries).where(d.id.in_(ids))
-           .values(status="delivering", lease_until=now + lease_s, lease_owner=owner))
     e = endpoints.c
     return db.all(sa.select(d.id, d.msg_id, d.body, d.attempts, d.event_type, e.url, e.secret, e.prev_secret,
                             e.prev_until).join(endpoints, e.id == d.endpoint_id)
@@ -127,8 +126,7 @@ def claim(db: Db, now: float, lease_s: float, owner: str, limit: int) -> list[di
 
 
 def _held(did: int, owner: str) -> Any:
-    d = deliveries.c
-    return sa.and_(d.id == did, d.status == "delivering", d.lease_owner == owner)
+    return sa.and_(dialect.lease_held(deliveries, did, owner), deliveries.c.status == "delivering")
 
 
 def delivered(db: Db, did: int, owner: str, attempts: int, at: str) -> bool:

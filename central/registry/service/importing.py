@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
+import json
 import logging
 import os
+import secrets
+import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +22,13 @@ from central.registry import store
 from central.registry.bulkwrite import (
     CONFLICT,
     DB_ENV,
+    LEASE_LOST,
     RESUME,
     SKIPPED,
     Answer,
     BatchConflict,
     BatchWriter,
+    advance,
     receive,
     send,
 )
@@ -30,6 +37,7 @@ from central.registry.models import (
 )
 from central.registry.service.common import (
     Actor,
+    Conflict,
     RegistryError,
     _audit,
     _cipher,
@@ -54,8 +62,62 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("citybrain.registry")
 
+# An upload's claim on its import: renewed by every chunk it commits; another request sending the same
+# upload takes it over (and goes on after the last committed chunk) once it ran out.
+IMPORT_LEASE_S = 60.0
+IDS_KEPT = 10000  # an upload this size or smaller keeps its report's ids across a takeover (what the route shows)
 
 
+class _Lease:
+    """An upload's import in `registry_imports`, claimed for this call (see tables.imports). Each chunk's
+    transaction records the progress and renews the lease, and commits only while the lease holds: an
+    importer that died (its writer process may still commit what it was handed) and the one that took its
+    upload over never both store a chunk."""
+
+    def __init__(self, hub: Hub, org: str | None, rows: list[Row]) -> None:
+        self.hub = hub
+        h = hashlib.sha256(repr(org).encode())
+        for row in rows:  # the same file sent again is the same import (repr: equal rows, equal text; marshal's
+            h.update(repr(row).encode())  # bytes depend on which strings are shared objects)
+        self.key = "imp_" + h.hexdigest()[:32]
+        self.keep_ids = len(rows) <= IDS_KEPT
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+    def claim(self, org: str | None, actor: Actor) -> ImportReport:
+        """The report so far (its `total` is how many input rows are stored already)."""
+        with self.hub.store.tx() as db:
+            got = store.claim_import(db, self.key, org, actor.name, self.owner, time.time(), IMPORT_LEASE_S, _now())
+        if got is None:
+            raise Conflict("body", "this file is being imported by another request; send it again once that one "
+                                   "has answered")
+        return ImportReport(**json.loads(got[1])) if got[1] else ImportReport()
+
+    def state(self, report: ImportReport) -> tuple[str, str, int, str, float]:
+        """What a chunk's transaction records (bulkwrite.advance): the report once that chunk is stored."""
+        d = report.to_dict(with_ids=self.keep_ids)
+        d.pop("rejected")
+        return (self.key, self.owner, report.total, json.dumps(d, ensure_ascii=False), IMPORT_LEASE_S)
+
+    def advance(self, db: Db, report: ImportReport) -> None:
+        if not advance(db, *self.state(report)):
+            raise Conflict("body", "this import's lease ran out (another request took the file over)")
+
+    def end(self, finished: bool) -> None:
+        with self.hub.store.tx() as db:
+            if finished:
+                store.finish_import(db, self.key, self.owner, _now())
+            else:  # failed here: the same file sent again goes on at once
+                store.release_import(db, self.key, self.owner)
+
+
+def _plus(report: ImportReport, read: int, accepted: list[tuple[int, str]], errors: list[dict[str, Any]],
+          ids: bool) -> ImportReport:
+    """`report` with one more chunk stored: `read` input rows, `accepted` of them created (and their ids
+    listed when `ids`: copying a large upload's ids for every chunk cost more than its hashing)."""
+    return ImportReport(total=report.total + read, created=report.created + len(accepted), updated=report.updated,
+                        unchanged=report.unchanged, errors=[*report.errors, *errors],
+                        ids=[*report.ids, *({"row": line, "id": eid, "created": True} for line, eid in accepted)]
+                        if ids else [])
 
 
 def _parse_row(cipher: Any, line: int, raw: dict[str, Any] | Exception, parsed: list[Parsed],
@@ -84,6 +146,8 @@ def _as_error(answer: Answer) -> BaseException | None:
         return None
     if tuple(answer) == SKIPPED:
         return _Skipped()
+    if answer[0] == LEASE_LOST:
+        return Conflict("body", "this import's lease ran out (another request took the file over)")
     return BatchConflict(answer[1]) if answer[0] == CONFLICT else RuntimeError(f"{answer[0]}: {answer[1]}")
 
 
@@ -122,7 +186,7 @@ class _WriterProcess:
         self.broken: BaseException | None = None
 
     def write(self, b: _Batch) -> None:
-        self._send(b.rows.wire())
+        self._send(b.rows.frame())
 
     def resume(self) -> None:
         self._send(RESUME)
@@ -172,16 +236,31 @@ def import_rows(hub: Hub, actor: Actor, rows: Iterable[Row], *, org: str | None 
     write still fail (a concurrent writer took an external key or a local id meanwhile), the writer rolls
     that chunk back, this process redoes it row by row under SAVEPOINTs (valid rows land, a bad row leaves
     nothing), and prepares the next chunk afresh. A failing row source raises after the chunks before it
-    have landed."""
+    have landed.
+
+    An upload (`rows` a list, the whole input at hand) is leased (`_Lease`): sent again while its import
+    runs elsewhere it is refused (409), and sent again after that import died it goes on after the last
+    chunk stored, its report covering the whole file. A stream (the CLI's file) is imported as it comes."""
     if hub.store._current() is not None:
         raise RuntimeError("import_rows commits chunk by chunk: call it outside a transaction")
-    with hub.store.read() as db:  # the registrar's reads between the writer's commits
-        return _import(hub, db, actor, rows, org, chunk, progress)
+    lease = _Lease(hub, org, rows) if isinstance(rows, list) else None
+    report = lease.claim(org, actor) if lease else ImportReport()
+    if lease and report.total:
+        log.info("registry import %s: going on after row %d (its importer stopped)", lease.key, report.total)
+        rows = rows[report.total:]  # type: ignore[index]
+    finished = False
+    try:
+        with hub.store.read() as db:  # the registrar's reads between the writer's commits
+            out = _import(hub, db, actor, rows, org, chunk, progress, report, lease)
+        finished = True
+        return out
+    finally:
+        if lease:
+            lease.end(finished)
 
 
 def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None, chunk: int,
-            progress: Progress | None) -> ImportReport:
-    report = ImportReport()
+            progress: Progress | None, report: ImportReport, lease: _Lease | None) -> ImportReport:
     cipher = _cipher(hub)
     reg = _ImportRegistrar(hub, db, actor, org, cipher, block=max(chunk, 1000))
     writer: _LocalWriter | _WriterProcess | None = None
@@ -212,7 +291,12 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
         if isinstance(err, BatchConflict):
             log.warning("bulk chunk failed (%s); redoing it row by row", err)
             report.errors.extend(b.parse_errors)  # the redo finds the other rows' errors again
-            accepted = _rowwise(hub, actor, org, cipher, b.parsed, report)
+
+            def progressed(db: Db, accepted: list[tuple[int, str]]) -> None:
+                if lease:  # the redo's transaction records the chunk as stored
+                    lease.advance(db, _plus(report, b.read, accepted, [], lease.keep_ids))
+
+            accepted = _rowwise(hub, actor, org, cipher, b.parsed, report, progressed)
         elif err is not None:
             raise err
         else:
@@ -243,6 +327,10 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
                 _parse_row(cipher, line, raw, parsed, errors)
             b = prepare(parsed, errors, len(part))
             del part
+            if lease:  # the progress once b is stored, on top of the batch still in flight
+                keep = lease.keep_ids
+                ahead = _plus(report, inflight.read, inflight.accepted, inflight.errors, keep) if inflight else report
+                b.rows.job = lease.state(_plus(ahead, b.read, b.accepted, b.errors, keep))
             writer.write(b)  # queued behind the batch in flight: the writer goes on to it without a gap
             if inflight is not None and not settle():
                 # b was prepared on top of the chunk that failed, so the writer skipped it: prepare it again
@@ -250,6 +338,8 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
                 assert isinstance(skipped, _Skipped), skipped
                 reg.forget(b.ids, b.exts, b.alias_keys)
                 b = prepare(b.parsed, b.parse_errors, b.read)
+                if lease:
+                    b.rows.job = lease.state(_plus(report, b.read, b.accepted, b.errors, lease.keep_ids))
                 writer.resume()
                 writer.write(b)
             inflight = b
@@ -271,7 +361,8 @@ def _import(hub: Hub, db: Db, actor: Actor, rows: Iterable[Row], org: str | None
 
 
 def _rowwise(hub: Hub, actor: Actor, org: str | None, cipher: Any,
-             parsed: list[tuple[int, EntityIn, str | None]], report: ImportReport) -> list[tuple[int, str]]:
+             parsed: list[tuple[int, EntityIn, str | None]], report: ImportReport,
+             progressed: Callable[[Db, list[tuple[int, str]]], None]) -> list[tuple[int, str]]:
     accepted: list[tuple[int, str]] = []
     with hub.store.tx() as db:
         reg = Registrar(hub, db, actor, org, cipher)
@@ -288,6 +379,7 @@ def _rowwise(hub: Hub, actor: Actor, org: str | None, cipher: Any,
                 accepted.append((line, eid))
         if accepted:
             _audit(db, actor, "registry.import", None, org, {"rows": len(accepted)})
+        progressed(db, accepted)
     return accepted
 
 

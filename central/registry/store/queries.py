@@ -16,6 +16,7 @@ from central.registry.store.tables import (
     entities,
     feed,
     fts,
+    imports,
     links,
     rejects,
     serials,
@@ -386,3 +387,48 @@ def insert_reject(db: Db, ts: str, source: str, error: str, payload: str) -> Non
 def feed_last(db: Db) -> int:
     """The newest feed seq (0 when empty): where the MQTT push starts."""
     return int(db.scalar(sa.select(sa.func.coalesce(sa.func.max(F.seq), 0))) or 0)
+
+
+# --- leased imports (see tables.imports) ------------------------------------------------------------------
+def claim_import(db: Db, key: str, org: str | None, actor: str, owner: str, now: float, lease_s: float,
+                 at: str) -> tuple[int, str | None] | None:
+    """Take the import `key` for `owner` until now + lease_s: (rows already committed, report so far), a
+    fresh start if it is new or was finished; None while another importer's lease is live."""
+    i = imports.c
+    row = db.first(sa.select(i.status, i.rows_done, i.report, i.lease_owner, i.lease_until)
+                   .where(i.id == key).with_for_update())
+    if row is None:
+        n = db.run(dialect.insert_ignore(db, imports, "id").values(
+            id=key, org=org, actor=actor, status="running", rows_done=0, lease_owner=owner,
+            lease_until=now + lease_s, created_at=at, updated_at=at)).rowcount
+        return (0, None) if n else None  # 0: another importer inserted it meanwhile
+    if row["status"] == "running" and row["lease_owner"] != owner and (row["lease_until"] or 0) > now:
+        return None
+    fresh = row["status"] != "running"
+    values: dict[str, Any] = {"status": "running", "actor": actor, "lease_owner": owner, "lease_until": now + lease_s,
+                              "updated_at": at}
+    if fresh:
+        values.update(rows_done=0, report=None)
+    db.run(sa.update(imports).where(i.id == key).values(**values))
+    return (0, None) if fresh else (int(row["rows_done"]), row["report"])
+
+
+def advance_import(db: Db, key: str, owner: str, rows_done: int, report: str, now: float, lease_s: float,
+                   at: str) -> bool:
+    """Record progress and renew the lease, if `owner` still holds it (False: it ran out; do not commit)."""
+    i = imports.c
+    return bool(db.run(sa.update(imports).where(
+        dialect.lease_held(imports, key, owner), i.status == "running", i.lease_until >= now).values(
+        rows_done=rows_done, report=report, lease_until=now + lease_s, updated_at=at)).rowcount)
+
+
+def finish_import(db: Db, key: str, owner: str, at: str) -> bool:
+    i = imports.c
+    return bool(db.run(sa.update(imports).where(dialect.lease_held(imports, key, owner), i.status == "running")
+                       .values(status="done", lease_owner=None, lease_until=None, updated_at=at)).rowcount)
+
+
+def release_import(db: Db, key: str, owner: str) -> None:
+    """Give the lease up (an import that failed): the same upload sent again resumes at once."""
+    db.run(sa.update(imports).where(dialect.lease_held(imports, key, owner))
+           .values(lease_owner=None, lease_until=None))

@@ -116,11 +116,29 @@ rejects = sa.Table(
     sa.Column("payload", _T),
 )
 
+# An uploaded import in progress (issue 17 point 3), keyed by its org and content: the request importing
+# it holds the lease (lease_owner until lease_until, renewed by every chunk it commits); `rows_done` and
+# `report` move in each chunk's transaction, so the same upload sent again after its importer died goes on
+# after the last committed chunk instead of storing the rows twice.
+imports = sa.Table(
+    "registry_imports", metadata,
+    sa.Column("id", _T, primary_key=True),
+    sa.Column("org", _T),
+    sa.Column("actor", _T, nullable=False),
+    sa.Column("status", _T, nullable=False),  # running | done
+    sa.Column("rows_done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("report", _T),  # JSON: the import report so far
+    sa.Column("lease_owner", _T),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("created_at", _T, nullable=False),
+    sa.Column("updated_at", _T, nullable=False),
+)
+
 # SQLite's FTS5 index over name + address (external content, rowid = rid); created in create_extras
 fts = sa.table("registry_entities_fts", sa.column("rowid"), sa.column("name"), sa.column("address"),
                sa.column("registry_entities_fts"))
 
-TABLES = [entities, serials, links, aliases, feed, applications, rejects]
+TABLES = [entities, serials, links, aliases, feed, applications, rejects, imports]
 
 ENTITY_COLS = (
     "id", "type", "region", "name", "address", "org", "ext_kind", "ext_bi", "ext_enc", "ext_masked",
