@@ -56,6 +56,13 @@ def take_leases(db: Db, table: sa.Table, due: Any, order_by: Sequence[Any], now:
     return ids
 
 
+def lease_due(table: sa.Table, now: float, waiting: str, leased: str) -> Any:
+    """Rows of a leased queue (`status`, `next_at`, `lease_until`) that a worker may take now: `waiting` ones
+    whose time came, and `leased` ones whose lease ran out (their worker died mid-work)."""
+    c = table.c
+    return sa.or_(sa.and_(c.status == waiting, c.next_at <= now), sa.and_(c.status == leased, c.lease_until <= now))
+
+
 def lease_held(table: sa.Table, row_id: Any, owner: str) -> Any:
     """The row `row_id` while `owner` still holds its lease: finish work only under this condition (an
     update that matches nothing means another worker took the row over)."""

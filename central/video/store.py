@@ -566,9 +566,7 @@ def insert_alert(db: Db, case_id: int, channel: str, target: str, body: str, at:
 
 
 def _alert_due(now: float) -> Any:
-    c = alerts.c
-    return sa.or_(sa.and_(c.status == "pending", c.next_at <= now),
-                  sa.and_(c.status == "sending", c.lease_until <= now))
+    return dialect.lease_due(alerts, now, "pending", "sending")
 
 
 def any_alert_due(db: Db, now: float) -> bool:

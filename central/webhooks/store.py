@@ -101,9 +101,7 @@ def insert_delivery(db: Db, row: dict[str, Any]) -> None:
 
 
 def _due(now: float) -> Any:
-    d = deliveries.c
-    return sa.or_(sa.and_(d.status == "pending", d.next_at <= now),
-                  sa.and_(d.status == "delivering", d.lease_until <= now))
+    return dialect.lease_due(deliveries, now, "pending", "delivering")
 
 
 def any_due(db: Db, now: float) -> bool:
