@@ -4,6 +4,7 @@ session starts), and a FastAPI TestClient over it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -107,6 +108,32 @@ def database_url(migrated: bool = False) -> str | None:
             tpl.close()
         srv.template = name
     return srv.url(srv.create_database(template=srv.template))
+
+
+@pytest.fixture(autouse=True)
+def logging_left_as_found() -> Iterator[None]:
+    """A command run in-process (CliRunner) points logging at the runner's stream, which closes when the
+    command ends; left in place, every later test's log line fails ('I/O operation on closed file') into
+    stderr and into later commands' output. Handlers a test added are removed, levels put back."""
+    root = logging.getLogger()
+    before = {name: (lg.handlers[:], lg.propagate, lg.level) for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    root_handlers, root_level = root.handlers[:], root.level
+    yield
+
+    def ours(h: logging.Handler) -> bool:  # pytest's own capture handlers come and go per phase
+        return not type(h).__module__.startswith("_pytest")
+
+    for h in [h for h in root.handlers if h not in root_handlers and ours(h)]:
+        root.removeHandler(h)
+    root.setLevel(root_level)
+    for name, lg in list(logging.root.manager.loggerDict.items()):
+        if not isinstance(lg, logging.Logger):
+            continue
+        if name in before:
+            lg.handlers[:], lg.propagate, lg.level = before[name]
+        else:
+            lg.handlers[:] = [h for h in lg.handlers if not ours(h)]
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ from the hub's host; the demo prints the first password only while it is still t
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -47,7 +48,9 @@ def test_reset_admin_and_the_initial_password_rule(tmp_path: Path) -> None:
                                                      "password": "Changed-Pass-2026-x"}).status_code == 423
         r = runner.invoke(app, ["hub", "reset-admin", "--config", str(cfg)])
         assert r.exit_code == 0, r.output
-        new = r.output.split("'")[1]
+        m = re.search(r"new initial password '([^']+)'", r.output)
+        assert m is not None, r.output
+        new = m.group(1)
         assert svc.still_initial_password("admin", new)
         with TestClient(create_app(hub=hub, start_bridge=False)) as c:
             s = c.post("/api/v1/iam/login", json={"username": "admin", "password": new})
