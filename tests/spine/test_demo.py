@@ -90,10 +90,14 @@ def _calls(con: object, demo: Path) -> dict[str, object]:
         return {"call_task": None, "cdrs": {}}
     task = json.loads(ids.read_text())["task_id"]
     t, c, k = dialer_store.tasks.c, dialer_store.cdrs_t.c, dialer_store.contacts.c
+    # the status first: each statement sees what is committed when it starts (PostgreSQL, read committed),
+    # and the task completes in the transaction of its last CDR; read the other way round, a CDR committed
+    # between the two reads was missing beside a task already "completed"
+    status = con.scalar(sa.select(t.status).where(t.id == task))  # type: ignore[attr-defined]
     rows = con.run(sa.select(k.phone_masked, c.outcome, c.sip_status)  # type: ignore[attr-defined]
                    .join_from(dialer_store.cdrs_t, dialer_store.contacts, k.id == c.contact_id)
                    .where(c.task_id == task).order_by(c.id))
     cdrs: dict[str, list[tuple[str, int]]] = {}
     for phone, outcome, status in rows:
         cdrs.setdefault(phone, []).append((outcome, status))
-    return {"call_task": con.scalar(sa.select(t.status).where(t.id == task)), "cdrs": cdrs}  # type: ignore[attr-defined]
+    return {"call_task": status, "cdrs": cdrs}
