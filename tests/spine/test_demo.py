@@ -98,6 +98,6 @@ def _calls(con: object, demo: Path) -> dict[str, object]:
                    .join_from(dialer_store.cdrs_t, dialer_store.contacts, k.id == c.contact_id)
                    .where(c.task_id == task).order_by(c.id))
     cdrs: dict[str, list[tuple[str, int]]] = {}
-    for phone, outcome, status in rows:
-        cdrs.setdefault(phone, []).append((outcome, status))
+    for phone, outcome, sip_status in rows:
+        cdrs.setdefault(phone, []).append((outcome, sip_status))
     return {"call_task": status, "cdrs": cdrs}
