@@ -56,6 +56,9 @@ def run(
     reg_retry: Annotated[float, typer.Option(min=1, max=86400, help="Retry a refused registration after s")] = 60.0,
     clock_rate: int = 16000,
     workers: Annotated[int, typer.Option(min=1, max=256, help="Engine processes (each holds <= 4 calls)")] = 1,
+    max_workers: Annotated[int, typer.Option(
+        min=0, max=256, help="Add engine processes, up to this many, while the running tasks want more calls "
+                             "at once than the live engines hold (0 = --workers: none added)")] = 0,
     ring_timeout: float = 30.0,
     asr: Annotated[str, typer.Option(help="pocketsphinx | vosk")] = "pocketsphinx",
     vosk_model: Annotated[Path | None, typer.Option(help="vosk model directory for zh (same as --asr-model zh=)")] =
@@ -111,26 +114,71 @@ def run(
                   asr_models=_asr_models(asr_model), asr_min_confidence=asr_min_confidence,
                   asr_workers=asr_workers, work_dir=work_dir, record=record, clock_start=clock_start,
                   exit_when_idle=exit_when_idle, max_runtime=max_runtime, verbose=verbose)
-    if workers == 1:
+    if max_workers and max_workers < workers:
+        raise typer.BadParameter(f"at least --workers ({workers})", param_hint="--max-workers")
+    if workers == 1 and max_workers <= 1:
         _run_engine(params, engine_id)
         return
+    _supervise(params, engine_id, workers, max(max_workers, workers))
+
+
+def _supervise(params: dict[str, Any], engine_id: str | None, workers: int, max_workers: int) -> None:
+    """Run `workers` engine processes; while the running tasks want more calls at once than the live engines
+    hold (every host's), add one more, up to `max_workers`; past that, say once which limit stops it."""
     import multiprocessing
+    import time
+
+    from central.dialer import service as svc
 
     # spawn, not fork: each worker is a fresh interpreter with its own pjsua2 Endpoint (PJSIP is not
     # fork-safe and this wheel allows 4 calls per Endpoint); the store arbitrates who dials whom.
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_run_engine, args=(params, f"{engine_id}-w{i}" if engine_id else None),
-                         daemon=False)
-             for i in range(workers)]
-    for p in procs:
+    procs: list[Any] = []
+
+    def start() -> None:
+        i = len(procs)
+        p = ctx.Process(target=_run_engine, args=(params, f"{engine_id}-w{i}" if engine_id else None), daemon=False)
         p.start()
+        procs.append(p)
+
+    for _ in range(workers):
+        start()
+    hub = _hub(params["settings_file"]) if max_workers > workers else None
+    stale = max(svc.ENGINE_STALE_S, 3 * params["heartbeat"])
+    started_at, told = time.monotonic(), False
     try:
-        for p in procs:
-            p.join()
+        while any(p.is_alive() for p in procs):
+            # wait one beat on a worker still running (an idle one may have exited already)
+            next(p for p in procs if p.is_alive()).join(timeout=params["heartbeat"])
+            if hub is None:
+                continue
+            try:
+                wanted = sum(svc.calls_wanted(hub).values())
+                live, cap = svc.live_engines(hub, stale)
+            except Exception as e:  # noqa: BLE001  a store hiccup: look again next beat
+                typer.echo(f"dialer: could not read the engines' load: {e}", err=True)
+                continue
+            alive = sum(1 for p in procs if p.is_alive())
+            # a new worker counts once it has reported (its pjsua2 start takes seconds); until then, wait
+            if wanted <= cap or (live < alive and time.monotonic() - started_at < 30):
+                continue
+            if alive < max_workers:
+                start()
+                started_at = time.monotonic()
+                typer.echo(f"dialer: the running tasks want {wanted} calls at once, the live engines hold {cap}: "
+                           f"worker {len(procs)} started ({alive + 1} of at most {max_workers})", err=True)
+            elif not told:
+                told = True
+                typer.echo(f"dialer: the running tasks want {wanted} calls at once, the live engines hold {cap}, "
+                           f"and this host runs --max-workers {max_workers}: calls wait for a free line "
+                           "(raise --max-workers or start engines elsewhere)", err=True)
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
             p.join()
+    finally:
+        if hub is not None:
+            hub.close()  # type: ignore[attr-defined]
     bad = [p.exitcode for p in procs if p.exitcode]
     if bad:
         raise typer.Exit(1)

@@ -408,6 +408,7 @@ class Engine:
         self._last_reg_try = time.monotonic()
         self._reg_seen: tuple[str, int, str] = ("", 0, "")
         self._capacity = 0  # calls all live engines hold together, refreshed every heartbeat
+        self._live = 0  # live engines (any host), refreshed every heartbeat: calls/s is split between them
         self._capacity_warned: set[int] = set()
         log.info("engine %s: up to %d calls (pjsua2 PJSUA_MAX_CALLS), lease %g s, session expiry %s s",
                  self.engine_id, self.sip.max_calls, cfg.lease_s, cfg.sip.session_expires_s or "off")
@@ -450,8 +451,9 @@ class Engine:
             if sched.max_concurrent > self._capacity and tid not in self._capacity_warned and self._capacity:
                 self._capacity_warned.add(tid)
                 log.warning("task %s: max_concurrent %d but the live engines hold %d calls together (this one "
-                            "%d: the pjsua2 wheel's PJSUA_MAX_CALLS); start more engines or --workers to "
-                            "serve it", tid, sched.max_concurrent, self._capacity, self.sip.max_calls)
+                            "%d: the pjsua2 wheel's PJSUA_MAX_CALLS); start more engines, --workers or "
+                            "--max-workers to serve it", tid, sched.max_concurrent, self._capacity,
+                            self.sip.max_calls)
             # task-wide, across engine processes: a first look to skip a full task; claim_due counts the
             # free slots again inside its claim transaction, which is what makes the limit hold
             try:
@@ -461,7 +463,9 @@ class Engine:
                 continue
             room = min(sched.max_concurrent - active, self.sip.max_calls - len(self.sessions))
             mono = time.monotonic()
-            cps = sched.calls_per_second / self.cfg.workers  # each of N engine processes takes its share
+            # each of the N engine processes takes its share: N is what this engine was started with, or
+            # more once more engines report (a supervisor's added workers, other hosts)
+            cps = sched.calls_per_second / max(self.cfg.workers, self._live)
             allowance = self.next_dial.get(tid, mono)
             n = min(room, int((mono - allowance) * cps) + 1) if mono >= allowance else 0
             try:
@@ -569,7 +573,8 @@ class Engine:
             except Exception:  # noqa: BLE001  a store hiccup: the next beat tries again
                 log.exception("heartbeat %s failed", what)
         try:
-            self._capacity = svc.engine_capacity(self.hub, max(svc.ENGINE_STALE_S, 3 * self.cfg.heartbeat_s))
+            self._live, self._capacity = svc.live_engines(self.hub, max(svc.ENGINE_STALE_S,
+                                                                         3 * self.cfg.heartbeat_s))
         except Exception:  # noqa: BLE001
             log.exception("engine capacity failed")
 

@@ -170,8 +170,10 @@ def create_task(body: svc.TaskIn, hub: Hub = Depends(get_hub),
     _check(p, "dialer.run", body.org)
     tid = svc.create_task(hub, body, p.name)
     task = svc.get_task(hub, tid)
-    return task | {"template": None,
-                   "warnings": svc.task_warnings(hub, Template.model_validate_json(task["template"]))}
+    warnings = svc.task_warnings(hub, Template.model_validate_json(task["template"]))
+    if (w := svc.capacity_warning(hub, body.schedule)) is not None:
+        warnings.append(w)
+    return task | {"template": None, "warnings": warnings}
 
 
 @router.get("/tasks", response_model=list[m.TaskSummaryOut])

@@ -891,6 +891,37 @@ def engine_capacity(hub: Hub, stale_s: float = ENGINE_STALE_S) -> int:
         return store.engine_capacity(db, stale_s)
 
 
+def live_engines(hub: Hub, stale_s: float = ENGINE_STALE_S) -> tuple[int, int]:
+    """(live engines, calls they hold together)."""
+    with hub.store.read() as db:
+        return store.live_engines(db, stale_s)
+
+
+def calls_wanted(hub: Hub) -> dict[int, int]:
+    """Calls each running task could have up at once now: its max_concurrent, or fewer when fewer contacts
+    are left (what an engine supervisor sizes its workers by). A task whose schedule no longer parses is
+    left out (running_tasks logs it)."""
+    with hub.store.read() as db:
+        rows = store.calls_wanted(db)
+    out: dict[int, int] = {}
+    for r in rows:
+        try:
+            out[r["id"]] = min(Schedule.model_validate_json(r["schedule"]).max_concurrent, int(r["left"]))
+        except ValueError:
+            continue
+    return out
+
+
+def capacity_warning(hub: Hub, sched: Schedule) -> str | None:
+    """A task's max_concurrent the engines running now cannot hold (None: they can, or none is running)."""
+    _n, cap = live_engines(hub)
+    if 0 < cap < sched.max_concurrent:
+        return (f"schedule.max_concurrent: {sched.max_concurrent} calls at once, but the engines running now "
+                f"hold {cap} together (4 per engine process): it dials at most {cap} until more engines run "
+                f"(`citybrain hub dialer run --workers N` or `--max-workers N`)")
+    return None
+
+
 # --- do-not-call ------------------------------------------------------------------------------------
 def add_dnc(hub: Hub, phone: str, org: str, actor: str, reason: str = "") -> None:
     from central.iam.audit import record

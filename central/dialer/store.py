@@ -452,10 +452,24 @@ def list_engines(db: Db) -> list[dict[str, Any]]:
 
 
 def engine_capacity(db: Db, stale_s: float) -> int:
-    """Calls the live engines (running, heartbeat within `stale_s`) can hold together."""
+    """Calls the live engines (running, heartbeat within `stale_s`) hold together."""
+    return live_engines(db, stale_s)[1]
+
+
+def live_engines(db: Db, stale_s: float) -> tuple[int, int]:
+    """How many engines are live (running, heartbeat within `stale_s`) and the calls they hold together."""
     e = engines_t.c
-    return int(db.scalar(sa.select(sa.func.coalesce(sa.func.sum(e.capacity), 0))
-                         .where(e.state == "running", e.heartbeat_at > dialect.now_epoch(db) - stale_s)) or 0)
+    row = db.first(sa.select(sa.func.count().label("n"), sa.func.coalesce(sa.func.sum(e.capacity), 0).label("cap"))
+                 .where(e.state == "running", e.heartbeat_at > dialect.now_epoch(db) - stale_s))
+    return (int(row["n"]), int(row["cap"])) if row else (0, 0)
+
+
+def calls_wanted(db: Db) -> list[dict[str, Any]]:
+    """Per running task: its stored schedule and how many of its contacts are still to call or being called."""
+    c = contacts.c
+    left = (sa.select(sa.func.count()).where(c.task_id == _t.id, c.status.in_(("pending", "calling")))
+            .scalar_subquery())
+    return db.all(sa.select(_t.id, _t.schedule, left.label("left")).where(_t.status == "running"))
 
 
 def status_counts(db: Db, task_id: int) -> dict[str, int]:

@@ -174,3 +174,25 @@ def test_api_answers_of_a_called_task(client: TestClient, hub: Hub) -> None:
     assert [t["id"] for t in client.get(f"{API}/tasks", headers=admin).json()] == [tid]
     assert client.post(f"{API}/dnc", headers=admin, json={"phone": "13800000009", "org": "/city/district-a"}
                        ).json() == {"ok": True}
+
+
+def test_task_creation_warns_when_the_live_engines_hold_fewer_calls(client: TestClient, hub: Hub) -> None:
+    h = auth(token_for(hub, "ann", role="district_admin", org="/city/district-a"))
+
+    def create(n: int) -> list[str]:
+        r = client.post(f"{API}/tasks", headers=h, json={
+            "name": f"c{n}", "org": "/city/district-a", "template_key": "notice",
+            "schedule": {"max_concurrent": n}})
+        assert r.status_code == 201, r.text
+        return [w for w in r.json()["warnings"] if w.startswith("schedule.max_concurrent")]
+
+    assert create(10) == []  # no engine running: nothing to compare with (the engine warns when it starts)
+    row = {"host": "h", "started_at": "2025-03-10T01:00:00+00:00", "calls": 0, "trunk": None,
+           "reg_state": "none", "reg_status": None, "reg_error": None}
+    svc.report_engine(hub, {**row, "id": "a", "pid": 1, "state": "running", "capacity": 4})
+    svc.report_engine(hub, {**row, "id": "b", "pid": 2, "state": "stopped", "capacity": 4})  # not counted
+    (w,) = create(10)
+    assert "hold 4 together" in w and "--max-workers" in w
+    assert create(4) == []
+    svc.report_engine(hub, {**row, "id": "b", "pid": 2, "state": "running", "capacity": 4})
+    assert create(8) == [] and len(create(9)) == 1
