@@ -283,12 +283,15 @@ def test_an_upload_whose_importer_dies_goes_on_where_it_stopped(tmp_path: Path) 
         wait_for(stopped_mid_import, 120, "an import under way")
         with pytest.raises(Conflict, match="being imported by another request"):  # never twice at once
             svc.import_rows(hub, actor, rows, org="/city/district-a", chunk=250)
+        writers = _children(p.pid)  # its writer process (bulkwrite), which may still commit what it was handed
         p.send_signal(signal.SIGKILL)
         p.wait(30)
+        # the writer ends once it finds its importer gone (a broken pipe); its last chunk may have renewed the
+        # lease after the kill (seen under load), so the lease is read once nothing can renew it any more
+        wait_for(lambda: not any(_running(w) for w in writers), 60, "the dead importer's writer to end")
         with hub.store.read() as db:
             until = db.scalar(sa.select(imports.c.lease_until))
         wait_for(lambda: time.time() > until, 60, "the dead importer's lease ran out")
-        time.sleep(0.1)  # its writer process commits nothing after its lease (it ran out of input at once)
         before = done()
         assert 0 < before < UPLOAD
         report = svc.import_rows(hub, actor, rows, org="/city/district-a", chunk=250)
@@ -303,3 +306,22 @@ def test_an_upload_whose_importer_dies_goes_on_where_it_stopped(tmp_path: Path) 
     with hub.store.read() as db:
         assert db.first(sa.select(imports.c.status, imports.c.rows_done)) == {"status": "done", "rows_done": UPLOAD}
     hub.close()
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is still a live process (a zombie nobody reaped has ended)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
