@@ -19,7 +19,11 @@ log = logging.getLogger("citybrain.hub")
 
 
 class Publisher(Protocol):
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None: ...
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                confirm: float | None = None) -> None:
+        """Send `payload`; with `confirm`, wait up to that many seconds for the broker's acknowledgement
+        (QoS 1: its PUBACK) and raise if it does not come (not connected, or no answer in time)."""
+        ...
 
 
 class LoggingPublisher:
@@ -28,7 +32,8 @@ class LoggingPublisher:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, int, bool]] = []
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                confirm: float | None = None) -> None:
         data = payload.encode() if isinstance(payload, str) else payload
         self.sent = [*self.sent[-999:], (topic, data, qos, retain)]
         log.info("mqtt disabled; not sent: %s (%d bytes)", topic, len(data))
@@ -162,8 +167,9 @@ class Hub:
         self._lock = threading.Lock()
         self.running = False
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        self.publisher.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                confirm: float | None = None) -> None:
+        self.publisher.publish(topic, payload, qos=qos, retain=retain, confirm=confirm)
 
     # --- workers ---------------------------------------------------------------------------------------
     def add_worker(self, worker: Worker) -> Worker:

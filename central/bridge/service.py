@@ -130,8 +130,16 @@ class Bridge:
         """The writer stores what arrives (readiness: a dead writer would leave messages unreceipted)."""
         return self._writer is not None and self._writer.is_alive()
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                confirm: float | None = None) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if confirm is None:
+            return
+        if not self.connected:  # paho may keep it queued for the next connection; the caller tries again
+            raise ConnectionError(f"{topic}: the broker is not connected")
+        info.wait_for_publish(confirm)  # RuntimeError if paho could not send it
+        if not info.is_published():
+            raise TimeoutError(f"{topic}: no acknowledgement from the broker within {confirm:g} s")
 
     @property
     def client_id(self) -> str:

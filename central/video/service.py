@@ -73,6 +73,7 @@ CHUNK = 100
 CORRELATE_IDLE_S = 30.0
 ALERT_BATCH = 50  # MQTT alerts claimed per pass
 ALERT_TRIES = 3
+ALERT_ACK_S = 5.0  # how long one alert waits for the broker's PUBACK before it counts as a failed try
 
 
 class VideoService:
@@ -529,19 +530,28 @@ class VideoService:
         dies after publishing and before recording leaves its claims to run out: another hub sends them
         again (at least once; the body names the case, so a receiver can drop a repeat)."""
         t = time.time() if at is None else at
+        if not getattr(self.hub.publisher, "connected", True):
+            return 0  # the broker is away: alerts wait for it (an outage uses up none of their tries)
         with self.hub.store.read() as db:  # the common idle pass takes no write lock
             if not store.any_alert_due(db, t):
                 return 0
+        lease_s = self.hub.settings.webhooks.lease_s
         with self.hub.store.tx() as db:
-            due = store.claim_alerts(db, t, self.hub.settings.webhooks.lease_s, self.owner, ALERT_BATCH)
+            due = store.claim_alerts(db, t, lease_s, self.owner, ALERT_BATCH)
+        # publish only in the first half of the lease: past it, another hub may soon take these over, and an
+        # alert both send is a repeat (a loaded machine, a slow broker); the rest go back, due at once
+        stop_at = time.monotonic() + lease_s / 2
         outcomes: list[tuple[dict[str, Any], str | None]] = []
         for i, a in enumerate(due):
-            if self.alert_sender.stopping and self.alert_sender.alive:  # its hub is stopping: hand the rest back
+            left = stop_at - time.monotonic()
+            if (self.alert_sender.stopping and self.alert_sender.alive) or left <= 0:  # hand the rest back
                 with self.hub.store.tx() as db:
                     store.release_alerts(db, [r["id"] for r in due[i:]], self.owner)
                 break
             try:
-                self.hub.publish(a["target"], a["body"].encode(), qos=1)
+                # `sent` means the broker has it (its PUBACK), not that paho queued it: an alert published
+                # into a dropped connection is tried again, never recorded as sent
+                self.hub.publish(a["target"], a["body"].encode(), qos=1, confirm=min(ALERT_ACK_S, max(left, 0.5)))
                 outcomes.append((a, None))
             except Exception as e:  # network errors of any kind: tried again later, then recorded
                 outcomes.append((a, f"{type(e).__name__}: {e}"[:300]))

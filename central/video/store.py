@@ -602,7 +602,7 @@ def alerts_waiting(db: Db, now: float) -> bool:
 
 
 def release_alerts(db: Db, ids: list[int], owner: str) -> None:
-    """Hand claimed but unsent alerts back, due at once (a stopping hub)."""
+    """Hand claimed but unsent alerts back, due at once (a stopping hub, or half its lease gone)."""
     c = alerts.c
     db.run(sa.update(alerts).where(c.id.in_(ids), c.status == "sending", c.lease_owner == owner)
            .values(status="pending", lease_owner=None, lease_until=None))

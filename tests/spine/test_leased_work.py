@@ -122,7 +122,9 @@ def cursor_holder(hub: Hub, procs: list[subprocess.Popen[bytes]]) -> int | None:
 def test_leased_alerts_and_correlation_survive_a_killed_hub(tmp_path: Path, broker: Broker) -> None:
     settings = make_settings(tmp_path, broker)
     settings.mqtt.share_group = "hubs"  # each hub its own client id (the broker keeps all three)
-    settings.webhooks.lease_s = 3.0  # the outbox's lease, which MQTT alerts use too: takeover within seconds
+    # the outbox's lease, which MQTT alerts use too: a takeover within seconds, yet long enough that a live hub
+    # publishes and records its batch inside it beside a CPU hog (at 3 s one had its last batch taken over)
+    settings.webhooks.lease_s = 8.0
     hub = build_hub(settings)  # the test's own view of the store; never started
     got: list[bytes] = []
     listener = subscriber(broker, got)
